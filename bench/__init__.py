@@ -1,0 +1,1 @@
+"""Benchmarks of mmae_fast (repository tools, not part of the installed package)."""

@@ -1,0 +1,221 @@
+"""Shared helpers of the benchmarks: environment metadata, timing, result files.
+
+Timing rules (both benches):
+
+* GPU: one pair of CUDA events around every call, synchronised once at the end; the call's
+  input rotates through a pool of copies larger than the L2 cache, so no repetition finds its
+  input in cache. Warm-up calls (compilation, autotuning, allocator) come first and are dropped.
+* CPU: ``time.perf_counter`` around every call, same rotation and warm-up.
+* Every repetition is stored; tables and plots use the median.
+"""
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+#: Version of the result-file layout; bump when a field changes meaning.
+SCHEMA_VERSION = 1
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------- environment
+def _run(cmd: Sequence[str]) -> str | None:
+    """stdout of a command, stripped, or None if it cannot run."""
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=20, cwd=REPO_ROOT)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (Linux), else ``platform.processor()``."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown-cpu"
+
+
+def device_name(device: torch.device) -> str:
+    """Human-readable name of the device the benchmark runs on."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return cpu_name()
+
+
+def slug(text: str) -> str:
+    """``"NVIDIA H100 80GB HBM3"`` -> ``"nvidia-h100-80gb-hbm3"``."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
+
+
+def device_slug(device: torch.device) -> str:
+    """Folder name under ``bench/results/``: ``cuda-<gpu>`` or ``cpu-<cpu model>``."""
+    return f"{device.type}-{slug(device_name(device))}"
+
+
+def git_commit() -> dict:
+    """The checkout's commit (None before the first commit) and whether the tree differs from
+    it (changed or untracked files outside bench/results/)."""
+    commit = _run(["git", "rev-parse", "HEAD"])
+    status = _run(["git", "status", "--porcelain", "--", ".", ":!bench/results"])
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+def environment(device: torch.device) -> dict:
+    """Everything a reader needs to reproduce or discount a result file."""
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    driver = None
+    if device.type == "cuda":
+        driver = _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])
+        driver = driver.splitlines()[0].strip() if driver else None
+    props = {}
+    if device.type == "cuda":
+        p = torch.cuda.get_device_properties(device)
+        props = {"sm_count": p.multi_processor_count, "memory_bytes": p.total_memory,
+                 "capability": f"{p.major}.{p.minor}",
+                 "l2_cache_bytes": getattr(p, "L2_cache_size", None)}
+    return {
+        "device": device.type,
+        "device_name": device_name(device),
+        "device_slug": device_slug(device),
+        "device_properties": props,
+        "driver": driver,
+        "cpu": cpu_name(),
+        "cpu_threads": torch.get_num_threads(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "triton": triton_version,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "git": git_commit(),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "argv": sys.argv,
+    }
+
+
+# ----------------------------------------------------------------------------- timing
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def rotation_count(bytes_per_input: int, device: torch.device, limit: int = 64) -> int:
+    """How many input copies to rotate through so that together they exceed the last-level
+    cache several times (GPU: 3 x L2; CPU: 64 MiB); between 2 and ``limit``."""
+    if device.type == "cuda":
+        l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) or 50 << 20
+        target = 3 * l2
+    else:
+        target = 64 << 20
+    return max(2, min(limit, math.ceil(target / max(1, bytes_per_input))))
+
+
+def time_calls(fn: Callable, inputs: Sequence, device: torch.device, *, warmup: int,
+               reps: int) -> list[float]:
+    """Milliseconds of each of ``reps`` calls ``fn(inputs[i % len(inputs)])`` after ``warmup``
+    untimed calls (CUDA events on a GPU, ``perf_counter`` on the CPU)."""
+    n = len(inputs)
+    for i in range(warmup):
+        fn(inputs[i % n])
+    synchronize(device)
+    if device.type == "cuda":
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                  for _ in range(reps)]
+        for i, (start, end) in enumerate(events):
+            x = inputs[(warmup + i) % n]
+            start.record()
+            fn(x)
+            end.record()
+        torch.cuda.synchronize(device)
+        return [start.elapsed_time(end) for start, end in events]
+    times = []
+    for i in range(reps):
+        x = inputs[(warmup + i) % n]
+        t0 = time.perf_counter()
+        fn(x)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def peak_memory(fn: Callable, x, device: torch.device) -> int | None:
+    """Bytes allocated by one call of ``fn(x)`` above what was allocated before it (GPU only;
+    None on the CPU, where PyTorch keeps no such counter)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    fn(x)
+    torch.cuda.synchronize(device)
+    return int(torch.cuda.max_memory_allocated(device) - base)
+
+
+def summary(times: Sequence[float]) -> dict:
+    """Median, min and inter-quartile range of repetition times (ms)."""
+    if not times:
+        return {"median_ms": None, "min_ms": None, "iqr_ms": None}
+    qs = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "iqr_ms": qs[2] - qs[0]}
+
+
+# ----------------------------------------------------------------------------- result files
+def result_dir(out: str | Path, device: torch.device) -> Path:
+    """``<out>/<device slug>/``, created."""
+    path = Path(out) / device_slug(device)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_results(directory: Path, stem: str, payload: dict, rows: list[dict],
+                  csv_fields: Sequence[str]) -> tuple[Path, Path]:
+    """Write ``<stem>.json`` (``payload`` with ``rows`` under "results") and ``<stem>.csv`` (one
+    line per row; list fields joined by spaces; the metadata as ``# key: value`` header lines)."""
+    json_path, csv_path = directory / f"{stem}.json", directory / f"{stem}.csv"
+    json_path.write_text(json.dumps({**payload, "results": rows}, indent=1) + "\n")
+    with csv_path.open("w", newline="") as fh:
+        meta = payload.get("meta", {})
+        for key in ("device_name", "driver", "torch", "cuda", "triton", "date"):
+            fh.write(f"# {key}: {meta.get(key)}\n")
+        fh.write(f"# git: {meta.get('git')}\n")
+        writer = csv.DictWriter(fh, fieldnames=list(csv_fields), extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: " ".join(f"{t:.6g}" for t in v) if isinstance(v, list) else v
+                             for k, v in row.items()})
+    return json_path, csv_path
+
+
+def timestamp() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def load_results(paths: Sequence[str | Path], prefix: str) -> list[dict]:
+    """Result payloads from files and folders (folders: every ``<prefix>*.json`` inside)."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        files += sorted(p.glob(f"{prefix}*.json")) if p.is_dir() else [p]
+    return [json.loads(f.read_text()) | {"_path": str(f)} for f in files]

@@ -1,0 +1,310 @@
+"""Microbenchmark of the TCR regulariser ``R = -logdet(I + mu/d · ZᵀZ)``: ours against baselines.
+
+Sweeps m (batch), d (feature width), input dtype, estimator and mode (fwd, fwd+bwd) over
+
+* baselines (``mmae_fast.baselines``), eager and under ``torch.compile`` ("-compile"):
+  ``official`` (the official M-MAE loss: normalise, ZᵀZ in fp16 under autocast, LU logdet in
+  fp32), ``cholesky`` (eager ``cholesky_ex`` half-logdet), ``taylor-eager`` (MEC-style order 4);
+  a baseline runs only when its estimator (exact, exact, taylor) is in the sweep;
+* ours: ``mmae_fast.tcr_loss`` with backend ``reference``, ``triton``, ``cuda`` and each
+  estimator. A provider that cannot run here is recorded as skipped with the reason.
+
+Per case: every repetition's time (median reported), the relative error of the value against
+the exact float64 reference (and against the float64 reference of the same estimator, i.e. the
+arithmetic error alone), in fwd+bwd the gradient's relative error, peak extra GPU memory, and
+the roofline floor (``bench.roofline``) with the achieved fraction ``floor / median``.
+
+    python bench/entropy.py --quick                      # small CPU sweep, under a minute
+    python bench/entropy.py --device cuda                # the full sweep (defaults)
+    python bench/entropy.py --device cuda --dtype bf16 --providers official cholesky cuda
+
+Writes ``<out>/<device slug>/entropy-<time>.json`` and ``.csv`` (default out: bench/results).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import warnings
+from pathlib import Path
+from typing import Callable
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+import torch._dynamo
+
+from bench import common, roofline
+from mmae_fast import backends, baselines, reference, series, tcr_loss
+
+SCHEMA = "mmae_fast.bench.entropy"
+ESTIMATORS = ("exact", "series", "taylor")
+MODES = ("fwd", "fwd+bwd")
+OURS = ("reference", "triton", "cuda")
+#: baseline provider -> the estimator it computes
+BASELINE_ESTIMATOR = {"official": "exact", "cholesky": "exact", "taylor-eager": "taylor"}
+PROVIDERS = tuple(p for b in BASELINE_ESTIMATOR for p in (b, f"{b}-compile")) + OURS
+#: provider order and labels are shared with bench/plot.py
+FULL = dict(m=[1024, 4096, 16384, 65536], d=[768, 1024, 1280], dtype=["bf16", "fp16", "fp32"])
+QUICK = dict(m=[256, 1024, 4096], d=[256], dtype=["fp32", "bf16"])
+CSV_FIELDS = ("provider", "backend", "compiled", "estimator", "degree", "m", "d", "dtype", "mode",
+              "mu", "status", "reason", "median_ms", "min_ms", "iqr_ms", "reps", "rotation",
+              "value", "ref_exact", "rel_err", "rel_err_same_estimator", "grad_rel_err",
+              "peak_mem_bytes", "gram_flops", "small_flops", "bytes", "floor_ms",
+              "roofline_fraction", "times_ms")
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    provider: str
+    estimator: str
+    m: int
+    d: int
+    dtype: str
+    mode: str
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help=f"small CPU sweep (m={QUICK['m']}, d={QUICK['d']}, "
+                        f"dtype={QUICK['dtype']}, eager providers, few reps)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present, "
+                                                  "cpu with --quick)")
+    p.add_argument("--m", type=int, nargs="+", help=f"batch sizes (default {FULL['m']})")
+    p.add_argument("--d", type=int, nargs="+", help=f"feature widths (default {FULL['d']})")
+    p.add_argument("--dtype", nargs="+", choices=list(common.DTYPES), help="input dtypes")
+    p.add_argument("--estimator", nargs="+", choices=ESTIMATORS, default=list(ESTIMATORS))
+    p.add_argument("--mode", nargs="+", choices=MODES, default=list(MODES))
+    p.add_argument("--providers", nargs="+", choices=PROVIDERS,
+                   help="default: all (--quick: the eager ones)")
+    p.add_argument("--mu", type=float, default=1.0, help="TCR mu (official: 1 ViT-B, 3 ViT-L)")
+    p.add_argument("--tol", type=float, default=1e-4, help="series tolerance (degree from it)")
+    p.add_argument("--reps", type=int, help="timed repetitions (default 30 GPU, 5 CPU)")
+    p.add_argument("--warmup", type=int, help="untimed calls first (default 5 GPU, 2 CPU)")
+    p.add_argument("--out", default=str(common.REPO_ROOT / "bench" / "results"),
+                   help="results root; files go to <out>/<device slug>/")
+    p.add_argument("--tag", default="", help="appended to the result file name")
+    p.add_argument("--features", choices=("anisotropic", "gaussian"), default="anisotropic",
+                   help="synthetic input distribution (see features())")
+    p.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads); on a "
+                                                "shared machine 1 gives steadier timings")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    args = p.parse_args(argv)
+    if args.device is None:
+        args.device = "cpu" if args.quick or not torch.cuda.is_available() else "cuda"
+    preset = QUICK if args.quick else FULL
+    for key, val in preset.items():
+        if getattr(args, key) is None:
+            setattr(args, key, val)
+    cpu = args.device == "cpu"
+    args.reps = args.reps or (3 if args.quick else 5 if cpu else 30)
+    args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2 if cpu else 5)
+    if args.providers is None:
+        args.providers = [p for p in PROVIDERS if not (args.quick and p.endswith("-compile"))]
+    return args
+
+
+# ----------------------------------------------------------------------------- providers
+def degree_of(estimator: str, mu: float, m: int, d: int, tol: float) -> int:
+    """The polynomial degree ``tcr_loss`` uses by default (0 for exact)."""
+    return reference.default_degree(estimator, series.kappa(mu, m, d), tol)
+
+
+_COMPILED: dict[str, Callable] = {}
+
+
+def loss_fn(case: Case, mu: float, tol: float) -> Callable:
+    """``h -> R`` for the case's provider."""
+    base = case.provider.removesuffix("-compile")
+    if base in BASELINE_ESTIMATOR:
+        fn = baselines.BASELINES[base]
+        if case.provider.endswith("-compile"):
+            fn = _COMPILED.setdefault(base, torch.compile(fn))
+        return lambda h: fn(h, mu)
+    return lambda h: tcr_loss(h, mu, estimator=case.estimator, tol=tol, backend=case.provider)
+
+
+def unavailable(case: Case, x: torch.Tensor) -> str | None:
+    """Why the case's provider cannot run on input ``x``, or None."""
+    if case.provider in OURS:
+        try:
+            backends.resolve(case.provider, x)
+        except (RuntimeError, ValueError) as exc:
+            return str(exc)
+    return None
+
+
+def make_call(loss: Callable, mode: str) -> Callable:
+    """One benchmarked call: the forward, or the forward and the gradient w.r.t. the input."""
+    if mode == "fwd":
+        def call(h):
+            with torch.no_grad():
+                return loss(h), None
+    else:
+        def call(h):
+            value = loss(h)
+            return value, torch.autograd.grad(value, h)[0]
+    return call
+
+
+# ----------------------------------------------------------------------------- sweep
+def cases(args) -> list[Case]:
+    out = []
+    for dtype in args.dtype:
+        for d in args.d:
+            for m in args.m:
+                for mode in args.mode:
+                    for provider in args.providers:
+                        base = BASELINE_ESTIMATOR.get(provider.removesuffix("-compile"))
+                        for e in args.estimator if base is None else [base]:
+                            if e in args.estimator:
+                                out.append(Case(provider, e, m, d, dtype, mode))
+    return out
+
+
+def features(m: int, d: int, kind: str, gen: torch.Generator) -> torch.Tensor:
+    """Synthetic features (m, d), float32 on the CPU.
+
+    "gaussian": i.i.d. N(0, 1), whose Gram is well conditioned (flatters truncated series).
+    "anisotropic": column k scaled by (k+1)^-1/2 plus one shared random direction of the same
+    energy (rows have cosine similarity about 1/2): a decaying spectrum with one dominant
+    eigenvalue near m/2, the shape that makes Taylor diverge once mu·m/(2d) > 1.
+    """
+    x = torch.randn(m, d, generator=gen)
+    if kind == "gaussian":
+        return x
+    scale = torch.arange(1, d + 1, dtype=torch.float32).rsqrt()
+    shared = torch.randn(d, generator=gen) * scale
+    return x * scale + shared
+
+
+class Inputs:
+    """The rotated input pool and the float64 references of one (m, d, dtype)."""
+
+    def __init__(self, m: int, d: int, dtype: str, device: torch.device, seed: int, mu: float,
+                 kind: str):
+        dt = common.DTYPES[dtype]
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        n = common.rotation_count(m * d * torch.finfo(dt).bits // 8, device)
+        first = features(m, d, kind, gen).to(device, dt)
+        # the copies differ by a row permutation: same values, different memory
+        self.pool = [first] + [first[torch.randperm(m, generator=gen).to(device)]
+                               for _ in range(n - 1)]
+        self.grad_pool = [x.clone().requires_grad_(True) for x in self.pool]
+        self.mu, self._refs = mu, {}
+
+    def reference(self, estimator: str, degree: int, grad: bool):
+        """float64 value (and gradient) of ``reference.tcr`` on the first input."""
+        key = (estimator, degree, grad)
+        if key not in self._refs:
+            h = self.pool[0].detach().double().requires_grad_(grad)
+            value = reference.tcr(h, self.mu, estimator=estimator, degree=degree or None)
+            g = torch.autograd.grad(value, h)[0] if grad else None
+            self._refs[key] = (value.detach(), g)
+        return self._refs[key]
+
+
+def rel(x: torch.Tensor, ref: torch.Tensor) -> float:
+    """Relative (Frobenius) error in float64."""
+    x, ref = x.detach().double(), ref.detach().double()
+    return float((x - ref).norm() / ref.norm().clamp_min(1e-300))
+
+
+def run_case(case: Case, inputs: Inputs, args, device: torch.device, calib: dict) -> dict:
+    degree = degree_of(case.estimator, args.mu, case.m, case.d, args.tol)
+    compiled = case.provider.endswith("-compile")
+    backend = case.provider if case.provider in OURS else "baseline"
+    row = dict(dataclasses.asdict(case), backend=backend, compiled=compiled, degree=degree,
+               mu=args.mu, status="ok", reason=None, times_ms=[], reps=0,
+               rotation=len(inputs.pool), **common.summary([]), value=None, ref_exact=None,
+               rel_err=None, rel_err_same_estimator=None, grad_rel_err=None,
+               peak_mem_bytes=None, roofline_fraction=None)
+    itemsize = torch.finfo(common.DTYPES[case.dtype]).bits // 8
+    cost = roofline.tcr_cost(case.m, case.d, case.estimator, degree, case.mode, itemsize)
+    row.update(cost, floor_ms=roofline.floor_ms(cost, case.dtype, calib))
+    reason = unavailable(case, inputs.pool[0])
+    if reason is not None:
+        return row | {"status": "skipped", "reason": reason}
+    grad = case.mode == "fwd+bwd"
+    pool = inputs.grad_pool if grad else inputs.pool
+    call = make_call(loss_fn(case, args.mu, args.tol), case.mode)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Taylor's divergence warning: the error column says it
+            value, g = call(pool[0])
+            times = common.time_calls(call, pool, device, warmup=args.warmup, reps=args.reps)
+            peak = common.peak_memory(call, pool[0], device)
+    except Exception as exc:  # noqa: BLE001 - a failing provider is a result, not a crash
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return row | {"status": "error", "reason": f"{type(exc).__name__}: {exc}"[:300]}
+    ref_exact, g_exact = inputs.reference("exact", 0, grad)
+    ref_same, _ = inputs.reference(case.estimator, degree, False)
+    stats = common.summary(times)
+    row.update(stats, times_ms=times, reps=len(times), peak_mem_bytes=peak,
+               value=float(value.detach()), ref_exact=float(ref_exact),
+               rel_err=rel(value, ref_exact), rel_err_same_estimator=rel(value, ref_same),
+               grad_rel_err=rel(g, g_exact) if grad else None)
+    if row["floor_ms"] is not None:
+        row["roofline_fraction"] = row["floor_ms"] / stats["median_ms"]
+    return row
+
+
+def run(args) -> tuple[Path, Path]:
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device here; use --device cpu (or --quick)")
+    for name in ("cache_size_limit", "recompile_limit"):  # one compiled fn serves every shape
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(64, getattr(torch._dynamo.config, name)))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    meta = common.environment(device)
+    cpu = device.type == "cpu"
+    calib = roofline.calibrate(device, args.dtype, gemm_n=512 if args.quick else (
+        1024 if cpu else 8192), copy_mib=32 if cpu else 1024, reps=10 if cpu else 20)
+    todo = cases(args)
+    rows, inputs, key = [], None, None
+    bar = None if args.no_progress else _tqdm(len(todo))
+    for case in todo:
+        if (case.m, case.d, case.dtype) != key:
+            inputs = None  # free the previous pool first
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            key = (case.m, case.d, case.dtype)
+            inputs = Inputs(case.m, case.d, case.dtype, device, args.seed, args.mu,
+                            args.features)
+        if bar is not None:
+            bar.set_postfix_str(f"{case.provider} {case.estimator} {case.m}x{case.d} "
+                                f"{case.dtype} {case.mode}")
+        rows.append(run_case(case, inputs, args, device, calib))
+        if bar is not None:
+            bar.update()
+    if bar is not None:
+        bar.close()
+    config = {k: v for k, v in vars(args).items() if k not in ("out", "no_progress")}
+    payload = {"schema": SCHEMA, "schema_version": common.SCHEMA_VERSION, "meta": meta,
+               "config": config, "calibration": calib}
+    stem = "entropy" + ("-quick" if args.quick else "") + (f"-{args.tag}" if args.tag else "")
+    return common.write_results(common.result_dir(args.out, device),
+                                f"{stem}-{common.timestamp()}", payload, rows, CSV_FIELDS)
+
+
+def _tqdm(total: int):
+    from tqdm import tqdm
+    return tqdm(total=total, desc="entropy bench", unit="case", dynamic_ncols=True)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    json_path, csv_path = run(args)
+    print(f"wrote {json_path}\nwrote {csv_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""``mmae-bench``: the console entry point of the benchmarks in the repository's ``bench/``.
+
+    mmae-bench entropy --quick        # = python bench/entropy.py --quick
+    mmae-bench train --quick          # = python bench/train.py --quick
+    mmae-bench plot                   # = python bench/plot.py
+
+The benchmarks are repository tools (they write result files into ``bench/results/`` of the
+checkout), not part of the installed package, so this entry point needs the package installed
+from a source checkout (``pip install -e .``, as ``make install`` does).
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+COMMANDS = {"entropy": "the TCR regulariser microbenchmark (bench/entropy.py)",
+            "train": "trainer throughput (bench/train.py)",
+            "plot": "plots and bench/README.md tables from the result files (bench/plot.py)"}
+
+
+def _usage() -> str:
+    lines = ["usage: mmae-bench {%s} [options]" % ",".join(COMMANDS), ""]
+    lines += [f"  {name:8s} {what}" for name, what in COMMANDS.items()]
+    lines += ["", "`mmae-bench <command> --help` lists the options of each."]
+    return "\n".join(lines)
+
+
+def repository_root() -> Path:
+    """The source checkout holding ``bench/`` next to this package; a clear error otherwise."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "bench" / "entropy.py").is_file():
+        raise SystemExit(
+            f"mmae-bench: no bench/ folder next to the installed package ({root}). The "
+            "benchmarks live in the source repository: clone it and install it editable "
+            "(pip install -e .), or run python bench/entropy.py from the checkout.")
+    return root
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"mmae-bench: unknown command {command!r}; choose one of {', '.join(COMMANDS)}\n",
+              file=sys.stderr)
+        print(_usage(), file=sys.stderr)
+        return 2
+    root = str(repository_root())
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    module = importlib.import_module(f"bench.{command}")
+    return module.main(rest)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,201 @@
+"""The benchmark's smoke test: ``bench/entropy.py --quick`` on tiny shapes, the result files'
+schema, the plots and the README tables. No timing is asserted (timings are results, not
+properties)."""
+import csv
+import json
+import math
+import statistics
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench import entropy, plot, roofline, train  # noqa: E402
+
+M, D = [48, 96], [40]  # m < d and m > d, not powers of two
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """One ``--quick`` run as a user types it (a subprocess), on tiny shapes."""
+    out = tmp_path_factory.mktemp("bench")
+    cmd = [sys.executable, str(ROOT / "bench" / "entropy.py"), "--quick", "--threads", "1",
+           "--no-progress", "--out", str(out), "--m", *map(str, M), "--d", *map(str, D)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (folder,) = [p for p in out.iterdir() if p.is_dir()]
+    (json_path,) = folder.glob("entropy-quick-*.json")
+    (csv_path,) = folder.glob("entropy-quick-*.csv")
+    return folder, json.loads(json_path.read_text()), csv_path
+
+
+def test_result_file_schema(quick_run):
+    folder, payload, _ = quick_run
+    assert payload["schema"] == entropy.SCHEMA and payload["schema_version"] >= 1
+    meta = payload["meta"]
+    for key in ("device_name", "driver", "torch", "cuda", "triton", "git", "date", "cpu_threads"):
+        assert key in meta, key
+    assert meta["device"] == "cpu" and folder.name == meta["device_slug"]
+    assert folder.name.startswith("cpu-") and meta["cpu_threads"] == 1
+    calib = payload["calibration"]
+    assert calib["gemm_tflops"]["fp32"] > 0 and calib["copy_gbps"] > 0
+    config = payload["config"]
+    assert config["m"] == M and config["d"] == D and config["quick"] is True
+
+    rows = payload["results"]
+    for row in rows:
+        assert set(entropy.CSV_FIELDS) <= set(row), set(entropy.CSV_FIELDS) - set(row)
+        assert row["status"] in ("ok", "skipped", "error")
+    # every case of the sweep appears exactly once, none silently dropped
+    expected = {(c.provider, c.estimator, c.m, c.d, c.dtype, c.mode)
+                for c in entropy.cases(entropy.parse_args(
+                    ["--quick", "--m", *map(str, M), "--d", *map(str, D)]))}
+    got = [(r["provider"], r["estimator"], r["m"], r["d"], r["dtype"], r["mode"]) for r in rows]
+    assert len(got) == len(set(got)) and set(got) == expected
+    assert {r["provider"] for r in rows} >= {"official", "cholesky", "taylor-eager", "reference",
+                                             "triton", "cuda"}
+
+
+def test_rows_are_complete(quick_run):
+    _, payload, _ = quick_run
+    for row in payload["results"]:
+        if row["status"] == "ok":
+            assert row["reps"] == len(row["times_ms"]) >= 1
+            assert row["median_ms"] == pytest.approx(statistics.median(row["times_ms"]))
+            assert math.isfinite(row["value"]) and math.isfinite(row["rel_err"])
+            assert row["floor_ms"] > 0 and row["roofline_fraction"] > 0
+            assert (row["grad_rel_err"] is None) == (row["mode"] == "fwd")
+            assert row["peak_mem_bytes"] is None  # CPU: not measured
+        else:
+            assert row["reason"], row
+    # the reference backend always runs, and its exact float32 value matches float64
+    ref = [r for r in payload["results"] if r["provider"] == "reference"]
+    assert ref and all(r["status"] == "ok" for r in ref)
+    exact32 = [r for r in ref if r["estimator"] == "exact" and r["dtype"] == "fp32"]
+    assert exact32 and all(r["rel_err"] < 1e-4 for r in exact32)
+    # unavailable kernel backends are recorded with the reason, not dropped
+    for r in payload["results"]:
+        if r["provider"] in ("triton", "cuda") and r["status"] == "skipped":
+            assert r["provider"] in r["reason"]
+
+
+def test_csv_matches_json(quick_run):
+    _, payload, csv_path = quick_run
+    lines = csv_path.read_text().splitlines()
+    comments = [line for line in lines if line.startswith("#")]
+    assert any(line.startswith("# device_name:") for line in comments)
+    rows = list(csv.DictReader(line for line in lines if not line.startswith("#")))
+    assert rows and list(rows[0]) == list(entropy.CSV_FIELDS)
+    assert len(rows) == len(payload["results"])
+    for row, ref in zip(rows, payload["results"]):
+        assert row["provider"] == ref["provider"] and row["status"] == ref["status"]
+        assert len(row["times_ms"].split()) == len(ref["times_ms"])
+
+
+def test_plots_and_readme(quick_run, tmp_path):
+    folder, payload, _ = quick_run
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# bench\n\n{plot.BEGIN}\nold\n{plot.END}\n\ntail\n")
+    assert plot.main([str(folder), "--readme", str(readme)]) == 0
+    for name in ("entropy_time.png", "entropy_summary.png"):
+        assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = readme.read_text()
+    assert text.startswith("# bench") and text.rstrip().endswith("tail") and "old" not in text
+    assert "| d | m | official |" in text and payload["meta"]["device_name"] in text
+
+
+def test_roofline_cost_counts():
+    """tcr_cost against hand counts: m=8, d=4 (N=4), fp32."""
+    exact = roofline.tcr_cost(8, 4, "exact", 0, "fwd", 4)
+    assert exact["gram_flops"] == 2 * 8 * 4 * 4 and exact["small_flops"] == pytest.approx(64 / 3)
+    assert exact["bytes"] == 8 * 4 * 4 + 4 * 16 * 3
+    series = roofline.tcr_cost(8, 4, "series", 5, "fwd+bwd", 2)  # T_2, T_3: 2 products + 1 bwd
+    assert series["gram_flops"] == 2 * (2 * 8 * 4 * 4)
+    assert series["small_flops"] == 2 * 64 * 2 + 2 * 64
+    sample_side = roofline.tcr_cost(3, 10, "taylor", 4, "fwd", 2)  # N = m = 3, Y^2: 1 product
+    assert sample_side["gram_flops"] == 2 * 3 * 10 * 3 and sample_side["small_flops"] == 2 * 27
+    calib = {"gemm_tflops": {"fp32": 1e-3, "bf16": 1e-3}, "copy_gbps": 1.0}
+    assert roofline.floor_ms(exact, "fp32", calib) == pytest.approx(
+        1e3 * max((exact["gram_flops"] + exact["small_flops"]) / 1e9, exact["bytes"] / 1e9))
+    assert roofline.floor_ms(exact, "fp16", calib) is None  # no rate measured for fp16
+
+
+def test_cli_rejects_bad_arguments():
+    with pytest.raises(SystemExit):
+        entropy.parse_args(["--dtype", "int8"])
+    with pytest.raises(SystemExit):
+        entropy.parse_args(["--providers", "nope"])
+
+
+class _StubMAE(torch.nn.Module):
+    """Stands in for the trainer's MAE in the train-bench test: ``imgs -> (loss, cls)``."""
+
+    def __init__(self, img_size: int, width: int = 24):
+        super().__init__()
+        self.attn = torch.nn.Module()
+        self.attn.fused_attn = True  # what the official variant must switch off
+        self.enc = torch.nn.Linear(3 * img_size * img_size, width)
+        self.dec = torch.nn.Linear(width, 3 * img_size * img_size)
+
+    def forward(self, imgs):
+        x = imgs.flatten(1)
+        cls = self.enc(x)
+        return (self.dec(cls) - x).float().pow(2).mean(), cls
+
+
+def test_train_bench_schema(tmp_path, monkeypatch):
+    built = []
+
+    def create_model(preset, img_size):
+        built.append(_StubMAE(img_size))
+        return built[-1]
+
+    monkeypatch.setattr(train, "_model_module",
+                        lambda: types.SimpleNamespace(create_model=create_model))
+    args = train.parse_args(["--quick", "--threads", "1", "--no-progress", "--out",
+                             str(tmp_path), "--batch", "12", "--img-size", "8"])
+    json_path, csv_path = train.run(args)
+    payload = json.loads(json_path.read_text())
+    assert payload["schema"] == train.SCHEMA and "device_name" in payload["meta"]
+    rows = payload["results"]
+    assert [(r["variant"], r["reg"], r["backend"]) for r in rows] == [
+        ("ours", "none", None), ("ours", "tcr", "official-eager"), ("ours", "tcr", "auto"),
+        ("official", "tcr", "official-eager")]
+    for row in rows:
+        assert row["status"] == "ok", row["reason"]
+        assert set(train.CSV_FIELDS) <= set(row)
+        assert row["steps"] == len(row["times_ms"]) == args.steps and row["img_per_s"] > 0
+        assert (row["reg_ms"] is None) == (row["reg"] == "none")
+        assert (row["reg_share_pct"] is None) == (row["reg"] == "none")
+    assert [m.attn.fused_attn for m in built] == [True, True, True, False]
+    assert len(list(csv.DictReader(
+        line for line in csv_path.read_text().splitlines() if not line.startswith("#")))) == 4
+    readme = tmp_path / "README.md"
+    assert plot.main([str(json_path.parent), "--readme", str(readme)]) == 0
+    assert (json_path.parent / "train.png").exists() and "| tiny | official |" in readme.read_text()
+
+
+def test_train_bench_without_trainer_records_skips(tmp_path, monkeypatch):
+    def missing():
+        raise ImportError("no trainer")
+
+    monkeypatch.setattr(train, "_model_module", missing)
+    json_path, _ = train.run(train.parse_args(["--quick", "--no-progress", "--out",
+                                               str(tmp_path)]))
+    rows = json.loads(json_path.read_text())["results"]
+    assert rows and all(r["status"] == "skipped" and "no trainer" in r["reason"] for r in rows)
+
+
+def test_console_entry_point(capsys):
+    from mmae_fast import bench_cli
+    assert bench_cli.main([]) == 0 and "entropy" in capsys.readouterr().out
+    assert bench_cli.main(["nope"]) == 2 and "unknown command 'nope'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        bench_cli.main(["entropy", "--help"])
+    assert exc.value.code == 0 and "--quick" in capsys.readouterr().out
