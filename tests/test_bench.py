@@ -199,3 +199,12 @@ def test_console_entry_point(capsys):
     with pytest.raises(SystemExit) as exc:
         bench_cli.main(["entropy", "--help"])
     assert exc.value.code == 0 and "--quick" in capsys.readouterr().out
+
+
+def test_train_bench_runs_the_trainer_model(tmp_path):
+    """``bench/train.py --quick`` with the trainer's real tiny MAE: every configuration runs."""
+    json_path, _ = train.run(train.parse_args(["--quick", "--threads", "1", "--no-progress",
+                                               "--out", str(tmp_path), "--img-size", "16"]))
+    rows = json.loads(json_path.read_text())["results"]
+    assert len(rows) == 4 and all(r["status"] == "ok" for r in rows), rows
+    assert all(r["img_per_s"] > 0 and math.isfinite(r["median_ms"]) for r in rows)
