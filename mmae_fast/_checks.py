@@ -49,7 +49,7 @@ def positive(value, name: str) -> float:
     """Check a finite real number > 0."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    if not (math.isfinite(value) and value > 0):
+    if not 0 < value < math.inf:  # also False for NaN (comparisons only: torch.compile-safe)
         raise ValueError(f"{name} must be a finite number > 0, got {value}")
     return float(value)
 

@@ -38,12 +38,22 @@ BACKENDS = tuple(BACKEND_MODULES) + ("auto",)
 ENV_VAR = "MMAE_FAST_BACKEND"
 
 
-def _load(name: str) -> ModuleType | str:
+def _import(name: str) -> ModuleType | str:
     """Import a backend module, or return why it cannot be imported."""
     try:
         return importlib.import_module(BACKEND_MODULES[name])
     except ImportError as exc:  # a backend whose code or dependency is missing
         return f"backend {name!r} cannot be imported ({exc})"
+
+
+#: Every backend is imported once, with this module: ``torch.compile`` cannot trace an import,
+#: and a compiled step must resolve its backend by a dict lookup (no graph break).
+_MODULES = {name: _import(name) for name in BACKEND_MODULES}
+
+
+def _load(name: str) -> ModuleType | str:
+    """The backend module, or why it cannot be imported."""
+    return _MODULES[name]
 
 
 def availability(name: str) -> str | None:

@@ -31,6 +31,7 @@ import functools
 import math
 
 import numpy as np
+import torch
 
 #: Largest polynomial degree ``series_degree`` will choose.
 MAX_DEGREE = 512
@@ -49,6 +50,11 @@ def taylor_coefficients(order: int) -> tuple[float, ...]:
 def taylor_converges(mu: float, m: int, d: int) -> bool:
     """True when the a-priori spectral radius ``mu·m/d`` of Y is below 1 (Taylor is safe)."""
     return kappa(mu, m, d) - 1.0 < 1.0
+
+
+#: Scalars in, scalars out, numpy inside: under torch.compile these functions run while tracing
+#: and their results enter the graph as constants (no graph break in a step calling tcr_loss).
+_compile_constant = torch.compiler.assume_constant_result
 
 
 @functools.lru_cache(maxsize=256)
@@ -81,6 +87,7 @@ def relative_error_bound(kappa_: float, degree: int) -> float:
     return chebyshev_error(kappa_, degree) * (kappa_ - 1.0) / math.log(kappa_)
 
 
+@_compile_constant
 def series_degree(kappa_: float, tol: float) -> int:
     """Smallest degree D >= 1 whose a-priori relative error bound is <= ``tol``."""
     if not tol > 0:
@@ -92,7 +99,7 @@ def series_degree(kappa_: float, tol: float) -> int:
                      f"use a larger tol or estimator='exact'")
 
 
-@functools.lru_cache(maxsize=1024)
+@_compile_constant  # O(degree) on top of the cached _f_chebyshev
 def chebyshev_coefficients(kappa_: float, degree: int) -> tuple[float, ...]:
     """``(p_0, ..., p_D)``: ``log(1+y) ≈ P(y) = Σ p_k T_k(t)``, ``t = 2y/(kappa-1) - 1``.
 

@@ -173,7 +173,34 @@ def test_env_var_sets_what_auto_means(monkeypatch):
 def test_unavailable_backend_names_the_reason(monkeypatch):
     """An explicitly requested backend that cannot run raises, never falls back silently."""
     monkeypatch.setitem(backends.BACKEND_MODULES, "cuda", "mmae_fast._no_such_module")
+    monkeypatch.setitem(backends._MODULES, "cuda", backends._import("cuda"))
     with pytest.raises(RuntimeError, match="backend 'cuda' cannot be imported"):
         mf.tcr_loss(torch.randn(4, 3), backend="cuda")
     assert backends.availability("cuda") is not None
     assert mf.tcr_loss(torch.randn(4, 3), backend="auto").isfinite()
+
+
+@pytest.mark.parametrize("estimator, dynamic", [("exact", False), ("exact", True),
+                                                ("taylor", False), ("taylor", True),
+                                                ("series", False)])
+def test_tcr_loss_compiles_without_graph_breaks(estimator, dynamic, gen):
+    """A training-step-like function calling the public tcr_loss compiles with fullgraph=True
+    (backend resolution and the series coefficients are resolved while tracing) and matches
+    eager. The series polynomial depends on m (kappa = 1 + mu·m/d), so its graph is static."""
+    torch._dynamo.reset()
+
+    def step(x, w):
+        feats = x @ w
+        return feats.square().mean() + 0.01 * mf.tcr_loss(feats, 0.5, centering=True,
+                                                          estimator=estimator)
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager", dynamic=dynamic)
+    for m in (37, 41):
+        x = torch.randn(m, 16, generator=gen, dtype=torch.float64)
+        w1 = torch.randn(16, 23, generator=gen, dtype=torch.float64, requires_grad=True)
+        w2 = w1.detach().clone().requires_grad_()
+        got, want = compiled(x, w1), step(x, w2)
+        got.backward()
+        want.backward()
+        assert torch.allclose(got, want, rtol=1e-10) and torch.allclose(w1.grad, w2.grad,
+                                                                         rtol=1e-8)

@@ -1,0 +1,47 @@
+"""Launch choices shared by the TCR kernels: interpreter detection, block sizes, dot precision.
+
+No autotuning: a small heuristic picks one configuration per problem size (autotune's
+``do_bench`` needs a GPU, and the TCR shapes are few and known: n = min(m, d) <= ~16k).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import torch
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Tile sizes and dot settings of one launch family.
+
+    block_n: square output tile of the n x n matrices (Gram, basis, P) and of dZ's columns;
+    block_k: contraction step; block_m: rows per program of the row kernels;
+    half_dot: feed the Gram's tl.dot with operands in the input's half dtype (tensor cores);
+    precision: ``input_precision`` of the fp32 dots ("ieee" for float32 input, "tf32" for half
+    inputs, whose tolerance is 2e-3 or looser); num_warps / num_stages: GPU only.
+    """
+    block_n: int
+    block_k: int
+    block_m: int
+    half_dot: bool
+    precision: str
+    num_warps: int
+    num_stages: int
+
+
+def choose(dtype: torch.dtype, n: int) -> Config:
+    """Configuration for an input of ``dtype`` whose smaller Gram side is ``n``."""
+    if interpreting():
+        # Large blocks: the interpreter pays per program, not per element. tl.dot on bfloat16
+        # is wrong in the interpreter (DESIGN §4): bf16 operands are cast to float32 there.
+        return Config(32, 32, 32, dtype == torch.float16, "ieee", 4, 1)
+    half = dtype in (torch.float16, torch.bfloat16)
+    block_n = 64 if n <= 2048 else 128
+    return Config(block_n, 32 if block_n == 128 else 64, 64, half, "tf32" if half else "ieee",
+                  8 if block_n == 128 else 4, 3)
