@@ -2,7 +2,7 @@
 PYTHON ?= python3
 export PYTHON
 
-.PHONY: install demo test cuda-check
+.PHONY: install demo test cuda-check triton-check
 
 install:
 	bash scripts/install.sh train,bench,test
@@ -15,3 +15,7 @@ test: install
 
 cuda-check:  # compile every csrc/*.cu with nvcc (sm_80, sm_90a) and syntax-check the bindings
 	bash scripts/check_cuda_compile.sh --bindings
+
+triton-check: install  # compile every Triton kernel launch for sm_90 and sm_80 (no GPU needed)
+	env -u TRITON_INTERPRET $(PYTHON) -W ignore -m mmae_fast.triton.compile_check --arch 90
+	env -u TRITON_INTERPRET $(PYTHON) -W ignore -m mmae_fast.triton.compile_check --arch 80

@@ -7,16 +7,24 @@ scale of 2**10 (as AMP does): unscaled, many TCR gradient entries are fp16 subno
 rounding of the *output* alone, identical for the reference cast to fp16, exceeds the tolerance.
 """
 import dataclasses
+import os
+import pathlib
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 import torch
+from functorch.compile import make_boxed_func
+from torch._dynamo.backends.common import aot_autograd
 
 from tests.tolerances import assert_close
 
 triton = pytest.importorskip("triton")
 
 import mmae_fast  # noqa: E402
-from mmae_fast import reference, series  # noqa: E402
+from mmae_fast import backends, reference, series  # noqa: E402
+from mmae_fast.ops import reference_backend  # noqa: E402
 from mmae_fast.ops import triton_backend  # noqa: E402
 from mmae_fast.ops.plan import make_plan  # noqa: E402
 from mmae_fast.triton import config, gram, tcr, traces  # noqa: E402
@@ -77,6 +85,38 @@ def test_explicit_backend_rejects_float64_with_the_fix():
     with pytest.raises(ValueError, match="float64"):
         mmae_fast.tcr_loss(torch.randn(5, 4, dtype=torch.float64, device=DEVICE),
                            backend="triton")
+
+
+def test_auto_never_picks_the_interpreter(monkeypatch):
+    """On CPU tensors "auto" means the reference even while the interpreter is on."""
+    monkeypatch.delenv(backends.ENV_VAR, raising=False)
+    assert backends.resolve("auto", torch.zeros(3, 4)) is reference_backend
+
+
+@pytest.mark.parametrize("args, match", [
+    ((torch.zeros(5, 4, dtype=torch.float64), False, 1.0, "exact", 0, True), "float64"),
+    ((torch.zeros(5, 4, dtype=torch.int32), False, 1.0, "exact", 0, True), "int32"),
+    ((torch.zeros(2, 5, 4), False, 1.0, "exact", 0, True), r"\(m, d\)"),
+    ((torch.zeros(0, 4), False, 1.0, "exact", 0, True), "non-empty"),
+    ((torch.ones(5, 4), False, 0.0, "exact", 0, True), "mu must be"),
+    ((torch.ones(5, 4), False, float("nan"), "series", 0, True), "mu must be"),
+    ((torch.ones(5, 4), False, 1.0, "lu", 0, True), "estimator"),
+    ((torch.ones(5, 4), False, 1.0, "series", -2, True), "degree"),
+])
+def test_ops_reject_bad_input_by_name(args, match):
+    """The ops called directly (not through tcr_loss's checks) still fail with the reason."""
+    args = (args[0].to(DEVICE),) + args[1:]
+    with pytest.raises(ValueError, match=match):
+        torch.ops.mmae_fast.triton_tcr_forward(*args)
+
+
+def test_public_api_rejects_bad_input_by_name():
+    with pytest.raises(ValueError, match="mu"):
+        mmae_fast.tcr_loss(torch.ones(5, 4, device=DEVICE), -1.0, backend="triton")
+    with pytest.raises(ValueError, match="estimator"):
+        mmae_fast.tcr_loss(torch.ones(5, 4, device=DEVICE), estimator="lu", backend="triton")
+    with pytest.raises((TypeError, ValueError), match="2-D"):
+        mmae_fast.tcr_loss(torch.ones(5, device=DEVICE), backend="triton")
 
 
 # ----------------------------------------------------------------------------- value + gradient
@@ -228,6 +268,89 @@ def test_trace_weights_regroup_and_reject():
         traces.trace_weights((1,), (3,), (1.0,), 3, 20)
 
 
+_CHOOSE = config.choose
+
+
+def _gpu_config(dtype, n):
+    """The configuration ``config.choose`` makes on a GPU."""
+    real = config.interpreting
+    try:
+        config.interpreting = lambda: False
+        return _CHOOSE(dtype, n)
+    finally:
+        config.interpreting = real
+
+
+@pytest.fixture
+def gpu_dot_precision(monkeypatch):
+    """Make the interpreter's tl.dot honour ``input_precision`` as a GPU does (it ignores it):
+    "tf32" rounds float32 operands to tf32 (10-bit mantissa), "tf32x3" splits each into a tf32
+    high and low part and sums the three products lo·hi + hi·lo + hi·hi."""
+    if not config.interpreting():
+        pytest.skip("emulates the GPU's dot precision in the interpreter")
+    interp = pytest.importorskip("triton.runtime.interpreter")
+    builder = getattr(interp, "InterpreterBuilder", None)
+    to_tf32 = getattr(interp, "_round_f32_to_tf32", None)
+    if builder is None or to_tf32 is None:
+        pytest.skip("this triton's interpreter offers no hook to emulate tf32")
+    dot = builder.create_dot
+
+    def create_dot(self, a, b, acc, input_precision, max_num_imprecise_acc):
+        mode = str(input_precision).upper()
+        if "TF32" not in mode or a.data.dtype != np.float32:
+            return dot(self, a, b, acc, input_precision, max_num_imprecise_acc)
+        ah, bh = to_tf32(a.data), to_tf32(b.data)
+        wa = lambda x: interp.TensorHandle(x, a.dtype.scalar)  # noqa: E731
+        wb = lambda x: interp.TensorHandle(x, b.dtype.scalar)  # noqa: E731
+        if "X3" in mode:
+            al, bl = to_tf32(a.data - ah), to_tf32(b.data - bh)
+            acc = dot(self, wa(al), wb(bh), acc, input_precision, max_num_imprecise_acc)
+            acc = dot(self, wa(ah), wb(bl), acc, input_precision, max_num_imprecise_acc)
+        return dot(self, wa(ah), wb(bh), acc, input_precision, max_num_imprecise_acc)
+
+    monkeypatch.setattr(builder, "create_dot", create_dot)
+
+
+def _run_with_config(monkeypatch, gen, choose, shape, dtype, estimator, centering):
+    """Reference comparison with ``config.choose`` replaced by ``choose``; errors returned."""
+    chosen = []
+    monkeypatch.setattr(config, "choose", lambda dt, n: chosen.append(n) or choose(dt, n))
+    m, d = shape
+    mu = _mu(estimator, m, d)
+    h = _features(gen, m, d, dtype)
+    value, grad, ref, ref_grad = _compare(h, mu, centering, estimator, _degree(estimator, mu, m, d))
+    assert chosen == [min(m, d)] * 2  # forward and backward ran with the patched configuration
+    return value, grad, ref, ref_grad
+
+
+@pytest.mark.parametrize("n_gpu", [64, 4096], ids=["tile64", "tile128"])
+@pytest.mark.parametrize("shape, dtype, estimator, centering", [
+    ((70, 45), torch.float32, "series", True), ((45, 70), torch.float16, "exact", False),
+    ((45, 70), torch.float32, "taylor", False), ((70, 45), torch.float16, "series", False),
+    ((45, 70), torch.float16, "taylor", True)])
+def test_gpu_configs(monkeypatch, gpu_dot_precision, gen, n_gpu, shape, dtype, estimator,
+                     centering):
+    """The GPU's choices (tile sizes with block_k != block_n, 64/128-wide tiles larger than the
+    matrix, fp16 tensor-core Gram, tf32x3 products for half inputs, emulated) against the
+    reference. Only bf16's tensor-core dot is left to a GPU."""
+    value, grad, ref, ref_grad = _run_with_config(
+        monkeypatch, gen, lambda dt, n: _gpu_config(dt, n_gpu), shape, dtype, estimator,
+        centering)
+    assert_close(value, ref, dtype, kind="value")
+    assert_close(grad, ref_grad, dtype, kind="grad")
+
+
+def test_plain_tf32_misses_the_half_tolerance(monkeypatch, gpu_dot_precision, gen):
+    """Why half inputs use tf32x3: with plain tf32 products the uncentred gradient misses the
+    float16 tolerance (the normalisation projection cancels its large radial part). Also shows
+    that the precision emulation of ``test_gpu_configs`` is live."""
+    tf32 = lambda dt, n: dataclasses.replace(_gpu_config(dt, n), precision="tf32")  # noqa: E731
+    _, grad, _, ref_grad = _run_with_config(monkeypatch, gen, tf32, (70, 45), torch.float16,
+                                            "taylor", False)
+    with pytest.raises(AssertionError, match="grad relative error"):
+        assert_close(grad, ref_grad, torch.float16, kind="grad")
+
+
 def test_interpreter_config_casts_bf16_dots():
     if not config.interpreting():
         pytest.skip("interpreter-only choice")
@@ -253,8 +376,9 @@ def test_opcheck(gen, shape, centering):
 @pytest.mark.parametrize("dynamic", [False, True])
 def test_torch_compile_fullgraph(gen, dynamic):
     """A training-step-like function calling the op through the public API compiles without
-    graph breaks (aot_eager: dynamo + AOT autograd over the fake kernels; the kernels run
-    eagerly). The op plans from the real shapes inside, so dynamic shapes work too."""
+    graph breaks (fullgraph=True raises on one): dynamo + AOT autograd trace the fake kernels,
+    the recorded forward/backward graphs must call the two ops, and the kernels run eagerly.
+    The op plans from the real shapes inside, so dynamic shapes work too."""
     torch._dynamo.reset()
 
     def step(x, w):
@@ -262,7 +386,16 @@ def test_torch_compile_fullgraph(gen, dynamic):
         return ((feats - 1.0) ** 2).mean() + 0.01 * mmae_fast.tcr_loss(
             feats, 3.0, centering=True, estimator="series", order=6, backend="triton")
 
-    compiled = torch.compile(step, fullgraph=True, backend="aot_eager", dynamic=dynamic)
+    graphs = {"forward": [], "backward": []}
+
+    def recorder(kind):
+        def compiler(gm, example_inputs):
+            graphs[kind].append(gm.code)
+            return make_boxed_func(gm.forward)
+        return compiler
+
+    backend = aot_autograd(fw_compiler=recorder("forward"), bw_compiler=recorder("backward"))
+    compiled = torch.compile(step, fullgraph=True, backend=backend, dynamic=dynamic)
     for m in (37, 41):
         x = _features(gen, m, 16, torch.float32).to(DEVICE)
         w1 = torch.randn(16, 23, generator=gen).to(DEVICE).requires_grad_()
@@ -272,3 +405,20 @@ def test_torch_compile_fullgraph(gen, dynamic):
         want.backward()
         assert_close(got, want, torch.float32)
         assert_close(w1.grad, w2.grad, torch.float32, kind="grad")
+    # the registered ops themselves are in the traced graphs (not a decomposition or a fallback)
+    assert graphs["forward"] and all("triton_tcr_forward" in g for g in graphs["forward"])
+    assert graphs["backward"] and all("triton_tcr_backward" in g for g in graphs["backward"])
+
+
+# ----------------------------------------------------------------------------- GPU compilation
+def test_kernels_compile_for_sm90():
+    """The interpreter never compiles a kernel: compile the launches of two cases (fp16, both
+    Gram sides, every kernel) for sm_90 with Triton's own ptxas, in a process without
+    TRITON_INTERPRET (``python -m mmae_fast.triton.compile_check`` runs every case)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = pathlib.Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-W", "ignore", "-m", "mmae_fast.triton.compile_check",
+                           "--quick", "--arch", "90"], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "compiled 9 kernel variants" in proc.stdout, proc.stdout

@@ -15,6 +15,7 @@ import importlib
 import torch
 
 from .. import reference
+from .common import input_reason
 from .plan import make_plan
 
 #: The reason reported when the extension cannot be imported.
@@ -111,13 +112,7 @@ def availability() -> str | None:
 
 def supports(z: torch.Tensor) -> str | None:
     """CUDA tensors of shape (m, d) in float32/float64/float16/bfloat16."""
-    if z.device.type != "cuda":
-        return f"the cuda backend needs a CUDA tensor, got device {z.device.type!r}"
-    if z.dtype not in DTYPES:
-        return f"the cuda backend takes float32, float64, float16 or bfloat16, got {z.dtype}"
-    if z.dim() != 2 or z.shape[0] < 1 or z.shape[1] < 1:
-        return f"the cuda backend needs a non-empty (m, d) matrix, got shape {tuple(z.shape)}"
-    return None
+    return input_reason(z, "cuda", DTYPES)
 
 
 def tcr(z: torch.Tensor, *, mu: float, centering: bool, estimator: str, degree: int) -> torch.Tensor:

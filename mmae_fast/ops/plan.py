@@ -75,6 +75,10 @@ def _split(deriv, q: int, chebyshev: bool):
 @functools.lru_cache(maxsize=256)
 def make_plan(m: int, d: int, *, mu: float, estimator: str, degree: int) -> Plan:
     """The plan for an (m, d) input; ``degree`` as in ``mmae_fast.backends`` (0 for exact)."""
+    if not (math.isfinite(mu) and mu > 0):
+        raise ValueError(f"mu must be a finite number > 0, got {mu}")
+    if m < 1 or d < 1:
+        raise ValueError(f"the input must be a non-empty (m, d) matrix, got ({m}, {d})")
     c = float(mu) / d
     if estimator == "exact":
         return Plan((c, 1.0, 0.0, 0.0), 0, (), (), (), -2.0 * c, (), ())

@@ -17,10 +17,17 @@ import torch
 from torch import Tensor
 
 from ..triton import tcr as kernels
+from ..triton.config import DTYPES, interpreting
+from .common import input_reason
 from .plan import make_plan
 
 
 def _plan(h: Tensor, mu: float, estimator: str, degree: int):
+    """The plan of ``h`` (m, d); ValueError naming the fix for an input the kernels cannot take."""
+    reason = input_reason(h, "triton", DTYPES, cpu_ok=interpreting(),
+                          cpu_hint=" (or a CPU tensor with TRITON_INTERPRET=1)")
+    if reason is not None:
+        raise ValueError(reason)
     m, d = h.shape
     return make_plan(int(m), int(d), mu=float(mu), estimator=estimator, degree=int(degree))
 
@@ -34,6 +41,8 @@ def tcr_forward(h: Tensor, centering: bool, mu: float, estimator: str, degree: i
 
 @tcr_forward.register_fake
 def _tcr_forward_fake(h, centering, mu, estimator, degree, need_grad):
+    if h.dim() != 2:
+        raise ValueError(f"the triton backend needs an (m, d) matrix, got shape {tuple(h.shape)}")
     m, d = h.shape
     n = torch.sym_min(m, d)
     f32 = torch.float32

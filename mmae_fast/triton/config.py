@@ -11,6 +11,10 @@ import os
 import torch
 
 
+#: Input dtypes the kernels take (computed in float32; float64 goes to "cuda" / "reference").
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
 def interpreting() -> bool:
     """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
@@ -23,8 +27,13 @@ class Config:
     block_n: square output tile of the n x n matrices (Gram, basis, P) and of dZ's columns;
     block_k: contraction step; block_m: rows per program of the row kernels;
     half_dot: feed the Gram's tl.dot with operands in the input's half dtype (tensor cores);
-    precision: ``input_precision`` of the fp32 dots ("ieee" for float32 input, "tf32" for half
-    inputs, whose tolerance is 2e-3 or looser); num_warps / num_stages: GPU only.
+    precision: ``input_precision`` of the fp32 dots (basis recurrence, P, the backward GEMM):
+    "ieee" for float32 input; "tf32x3" (three tf32 tensor-core products, about fp32 accuracy)
+    for half inputs. Plain "tf32" is NOT enough even for the half tolerances: with tf32 operand
+    rounding emulated in the interpreter, series values miss 2e-3 (up to 1e-2) and uncentred
+    gradients miss 5e-3 (up to 2e-2; the normalisation projection cancels a large radial part),
+    see tests/test_triton_backend.py::test_plain_tf32_misses_the_half_tolerance.
+    num_warps / num_stages: GPU only.
     """
     block_n: int
     block_k: int
@@ -43,5 +52,5 @@ def choose(dtype: torch.dtype, n: int) -> Config:
         return Config(32, 32, 32, dtype == torch.float16, "ieee", 4, 1)
     half = dtype in (torch.float16, torch.bfloat16)
     block_n = 64 if n <= 2048 else 128
-    return Config(block_n, 32 if block_n == 128 else 64, 64, half, "tf32" if half else "ieee",
+    return Config(block_n, 32 if block_n == 128 else 64, 64, half, "tf32x3" if half else "ieee",
                   8 if block_n == 128 else 4, 3)

@@ -1,0 +1,151 @@
+"""Compile the TCR kernels for a GPU target on a machine without a GPU (a check for CI).
+
+    python -m mmae_fast.triton.compile_check [--arch 90] [--quick]
+
+The interpreter never compiles a kernel, so errors of the GPU path (tl.dot operand shapes and
+dtypes, layouts, shared memory) stay hidden on a CPU machine. This module runs the real launch
+sequence (``tcr.forward`` and ``tcr.backward_input``, block sizes from ``config.choose``) on
+small CPU tensors with every kernel launch *recorded* instead of run, then compiles each distinct
+launch (kernel, argument types, constexprs, num_warps, num_stages) with ``triton.compile`` for
+``GPUTarget("cuda", arch, 32)``: Triton IR -> PTX -> cubin with Triton's bundled ptxas, no driver.
+The recorded values are garbage (nothing runs), so only compilation is checked, not results.
+
+Needs ``TRITON_INTERPRET`` unset (the kernels must be real ``JITFunction``s).
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import itertools
+import os
+import sys
+import time
+
+import torch
+
+DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+class _Recorder:
+    """Stands in for a JITFunction: ``kernel[grid](*args, **kwargs)`` appends to ``launches``."""
+
+    def __init__(self, fn, launches):
+        self.fn, self.launches = fn, launches
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.launches.append((self.fn, args, kwargs))
+
+
+def _signature(fn, args, kwargs):
+    """``(signature, constexprs, options)`` for ``triton.compile`` from one recorded launch."""
+    options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages") if k in kwargs}
+    bound = inspect.signature(fn.fn).bind(*args, **kwargs).arguments
+    const_names = {p.name for p in fn.params if p.is_constexpr}
+    sig, consts = {}, {}
+    for name in fn.arg_names:
+        value = bound[name]
+        if name in const_names:
+            sig[name], consts[name] = "constexpr", value
+        elif isinstance(value, torch.Tensor):
+            sig[name] = "*" + DTYPE_NAMES[value.dtype]
+        elif isinstance(value, bool):
+            sig[name] = "i1"
+        elif isinstance(value, int):
+            sig[name] = "i32" if -2 ** 31 <= value < 2 ** 31 else "i64"
+        elif isinstance(value, float):
+            sig[name] = "fp32"
+        else:
+            raise TypeError(f"{fn.__name__}: cannot type argument {name}={value!r}")
+    return sig, consts, options
+
+
+def record_launches(cases) -> list:
+    """Run forward + backward of every ``(m, d, dtype, centering, estimator, degree,
+    need_grad)`` case with the kernels replaced by recorders; return the launches."""
+    import triton.runtime.jit as jit
+
+    from ..ops.plan import make_plan
+    from . import backward, gram, tcr, traces
+
+    launches: list = []
+    saved = {}
+    for mod in (gram, traces, backward):
+        for name, obj in vars(mod).items():
+            if isinstance(obj, jit.JITFunction):
+                saved[(mod, name)] = obj
+                setattr(mod, name, _Recorder(obj, launches))
+    if not saved:
+        raise RuntimeError("no JITFunction found: unset TRITON_INTERPRET before importing "
+                           "mmae_fast")
+    cholesky_inverse = torch.cholesky_inverse  # would reject the never-computed Gram
+    torch.cholesky_inverse = torch.empty_like
+    try:
+        for m, d, dtype, centering, estimator, degree, need_grad in cases:
+            h = torch.zeros(m, d, dtype=dtype)
+            plan = make_plan(m, d, mu=1.0, estimator=estimator, degree=degree)
+            _, p, r, zbar = tcr.forward(h, centering, plan, need_grad)
+            if need_grad:
+                tcr.backward_input(torch.tensor(1.0), h, p, r, zbar, centering, plan.scale)
+    finally:
+        torch.cholesky_inverse = cholesky_inverse
+        for (mod, name), obj in saved.items():
+            setattr(mod, name, obj)
+    return launches
+
+
+def cases(quick: bool):
+    """Shapes on both Gram sides (odd sizes), every estimator and degree parity; not quick:
+    every dtype, centring on/off, no-grad forwards and n > 2048 (the 128-wide configuration)."""
+    if quick:
+        return [(37, 21, torch.float16, True, "series", 5, True),
+                (21, 37, torch.float16, False, "taylor", 4, True)]
+    out = [(m, d, dt, c, est, deg, g)
+           for (m, d), dt, c, (est, deg), g in itertools.product(
+               [(37, 21), (21, 37)], DTYPE_NAMES, (False, True),
+               [("exact", 0), ("series", 5), ("taylor", 4)], (True, False))]
+    out.append((2100, 2051, torch.float16, True, "series", 5, True))
+    out.append((2051, 2100, torch.float32, False, "series", 6, True))
+    return out
+
+
+def compile_all(launches, arch: int) -> int:
+    """Compile each distinct launch for sm_<arch>; return how many were compiled."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    target = GPUTarget("cuda", arch, 32)
+    seen = set()
+    for fn, args, kwargs in launches:
+        sig, consts, options = _signature(fn, args, dict(kwargs))
+        key = (fn.__name__, tuple(sig.items()), tuple(consts.items()), tuple(options.items()))
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=target,
+                           options=options)
+        except Exception as exc:
+            raise RuntimeError(f"{fn.__name__} {consts} {options} does not compile for "
+                               f"sm_{arch}: {exc}") from exc
+    return len(seen)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 80, 90")
+    parser.add_argument("--quick", action="store_true", help="two cases only (for tests)")
+    args = parser.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        print("unset TRITON_INTERPRET: the interpreter replaces the kernels", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    launches = record_launches(cases(args.quick))
+    count = compile_all(launches, args.arch)
+    print(f"compiled {count} kernel variants ({len(launches)} launches) for sm_{args.arch} "
+          f"in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
