@@ -69,10 +69,10 @@ fi
 # Syntax check of the binding file (no CUDA torch needed; nothing is linked).
 mkdir -p "$tmp/shim/c10/cuda/impl"
 echo '#pragma once' >"$tmp/shim/c10/cuda/impl/cuda_cmake_macros.h"
-if ! torch_inc=$(python -c "from torch.utils.cpp_extension import include_paths; print(' '.join(include_paths()))" 2>"$tmp/log"); then
-  echo "check_cuda_compile: FAIL bindings: torch is not importable"; sed 's/^/    /' "$tmp/log"; exit 1
+if ! torch_inc=$("${PYTHON:-python3}" -c "from torch.utils.cpp_extension import include_paths; print(' '.join(include_paths()))" 2>"$tmp/log"); then
+  echo "check_cuda_compile: FAIL bindings: torch is not importable by ${PYTHON:-python3} (run make install first)"; sed 's/^/    /' "$tmp/log"; exit 1
 fi
-py_inc=$(python -c "import sysconfig; print(sysconfig.get_paths()['include'])")
+py_inc=$("${PYTHON:-python3}" -c "import sysconfig; print(sysconfig.get_paths()['include'])")
 cuda_inc=""
 for dir in "${CUDA_HOME:-/nonexistent}/include" \
     "$(dirname "$(dirname "$(readlink -f "$(command -v "$NVCC")")")")/include" \
