@@ -5,7 +5,7 @@ export PYTHON
 .PHONY: install demo test cuda-check triton-check
 
 install:
-	bash scripts/install.sh train,bench,test
+	bash scripts/install.sh triton,train,bench,test
 
 demo: install
 	$(PYTHON) -m mmae_fast.demo
