@@ -67,6 +67,12 @@ def available_backends() -> list[str]:
     return [name for name in AUTO_ORDER if availability(name) is None]
 
 
+def resolve_name(backend: str, z: torch.Tensor) -> str:
+    """The name of the backend ``resolve`` picks for ``z``."""
+    mod = resolve(backend, z)
+    return next(name for name, m in _MODULES.items() if m is mod)
+
+
 def resolve(backend: str, z: torch.Tensor) -> ModuleType:
     """Return the backend module that will run ``z``; raise with the reason if it cannot."""
     if backend not in BACKENDS:

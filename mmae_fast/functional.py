@@ -11,6 +11,7 @@ import warnings
 import torch
 
 from . import _checks, backends, distributed, reference, series
+from .ops import staged
 
 
 def _bool(value, name: str) -> bool:
@@ -26,20 +27,13 @@ def _reference_only(backend: str, fn: str) -> None:
         raise ValueError(f"{fn} has no {backend!r} kernel yet; use backend='auto' or 'reference'")
 
 
-def _degree(estimator: str, order, tol: float, mu: float, m: int, d: int) -> int:
-    """Polynomial degree for the estimator: ``order`` if given, else the default (series: from
-    ``tol``), 0 for "exact". Warns when the Taylor series may diverge (mu·m/d >= 1)."""
-    if order is not None:
-        if estimator == "exact":
-            raise ValueError("order applies to estimator='series' or 'taylor', not 'exact'; "
-                             "drop order or change the estimator")
-        order = _checks.order(order)
+def _warn_taylor(estimator: str, mu: float, m: int, d: int) -> None:
+    """Warn when the Taylor series may diverge (mu·m/d >= 1); the staged op warns at run time."""
     if estimator == "taylor" and not series.taylor_converges(mu, m, d):
         warnings.warn(
             f"estimator='taylor' may diverge: the spectral radius of mu/d·ZᵀZ can reach "
             f"mu·m/d = {mu * m / d:.3g} >= 1; use estimator='series' (converges for every input) "
             f"or a smaller mu", RuntimeWarning, stacklevel=3)
-    return order or reference.default_degree(estimator, series.kappa(mu, m, d), tol)
 
 
 def tcr_loss(z: torch.Tensor, mu: float = 1.0, *, centering: bool = False,
@@ -51,18 +45,19 @@ def tcr_loss(z: torch.Tensor, mu: float = 1.0, *, centering: bool = False,
         R = -logdet(I_d + mu/d · ZᵀZ),   Z = [J] normalize(z)   (m, d) -> 0-d
 
     Add ``lamb * tcr_loss(cls_features, mu)`` to the MAE loss (official: lamb = 1e-2, mu = 3 for
-    ViT-L, 1 for ViT-B). ``mu`` follows the official code (c = mu/d, d the feature dim).
+    ViT-L). ``mu`` follows the official code (c = mu/d, d the feature dim).
 
     Args:
         centering: use ``ZᵀJZ`` (features minus their batch mean).
-        estimator: "exact" (Cholesky on the smaller Gram side), "series" (convergence-safe
-            Chebyshev polynomial, relative error <= ``tol`` for every input, GEMMs only) or
-            "taylor" (order-``order`` Taylor of log(I + X), default 4, as MEC / Matrix-SSL;
-            converges only if mu·m/d < 1).
+        estimator: "exact" (Cholesky on the smaller Gram side, float64 on the kernel path),
+            "series" (convergence-safe Chebyshev polynomial, relative error <= ``tol`` for every
+            input, GEMMs only) or "taylor" (order-``order`` Taylor of log(I + X), default 4, as
+            MEC / Matrix-SSL; converges only if mu·m/d < 1).
         order: polynomial degree for "series" / "taylor" (overrides ``tol``).
         tol: relative error target of "series".
         group: a torch.distributed process group: R on the rows of all its ranks via one
-            all-reduce of the d x d Gram (``mmae_fast.distributed``); None for one process.
+            all-reduce of the d x d Gram on the same staged kernels (``mmae_fast.distributed``);
+            None for one process.
         grad_semantics: with ``group``: "exact" (DDP-averaged gradient = gradient of R on the
             full batch) or "per_rank" (official scaling, 1/K of it). Same thing without a group.
         backend: "auto" (fastest available for the input; env MMAE_FAST_BACKEND overrides),
@@ -76,18 +71,27 @@ def tcr_loss(z: torch.Tensor, mu: float = 1.0, *, centering: bool = False,
     _checks.choice(grad_semantics, "grad_semantics", _checks.GRAD_SEMANTICS)
     _checks.choice(backend, "backend", backends.BACKENDS)
     tol = _checks.positive(tol, "tol")
+    if order is not None:
+        if estimator == "exact":
+            raise ValueError("order applies to estimator='series' or 'taylor', not 'exact'; "
+                             "drop order or change the estimator")
+        order = _checks.order(order)
+    degree = order or 0  # 0: the default, chosen at run time inside the op (from tol and kappa)
+    name = backends.resolve_name(backend, z)
+    compiling = torch.compiler.is_compiling()
     if group is not None:
-        if backend not in ("auto", "reference"):
-            raise ValueError(f"backend={backend!r} has no distributed path yet; use backend='auto'"
-                             f" or 'reference' with group=")
-        if order is not None:
-            _degree(estimator, order, tol, mu, *z.shape)
-        return distributed.tcr(z, mu, centering=centering, estimator=estimator, order=order,
-                               tol=tol, group=group, grad_semantics=grad_semantics)
-    m, d = z.shape
-    degree = _degree(estimator, order, tol, mu, m, d)
-    impl = backends.resolve(backend, z)
-    return impl.tcr(z, mu=mu, centering=centering, estimator=estimator, degree=degree)
+        return distributed.tcr(z, mu, centering=centering, estimator=estimator, degree=degree,
+                               tol=tol, group=group, grad_semantics=grad_semantics, backend=name)
+    if name == "reference" and not compiling:
+        m, d = z.shape
+        _warn_taylor(estimator, mu, m, d)
+        return reference.tcr(z, mu, centering=centering, estimator=estimator,
+                             degree=degree or reference.default_degree(
+                                 estimator, series.kappa(mu, m, d), tol) or None)
+    # kernel backends, and the reference under torch.compile (the same float64 small side; its
+    # degree and coefficients are computed at run time inside the op, never traced)
+    return staged.tcr(z, backend=name, mu=mu, centering=centering, estimator=estimator,
+                      degree=degree, tol=tol)
 
 
 def uniformity_loss(z: torch.Tensor, *, backend: str = "auto",

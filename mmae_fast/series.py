@@ -117,3 +117,21 @@ def chebyshev_coefficients(kappa_: float, degree: int) -> tuple[float, ...]:
         p[k + 1] += h * ak / 2.0
         p[abs(k - 1)] += h * ak / 2.0
     return tuple(float(x) for x in p)
+
+
+def chebyshev_derivative(coeffs) -> tuple[float, ...]:
+    """Coefficients of ``d/dt Σ_k c_k T_k(t)`` in the Chebyshev basis (degree one lower).
+
+    From ``T_k' = k·U_(k-1)`` and ``U_j = 2 Σ T_(j-2i) - [j even]``: the backward recurrence
+    ``b_(k-1) = b_(k+1) + 2k·c_k``, with ``b_0`` halved. Plain Python (no numpy), so that it
+    also runs where tracing would object.
+    """
+    c = [float(x) for x in coeffs]
+    deg = len(c) - 1
+    if deg < 1:
+        return (0.0,)
+    b = [0.0] * (deg + 1)  # b[deg] stays 0; b[deg - 1] = 2·deg·c[deg]
+    for k in range(deg, 0, -1):
+        b[k - 1] = (b[k + 1] if k + 1 <= deg else 0.0) + 2.0 * k * c[k]
+    b[0] /= 2.0
+    return tuple(b[:deg])

@@ -78,3 +78,28 @@ STAGED = {
     torch.float16: (1e-5, 1e-2),
     torch.bfloat16: (1e-5, 1e-2),
 }
+
+
+#: The triton backend's staged ops (``triton_gram`` / ``triton_grad``, issue 13) vs float64
+#: formulas, relative Frobenius errors, by input dtype: "gram": G (half inputs: the operand is z
+#: rounded to the input dtype: ~0.5 of its unit roundoff u measured), "colsum": Σ z_i (float32
+#: from z in float32 for every dtype), "grad": dh in the input dtype (half inputs: ~0.5 u
+#: measured, the rounding of dh itself; the split3 product adds < 1e-4).
+TRITON_STAGE_TOLERANCES = {
+    torch.float32: {"gram": 2e-6, "colsum": 2e-6, "grad": 2e-6},
+    torch.float16: {"gram": 6e-4, "colsum": 2e-6, "grad": 6e-4},
+    torch.bfloat16: {"gram": 5e-3, "colsum": 2e-6, "grad": 5e-3},
+}
+
+
+#: The cuda backend's staged ops (tests/test_cuda_backend.py), input dtype -> relative Frobenius
+#: error vs a float64 computation from the same input values: "gram": G (half: z rounded to the
+#: input dtype); "stats": rinv and colsum (acc arithmetic); "grad": dh in the input dtype (half:
+#: the split product; floor = dh's own rounding, bf16 1.7e-3 / fp16 2.1e-4 by the CPU emulation,
+#: where a single half product gives 4.8e-2 / 5.8e-3 on collapsed features).
+CUDA_STAGE_TOLERANCES = {
+    torch.float64: {"gram": 1e-12, "stats": 1e-13, "grad": 1e-10},
+    torch.float32: {"gram": 1e-5, "stats": 1e-6, "grad": 1e-4},
+    torch.float16: {"gram": 2e-3, "stats": 1e-6, "grad": 5e-4},
+    torch.bfloat16: {"gram": 1e-2, "stats": 1e-6, "grad": 3e-3},
+}

@@ -1,9 +1,14 @@
-"""The "reference" backend: ``mmae_fast.reference`` in eager PyTorch, any device and dtype."""
+"""The "reference" backend: ``mmae_fast.reference`` in eager PyTorch, any device and dtype.
+
+One process: ``reference.tcr`` with autograd (the float64 formulas). With ``group=`` the staged
+path (``mmae_fast.ops.staged``) runs on ``torch_stages`` instead.
+"""
 from __future__ import annotations
 
 import torch
 
 from .. import reference
+from . import torch_stages
 
 
 def availability() -> str | None:
@@ -19,3 +24,8 @@ def supports(z: torch.Tensor) -> str | None:
 def tcr(z: torch.Tensor, *, mu: float, centering: bool, estimator: str, degree: int) -> torch.Tensor:
     """``reference.tcr`` (autograd through PyTorch ops)."""
     return reference.tcr(z, mu, centering=centering, estimator=estimator, degree=degree or None)
+
+
+# The staged path (mmae_fast.ops.staged; used with group=): stages 1 and 3 in plain PyTorch.
+gram = torch_stages.gram
+grad = torch_stages.grad

@@ -1,0 +1,97 @@
+"""The staged TCR op: one autograd boundary over three stages, the same for every backend and for
+the distributed path (docs/staged.md).
+
+    stage 1  gram   (backend)  h (m, d) -> G (n, n), rinv (m,), colsum (d,) | (0,)
+             [group: all-reduce of [G, colsum, count] — d×d + d + 1 numbers, no host sync]
+    stage 2  small side (shared, float64; mmae_fast.ops.small_side) -> R, Q, v, qscale
+    stage 3  grad   (backend)  (grad·qscale, h, rinv, Q, v) -> dh (m, d)      [backward only]
+
+Stage 2 is the custom op ``torch.ops.mmae_fast.small_side`` so that ``torch.compile`` sees one
+opaque call whose Python (degree, coefficients, warnings) runs at run time, not while tracing.
+Stages 1 and 3 are the backend's ops (``torch.ops.mmae_fast.<backend>_gram`` / ``_grad``; the
+"reference" backend runs ``mmae_fast.ops.torch_stages``). Four op calls from Python per step:
+gram and small side in the forward, grad in the backward (plus the all-reduce with a group).
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from .. import backends, reference, series
+from . import small_side as _small
+
+
+@torch.library.custom_op("mmae_fast::small_side", mutates_args=())
+def small_side_op(g: Tensor, colsum: Tensor, count: Tensor, mu: float, m: int, d: int,
+                  feature: bool, centering: bool, estimator: str, degree: int, tol: float,
+                  need_grad: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(R, Q, v, qscale)``: ``mmae_fast.ops.small_side.small_side`` as one op; ``degree`` 0
+    means the estimator's default (series: from ``tol`` and kappa = 1 + mu·m/d)."""
+    _small.warn_if_taylor_diverges(estimator, mu, m, d)
+    degree = degree or reference.default_degree(estimator, series.kappa(mu, m, d), tol)
+    return _small.small_side(g, colsum, count, mu=mu, m=m, d=d, feature=feature,
+                             centering=centering, estimator=estimator, degree=degree,
+                             need_grad=need_grad)
+
+
+@small_side_op.register_fake
+def _small_side_fake(g, colsum, count, mu, m, d, feature, centering, estimator, degree, tol,
+                     need_grad):
+    n = g.shape[0]
+    q = g.new_empty((n, n) if need_grad else (0, 0))
+    v = g.new_empty((d,) if (need_grad and centering and feature) else (0,))
+    return g.new_empty(()), q, v, g.new_empty(())
+
+
+def _module(backend: str):
+    return backends._MODULES[backend]
+
+
+class _StagedTCR(torch.autograd.Function):
+    """R of the rows of h (and, with a group, of every rank's rows); backward through stage 3."""
+
+    @staticmethod
+    def forward(ctx, h, backend, mu, estimator, degree, tol, centering, need_grad, group,
+                grad_scale):
+        mod = _module(backend)
+        m, d = h.shape
+        feature = group is not None or d <= m
+        g, rinv, colsum = mod.gram(h, feature, centering)
+        count = torch.full((), m, dtype=g.dtype, device=g.device)
+        m_bound = m
+        if group is not None:  # one buffer: [G, colsum, count], summed over the ranks
+            buf = torch.cat([g.reshape(-1), colsum, count.reshape(1)])
+            dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=group)
+            nc = colsum.numel()
+            g = buf[: d * d].view(d, d)
+            colsum, count = buf[d * d: d * d + nc], buf[-1]
+            m_bound = m * dist.get_world_size(group)  # equal shards assumed; else R = NaN
+        value, q, v, qscale = torch.ops.mmae_fast.small_side(
+            g, colsum, count, mu, m_bound, d, feature, centering, estimator, degree, tol, need_grad)
+        ctx.save_for_backward(h, rinv, q, v, qscale)
+        ctx.backend, ctx.feature, ctx.grad_scale = backend, feature, grad_scale
+        return value
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_value):
+        h, rinv, q, v, qscale = ctx.saved_tensors
+        if q.numel() == 0:
+            raise RuntimeError("the staged TCR forward ran without need_grad; call it with "
+                               "requires_grad inputs under grad mode to differentiate")
+        dh = _module(ctx.backend).grad(grad_value * qscale, h, rinv, q, v, ctx.feature,
+                                       ctx.grad_scale)
+        return dh, None, None, None, None, None, None, None, None, None
+
+
+def tcr(h: Tensor, *, backend: str, mu: float, centering: bool, estimator: str, degree: int = 0,
+        tol: float = reference.SERIES_TOL, group=None, grad_scale: float = 1.0) -> Tensor:
+    """``-logdet(I + mu/d·ZᵀZ)`` of the normalised (optionally centred) rows of h (m, d) through
+    the staged ops of ``backend``; with ``group``, of the rows of every rank (each rank's
+    gradient is that of its own rows, times ``grad_scale``). 0-d, float64 for float64 h, else
+    float32; ``degree``: series degree / Taylor order (0: the default, series from ``tol``;
+    ignored by "exact")."""
+    need_grad = torch.is_grad_enabled() and h.requires_grad
+    return _StagedTCR.apply(h, backend, float(mu), estimator, int(degree), float(tol),
+                            bool(centering), need_grad, group, float(grad_scale))

@@ -1,0 +1,52 @@
+"""Stages 1 and 3 of the staged TCR op in plain PyTorch (any device, any float dtype).
+
+The semantics every kernel backend implements (docs/staged.md); used by the "reference" backend
+on the distributed path and as the readable statement of the contract. Computed in acc =
+float64 for float64 input, else float32 (no half rounding: this path is for the CPU)::
+
+    gram(h, feature, centering) -> (G, rinv, colsum)
+        rinv_i = 1/max(||h_i||, EPS), z_i = h_i·rinv_i                     (m,)
+        G = ZᵀZ (d, d) if feature else ZZᵀ (m, m), uncentred               (n, n)
+        colsum = 1ᵀZ (d,) if centering else (0,)
+    grad(grad, h, rinv, q, v, feature, scale) -> dh                         (m, d), h.dtype
+        gx = scale·grad·(Z q - 1vᵀ)  (feature)  or  scale·grad·(q Z - 1vᵀ)  (v empty: 0)
+        dh_i = rinv_i (gx_i - z_i <z_i, gx_i>)  if ||h_i|| > EPS,  else rinv_i·gx_i
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .. import reference
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    return reference.compute_dtype(dtype)
+
+
+def _rinv(h: Tensor) -> Tensor:
+    return 1.0 / torch.linalg.vector_norm(h.to(_acc(h.dtype)), dim=1).clamp_min(reference.EPS)
+
+
+def gram(h: Tensor, feature: bool, centering: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Stage 1; see the module docstring."""
+    rinv = _rinv(h)
+    z = h.to(rinv.dtype) * rinv[:, None]
+    g = z.mT @ z if feature else z @ z.mT
+    colsum = z.sum(dim=0) if centering else z.new_empty((0,))
+    return g, rinv, colsum
+
+
+def grad(grad_out: Tensor, h: Tensor, rinv: Tensor, q: Tensor, v: Tensor, feature: bool,
+         scale: float) -> Tensor:
+    """Stage 3; see the module docstring."""
+    acc = rinv.dtype
+    z = h.to(acc) * rinv[:, None]
+    gx = z @ q.to(acc) if feature else q.to(acc) @ z
+    if v.numel():
+        gx = gx - v.to(acc)[None, :]
+    gx = gx * (grad_out.to(acc) * scale)
+    radial = (z * gx).sum(dim=1, keepdim=True)
+    project = (rinv.double() * reference.EPS < 1.0)[:, None]  # ||h_i|| > EPS
+    dh = rinv[:, None] * torch.where(project, gx - z * radial, gx)
+    return dh.to(h.dtype)
