@@ -2,7 +2,7 @@
 PYTHON ?= python3
 export PYTHON
 
-.PHONY: install demo test cuda-check triton-check
+.PHONY: install demo test cuda-check triton-check mutants
 
 install:
 	bash scripts/install.sh triton,train,bench,test
@@ -19,3 +19,6 @@ cuda-check:  # compile every csrc/*.cu with nvcc (sm_80, sm_90a) and syntax-chec
 triton-check: install  # compile every Triton kernel launch for sm_90 and sm_80 (no GPU needed)
 	env -u TRITON_INTERPRET $(PYTHON) -W ignore -m mmae_fast.triton.compile_check --arch 90
 	env -u TRITON_INTERPRET $(PYTHON) -W ignore -m mmae_fast.triton.compile_check --arch 80
+
+mutants:  # plant ~15 typical bugs in a temporary copy, report which tests catch each (slow; not in CI)
+	$(PYTHON) scripts/mutants.py

@@ -1,0 +1,195 @@
+"""Mutation check (``make mutants``): plant typical bugs in a temporary copy of the repository and
+report which tests catch each one. Exit status 1 if a mutant survives (no targeted test fails);
+a test file that fails on the unmutated copy is reported and left out of the runs. Stdlib only;
+the checkout is never modified. The list of mutants and what each one models: tests/README.md.
+
+Each mutant is a (file, old string, new string) patch: if the old string is no longer in the file
+(the code was rewritten), the mutant is reported "n/a" and does not count as a survivor.
+
+    python scripts/mutants.py [--only NAME ...] [--timeout SECONDS] [--keep]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+VALUES_TCR = "tests/test_values_tcr.py"
+VALUES_METRICS = "tests/test_values_metrics.py"
+REFERENCE = "tests/test_reference.py"
+FUNCTIONAL = "tests/test_functional.py"
+DISTRIBUTED = "tests/test_distributed.py"
+BACKENDS = "tests/test_values_backends.py"
+TRITON = "tests/test_triton_backend.py"
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    kind: str  # constant | sign | dropped term | swapped argument | wrong side | ignored argument ...
+    path: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+MUTANTS = [
+    Mutant("tcr-c-mu-over-m", "constant", "mmae_fast/reference.py",
+           "return -logdet_identity_plus((mu / d) * g,", "return -logdet_identity_plus((mu / m) * g,",
+           (VALUES_TCR, FUNCTIONAL, REFERENCE)),
+    Mutant("distributed-c-mu-over-m", "constant (seen by the distributed tests only)",
+           "mmae_fast/reference.py",
+           "return -logdet_identity_plus((mu / d) * g,", "return -logdet_identity_plus((mu / m) * g,",
+           (DISTRIBUTED,)),
+    Mutant("distributed-local-count", "constant: centring by the local instead of the global count",
+           "mmae_fast/distributed.py",
+           "s_mat = s_mat - torch.outer(col_sum, col_sum) / count",
+           "s_mat = s_mat - torch.outer(col_sum, col_sum) / m", (DISTRIBUTED,)),
+    Mutant("chebyshev-coefficient-sign", "sign of one series coefficient", "mmae_fast/series.py",
+           "return tuple(float(x) for x in p)",
+           "return tuple(float(-x if k == 1 else x) for k, x in enumerate(p))",
+           (VALUES_TCR, REFERENCE, FUNCTIONAL)),
+    Mutant("taylor-coefficient-sign", "sign of the Taylor coefficients", "mmae_fast/series.py",
+           "(-1.0) ** (k + 1) / k", "(-1.0) ** k / k", (VALUES_TCR, VALUES_METRICS, REFERENCE)),
+    Mutant("centering-dropped", "dropped term", "mmae_fast/reference.py",
+           "return center(z) if centering else z", "return z", (VALUES_TCR, FUNCTIONAL, REFERENCE)),
+    Mutant("mce-centering-dropped", "dropped term (J in MCE's Q)", "mmae_fast/reference.py",
+           "z1, z2 = normalized_features(h1, centering=True), normalized_features(h2)",
+           "z1, z2 = normalized_features(h1), normalized_features(h2)",
+           (VALUES_METRICS, REFERENCE)),
+    Mutant("mec-z1-for-z2", "swapped argument (MEC's d > m branch)", "mmae_fast/reference.py",
+           "c = z2.mT @ z1 if d <= m else z1 @ z2.mT", "c = z2.mT @ z1 if d <= m else z1 @ z1.mT",
+           (VALUES_METRICS, REFERENCE)),
+    Mutant("joint-entropy-feature-gram", "wrong side of the Gram", "mmae_fast/reference.py",
+           'k1 = gram(normalized_features(h1), "sample")', "k1 = gram(normalized_features(h1))",
+           (VALUES_METRICS, REFERENCE)),
+    Mutant("uniformity-mean-over-m", "constant (1/m instead of 1/m²)", "mmae_fast/reference.py",
+           "return gram(z).square().sum() / z.shape[0] ** 2",
+           "return gram(z).square().sum() / z.shape[0]", (VALUES_METRICS, REFERENCE)),
+    Mutant("entropy-ignores-alpha", "wrapper ignores an argument", "mmae_fast/functional.py",
+           "return reference.renyi_entropy(z, alpha)", "return reference.renyi_entropy(z, 1.0)",
+           (VALUES_METRICS, FUNCTIONAL)),
+    Mutant("mec-ignores-eps-sq", "wrapper ignores an argument", "mmae_fast/functional.py",
+           "return reference.mec(z1, z2, eps_sq=eps_sq, order=order)",
+           "return reference.mec(z1, z2, eps_sq=0.06, order=order)", (VALUES_METRICS, FUNCTIONAL)),
+    Mutant("series-ignores-tol", "wrapper ignores an argument", "mmae_fast/functional.py",
+           "reference.default_degree(estimator, series.kappa(mu, m, d), tol)",
+           "reference.default_degree(estimator, series.kappa(mu, m, d), 1e-4)",
+           (VALUES_TCR, FUNCTIONAL)),
+    Mutant("triton-falls-back-to-reference", "fallback routing", "mmae_fast/backends.py",
+           '"triton": "mmae_fast.ops.triton_backend"', '"triton": "mmae_fast.ops.reference_backend"',
+           (BACKENDS, TRITON)),
+]
+
+
+def copy_repo(dest: Path) -> None:
+    """Copy the tracked and untracked-not-ignored files of the checkout (its working tree as it
+    is now) to ``dest``."""
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                           cwd=ROOT, check=True, capture_output=True).stdout.split(b"\0")
+    for rel in filter(None, (f.decode() for f in files)):
+        src = ROOT / rel
+        if src.is_file():
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, target)
+
+
+def run_tests(copy: Path, tests, timeout: float) -> tuple[str, str, float]:
+    """pytest ``tests`` in ``copy`` (-x -q): ("pass" | "fail" | "timeout", first failure, s)."""
+    env = dict(os.environ, PYTHONPATH=str(copy), PYTHONDONTWRITEBYTECODE="1")
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-rf",
+           "-W", "ignore::pytest.PytestUnraisableExceptionWarning", *tests]
+    start = time.time()
+    try:
+        out = subprocess.run(cmd, cwd=copy, env=env, capture_output=True, text=True,
+                             timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "timeout", "", time.time() - start
+    elapsed = time.time() - start
+    failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", out.stdout, flags=re.M)
+    if out.returncode == 0:
+        return "pass", "", elapsed
+    if out.returncode == 5:  # no tests collected
+        return "pass", "(no tests ran)", elapsed
+    return "fail", failed[0] if failed else out.stdout.strip().splitlines()[-1], elapsed
+
+
+def check_import(copy: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=str(copy))
+    where = subprocess.run([sys.executable, "-c", "import mmae_fast; print(mmae_fast.__file__)"],
+                           cwd=copy, env=env, check=True, capture_output=True, text=True).stdout
+    if not Path(where.strip()).resolve().is_relative_to(copy.resolve()):
+        sys.exit(f"the copy imports mmae_fast from {where.strip()}, not from {copy}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", nargs="*", help="mutant names to run (default: all)")
+    ap.add_argument("--timeout", type=float, default=600.0, help="seconds per pytest run")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary copy")
+    ap.add_argument("--list", action="store_true", help="list the mutants and exit")
+    args = ap.parse_args(argv)
+    mutants = [mu for mu in MUTANTS if not args.only or mu.name in args.only]
+    if args.list:
+        for mu in mutants:
+            print(f"{mu.name:32s} {mu.kind:55s} {mu.path}")
+        return 0
+    tmp = Path(tempfile.mkdtemp(prefix="mmae-mutants-"))
+    copy = tmp / "repo"
+    try:
+        copy_repo(copy)
+        check_import(copy)
+        targets = sorted({t for mu in mutants for t in mu.tests if (copy / t).exists()})
+        broken = set()
+        for test in targets:  # a file failing without a mutant cannot judge one: left out
+            status, first, secs = run_tests(copy, [test], args.timeout)
+            print(f"baseline {test}: {status} in {secs:.0f} s {first}", flush=True)
+            if status != "pass":
+                broken.add(test)
+        rows = []
+        for mu in mutants:
+            target = copy / mu.path
+            original = target.read_text()
+            tests = [t for t in mu.tests if (copy / t).exists() and t not in broken]
+            if original.count(mu.old) == 0:
+                rows.append((mu, "n/a", "old string not found (code rewritten)", 0.0))
+            elif not tests:
+                rows.append((mu, "SURVIVED", "no passing test file targets it", 0.0))
+            else:
+                target.write_text(original.replace(mu.old, mu.new))
+                try:
+                    status, first, secs = run_tests(copy, tests, args.timeout)
+                finally:
+                    target.write_text(original)
+                verdict = {"fail": "caught", "pass": "SURVIVED", "timeout": "timeout"}[status]
+                rows.append((mu, verdict, first, secs))
+            print(f"{mu.name}: {rows[-1][1]} {rows[-1][2]}", flush=True)
+    finally:
+        if args.keep:
+            print(f"copy kept at {copy}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    print()
+    print("| mutant | kind | file | verdict | first failing test | s |")
+    print("|---|---|---|---|---|---|")
+    for mu, verdict, first, secs in rows:
+        print(f"| {mu.name} | {mu.kind} | {mu.path} | {verdict} | {first} | {secs:.0f} |")
+    caught = sum(r[1] == "caught" for r in rows)
+    applicable = sum(r[1] != "n/a" for r in rows)
+    print(f"\n{caught} of {applicable} applicable mutants caught "
+          f"({len(rows) - applicable} not applicable)")
+    return 0 if caught == applicable else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
