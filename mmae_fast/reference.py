@@ -112,8 +112,11 @@ def chebyshev_traces(m_: torch.Tensor, degree: int) -> list[torch.Tensor]:
 
 # ----------------------------------------------------------------------------- log-determinants
 def logdet_cholesky(a: torch.Tensor) -> torch.Tensor:
-    """``logdet(A) = 2 Σ log diag(L)`` for SPD A = LLᵀ (N, N)."""
-    return 2.0 * torch.linalg.cholesky(a).diagonal().log().sum()
+    """``logdet(A) = 2 Σ log diag(L)`` for SPD A = LLᵀ (N, N); NaN (not an exception) when A is
+    not positive definite, e.g. for NaN/Inf input."""
+    chol, info = torch.linalg.cholesky_ex(a)
+    value = 2.0 * chol.diagonal().log().sum()
+    return torch.where(info == 0, value, torch.full_like(value, float("nan")))
 
 
 def logdet_taylor(y: torch.Tensor, order: int = TAYLOR_ORDER) -> torch.Tensor:
@@ -164,9 +167,14 @@ def logdet_identity_plus(y: torch.Tensor, *, estimator: str = "exact", degree: i
 def tcr_from_gram(g: torch.Tensor, *, mu: float, m: int, d: int, estimator: str = "exact",
                   degree: int | None = None) -> torch.Tensor:
     """``R = -logdet(I + mu/d · G)`` from a Gram G (N, N) of m rows of width d, norm <= 1
-    (either side); ``series.kappa(mu, m, d)`` bounds the spectrum of ``I + mu/d · G``."""
-    return -logdet_identity_plus((mu / d) * g, estimator=estimator, degree=degree,
-                                 kappa=series.kappa(mu, m, d))
+    (either side); ``series.kappa(mu, m, d)`` bounds the spectrum of ``I + mu/d · G``.
+
+    The log-determinant runs in float64 whatever G's dtype (the result is cast back): the
+    series' terms cancel by up to ~10³ at large kappa, which float32 cannot afford."""
+    y = (mu / d) * g.to(torch.float64)
+    value = -logdet_identity_plus(y, estimator=estimator, degree=degree,
+                                  kappa=series.kappa(mu, m, d))
+    return value.to(g.dtype)
 
 
 @_exact_math
@@ -199,7 +207,7 @@ def tcr_series(h: torch.Tensor, mu: float = 1.0, *, centering: bool = False,
     g = gram(z)
     value = tcr_from_gram(g, mu=mu, m=m, d=d, estimator="series", degree=degree)
     bound = (mu / d) * g.diagonal().sum().detach() * series.chebyshev_error(kappa, degree)
-    return value, bound
+    return value, bound.to(value.dtype)
 
 
 # ----------------------------------------------------------------------------- U-MAE

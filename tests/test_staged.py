@@ -121,6 +121,10 @@ def test_series_contract_in_float32(gen, kind, centering, m, d, mu):
     value, _ = _run(h, mu, centering, "series", degree)
     expected = _eig_tcr(h.double(), mu, centering)
     assert abs(value.item() - expected) <= tol * abs(expected)
+    # the public reference path (reference.tcr in float32 with a float64 log-determinant)
+    import mmae_fast
+    public = mmae_fast.tcr_loss(h, mu, centering=centering, estimator="series", tol=tol)
+    assert abs(public.item() - expected) <= tol * abs(expected)
 
 
 @pytest.mark.parametrize("m,d,centering", [(1024, 256, False), (300, 1000, True),

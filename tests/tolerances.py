@@ -86,7 +86,7 @@ STAGED = {
 #: from z in float32 for every dtype), "grad": dh in the input dtype (half inputs: ~0.5 u
 #: measured, the rounding of dh itself; the split3 product adds < 1e-4).
 TRITON_STAGE_TOLERANCES = {
-    torch.float32: {"gram": 2e-6, "colsum": 2e-6, "grad": 2e-6},
+    torch.float32: {"gram": 2e-6, "colsum": 2e-6, "grad": 2e-5},
     torch.float16: {"gram": 6e-4, "colsum": 2e-6, "grad": 6e-4},
     torch.bfloat16: {"gram": 5e-3, "colsum": 2e-6, "grad": 5e-3},
 }
@@ -102,4 +102,18 @@ CUDA_STAGE_TOLERANCES = {
     torch.float32: {"gram": 1e-5, "stats": 1e-6, "grad": 1e-4},
     torch.float16: {"gram": 2e-3, "stats": 1e-6, "grad": 5e-4},
     torch.bfloat16: {"gram": 1e-2, "stats": 1e-6, "grad": 3e-3},
+}
+
+
+#: Kernel backends end to end through tcr_loss (tests/test_staged_backends.py): input dtype ->
+#: (value rtol, gradient rtol) vs float64 on the same rounded input. Half inputs: the Gram's
+#: operands are the normalised rows rounded to the input dtype (tensor cores), which moves the
+#: value by up to 2.0e-5 (fp16) / 1.7e-4 (bf16) on the test's shapes (measured by emulation,
+#: float64 small side); the backward's split3 product keeps gradients at the output's rounding.
+#: float32: float32 Gram + float64 small side (~1e-7); float64: rounding only.
+STAGED_BACKEND = {
+    torch.float64: (1e-12, 1e-10),
+    torch.float32: (1e-5, 1e-4),
+    torch.float16: (2e-4, 1e-2),
+    torch.bfloat16: (1.5e-3, 2e-2),
 }
