@@ -35,11 +35,32 @@ def save_atomic(obj: dict, path: str) -> str:
     return path
 
 
+#: what an mmae-train checkpoint holds (``load`` rejects files without these)
+KEYS = ("model", "optimizer", "scaler", "step", "args", "rng")
+
+
 def load(path: str) -> dict:
-    """Read a checkpoint with ``weights_only=True`` onto the CPU."""
+    """Read an mmae-train checkpoint with ``weights_only=True`` onto the CPU; a missing,
+    truncated or foreign file is a one-line ValueError naming it."""
     if not os.path.isfile(path):
         raise ValueError(f"--resume: no checkpoint file at {path!r}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, pickle of another program, not a torch file...
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"--resume {path!r}: not a readable checkpoint (truncated or not "
+                         f"written by torch.save: {reason[:120]})") from None
+    missing = [k for k in KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ValueError(f"--resume {path!r}: not an mmae-train checkpoint (missing "
+                         f"{', '.join(missing)}); pass a checkpoint-last.pt written by mmae-train")
+    return state
+
+
+def all_finite(tensors) -> bool:
+    """Whether every tensor is free of NaN/Inf (one host sync)."""
+    flags = [torch.isfinite(t).all() for t in tensors if t.is_floating_point()]
+    return bool(torch.stack(flags).all()) if flags else True
 
 
 def rng_state() -> dict:

@@ -3,7 +3,11 @@
     --data digits        sklearn's bundled digits (1797 8x8 images, 10 classes), upscaled, 3
                          channels, normalised; no download (the embedded default)
     --data imagefolder   --data-path DIR (ImageNet layout: DIR/train/<class>/*.jpg, or DIR/<class>/
-                         ...), RandomResizedCrop(scale 0.2-1) + horizontal flip, as MAE
+                         ...), RandomResizedCrop(scale 0.2-1) + horizontal flip, as MAE;
+                         pipeline "pil" (PIL + torchvision transforms in the loader workers) or
+                         "gpu" (bytes from the workers, nvJPEG decode and batched augmentation on
+                         the device: mmae_fast.train.gpu_pipeline; its CPU fallback decodes with
+                         PIL and augments in batch on the CPU)
     --data synthetic     Gaussian images, labels 0 (throughput runs)
 
 Global batch ``b`` of step ``s`` (``b = batch_per_rank · world``): epoch ``e = s // (n // b)``
@@ -20,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 DATASETS = ("digits", "imagefolder", "synthetic")
+PIPELINES = ("auto", "gpu", "pil")
 #: per-channel mean / std used for digits and image folders (ImageNet's)
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -124,7 +129,9 @@ class SyntheticData(StepBatches):
 
 
 class _SeededImages(torch.utils.data.Dataset):
-    """ImageFolder items indexed by (index, seed): the seed fixes the random augmentation."""
+    """ImageFolder items indexed by (index, seed): the seed fixes the random augmentation.
+    A file that fails to decode comes back as ``(None, reason, path)`` (reported by the main
+    process, naming the file: a worker exception would bury it in a traceback)."""
 
     def __init__(self, folder, transform):
         self.folder, self.transform = folder, transform
@@ -135,19 +142,38 @@ class _SeededImages(torch.utils.data.Dataset):
     def __getitem__(self, item):
         index, seed = item
         path, label = self.folder.samples[index]
-        img = self.folder.loader(path)
+        try:
+            img = self.folder.loader(path)
+        except Exception as exc:  # noqa: BLE001
+            return None, f"{type(exc).__name__}: {exc}".splitlines()[0][:200], path
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return self.transform(img), label
+            return self.transform(img), label, path
+
+
+def _collate_checked(items):
+    """Stack ``(image, label, path)`` items; raise BadImage naming the first bad file."""
+    from .train.gpu_pipeline import BadImage
+    for img, reason, path in items:
+        if img is None:
+            raise BadImage(f"{path}: not a decodable image ({reason}); remove or replace it")
+    return torch.stack([it[0] for it in items]), torch.tensor([it[1] for it in items])
 
 
 class ImageFolderData(StepBatches):
     """ImageNet-layout folder with MAE's augmentation; batches loaded by a DataLoader."""
 
-    def __init__(self, root: str, img_size: int, batch_per_rank: int, *, workers: int = 8, **kw):
+    def __init__(self, root: str, img_size: int, batch_per_rank: int, *, workers: int = 8,
+                 pipeline: str = "pil", device="cpu", **kw):
         from torchvision import datasets, transforms
         train = os.path.join(root, "train")
         folder = datasets.ImageFolder(train if os.path.isdir(train) else root)
+        if pipeline not in PIPELINES:
+            raise ValueError(f"--data-pipeline must be one of {PIPELINES}, got {pipeline!r}")
+        device = torch.device(device)
+        if pipeline == "auto":
+            pipeline = "gpu" if device.type == "cuda" else "pil"
+        self.pipeline = pipeline
         tf = transforms.Compose([
             transforms.RandomResizedCrop(img_size, scale=(0.2, 1.0),
                                          interpolation=transforms.InterpolationMode.BICUBIC),
@@ -157,24 +183,34 @@ class ImageFolderData(StepBatches):
         self.num_classes = len(folder.classes)
         self.dataset, self.workers = _SeededImages(folder, tf), workers
         self._iter, self._next_step = None, None
+        self._device_pipe = None
+        if pipeline == "gpu":
+            from .train.gpu_pipeline import DeviceImageFolder
+            self._device_pipe = DeviceImageFolder(folder.samples, self, img_size, device,
+                                                  workers, MEAN, STD)
 
     def _batches(self, start: int):
         for step in range(start, 1 << 62):
             yield list(zip(self.indices(step).tolist(), self.sample_seeds(step)))
 
     def batch(self, step: int):
+        if self._device_pipe is not None:
+            return self._device_pipe.batch(step)
         if self._iter is None or step != self._next_step:
             loader = torch.utils.data.DataLoader(
                 self.dataset, batch_sampler=self._batches(step), num_workers=self.workers,
-                pin_memory=torch.cuda.is_available(), persistent_workers=False)
+                collate_fn=_collate_checked, pin_memory=torch.cuda.is_available(),
+                persistent_workers=False)
             self._iter = iter(loader)
         self._next_step = step + 1
         return next(self._iter)
 
 
 def build(name: str, *, img_size: int, batch_per_rank: int, seed: int, rank: int = 0,
-          world: int = 1, data_path: str | None = None, workers: int = 8):
-    """The training data of ``--data name`` (see the module docstring)."""
+          world: int = 1, data_path: str | None = None, workers: int = 8,
+          pipeline: str = "auto", device="cpu"):
+    """The training data of ``--data name`` (see the module docstring); ``pipeline`` and
+    ``device`` choose the image-folder pipeline ("auto": "gpu" on CUDA, else "pil")."""
     if name not in DATASETS:
         raise ValueError(f"--data must be one of {DATASETS}, got {name!r}")
     kw = dict(seed=seed, rank=rank, world=world)
@@ -183,7 +219,8 @@ def build(name: str, *, img_size: int, batch_per_rank: int, seed: int, rank: int
             raise ValueError("--data imagefolder needs --data-path DIR (ImageNet layout)")
         if not os.path.isdir(data_path):
             raise ValueError(f"--data-path {data_path!r} is not a directory")
-        return ImageFolderData(data_path, img_size, batch_per_rank, workers=workers, **kw)
+        return ImageFolderData(data_path, img_size, batch_per_rank, workers=workers,
+                               pipeline=pipeline, device=device, **kw)
     if name == "synthetic":
         return SyntheticData(img_size, batch_per_rank, **kw)
     images, labels = load_digits(img_size, "train")

@@ -4,12 +4,17 @@
     model(imgs, with_logits=True)      -> (mae_loss, cls, logits)    online linear head
 
 ``mae_loss``: norm-pix MSE on the masked patches (MAE); ``cls`` (B, width): the CLS token after
-the encoder's final LayerNorm, the feature the regulariser takes. ``cls_norm="double"`` applies
-one more LayerNorm to it, as the official M-MAE code does (its CLS feature passes the encoder
-norm and then a second norm before the regulariser and the online head).
+the encoder's final LayerNorm, the feature the regulariser takes. ``cls_norm``:
 
-The online head (``BatchNorm1d(affine=False)`` + ``Linear``, as MAE's linear probe) sees the
-*detached* CLS feature: it monitors the representation and never trains the encoder.
+- ``"encoder"``: ``cls = norm(x)[:, 0]`` (one norm);
+- ``"shared"``: ``cls = norm(norm(x)[:, 0])``, the encoder's own final norm applied a second time
+  (same parameters), as the official M-MAE code; the exported encoder is unchanged;
+- ``"separate"``: ``cls = norm2(norm(x)[:, 0])`` with a LayerNorm of its own (trained only by R
+  and not exported; not the official code).
+
+The online head sees the *detached* CLS feature: it monitors the representation and never trains
+the encoder. ``head="linear"`` is the official plain ``nn.Linear``; ``head="bn-linear"`` puts
+MAE's linear-probe ``BatchNorm1d(affine=False)`` in front of it.
 
 Encoder parameter names follow timm's ``VisionTransformer`` (``patch_embed.proj``,
 ``cls_token``, ``pos_embed``, ``blocks.N.*``, ``norm``), so :func:`encoder_state_dict` loads into
@@ -27,7 +32,8 @@ from ._timm_compat import timm  # noqa: F401 - the CPU-torch torchvision workaro
 from timm.layers import PatchEmbed  # noqa: E402
 from timm.models.vision_transformer import Block  # noqa: E402
 
-CLS_NORMS = ("encoder", "double")
+CLS_NORMS = ("encoder", "shared", "separate")
+HEADS = ("linear", "bn-linear")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,10 +88,12 @@ class MaskedAutoencoder(nn.Module):
 
     def __init__(self, preset: Preset, *, img_size: int | None = None, in_chans: int = 3,
                  mask_ratio: float = 0.75, norm_pix_loss: bool = True, num_classes: int = 0,
-                 cls_norm: str = "encoder", drop_path: float = 0.0):
+                 cls_norm: str = "encoder", drop_path: float = 0.0, head: str = "linear"):
         super().__init__()
         if cls_norm not in CLS_NORMS:
             raise ValueError(f"cls_norm must be one of {CLS_NORMS}, got {cls_norm!r}")
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
         img_size = img_size or preset.img_size
@@ -108,7 +116,8 @@ class MaskedAutoencoder(nn.Module):
         self.blocks = nn.ModuleList(block(width, preset.num_heads, drop_path=dpr[i])
                                     for i in range(preset.depth))
         self.norm = norm(width)
-        self.feat_norm = norm(width) if cls_norm == "double" else nn.Identity()
+        # "shared" calls self.norm again (not registered twice: one set of weights and keys)
+        self.feat_norm = norm(width) if cls_norm == "separate" else None
         dw = preset.decoder_embed_dim
         self.decoder_embed = nn.Linear(width, dw)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dw))
@@ -118,8 +127,10 @@ class MaskedAutoencoder(nn.Module):
                                             for _ in range(preset.decoder_depth))
         self.decoder_norm = norm(dw)
         self.decoder_pred = nn.Linear(dw, p * p * in_chans)
-        self.head = (nn.Sequential(nn.BatchNorm1d(width, affine=False, eps=1e-6),
-                                   nn.Linear(width, num_classes)) if num_classes else None)
+        self.head = None
+        if num_classes:
+            bn = [nn.BatchNorm1d(width, affine=False, eps=1e-6)] if head == "bn-linear" else []
+            self.head = nn.Sequential(*bn, nn.Linear(width, num_classes))
         self._init_weights()
         self.num_patches = n
 
@@ -138,7 +149,7 @@ class MaskedAutoencoder(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
         if self.head is not None:
-            nn.init.trunc_normal_(self.head[1].weight, std=0.01)
+            nn.init.trunc_normal_(self.head[-1].weight, std=0.01)
 
     # ------------------------------------------------------------------ pieces
     def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
@@ -198,17 +209,24 @@ class MaskedAutoencoder(nn.Module):
         per_patch = ((pred.float() - target.float()) ** 2).mean(-1)
         return (per_patch * mask).sum() / mask.sum()
 
+    def cls_feature(self, latent: torch.Tensor) -> torch.Tensor:
+        """(B, 1 + K, width) encoder output (after ``norm``) -> the CLS feature (B, width)."""
+        cls = latent[:, 0]
+        if self.cls_norm == "shared":
+            return self.norm(cls)
+        return cls if self.feat_norm is None else self.feat_norm(cls)
+
     def features(self, imgs: torch.Tensor) -> torch.Tensor:
         """CLS features (B, width) of whole images (no masking): for probes and export checks."""
         latent, _, _ = self.forward_encoder(imgs, mask=False)
-        return self.feat_norm(latent[:, 0])
+        return self.cls_feature(latent)
 
     def forward(self, imgs: torch.Tensor, noise: torch.Tensor | None = None,
                 with_logits: bool = False):
         latent, mask, ids_restore = self.forward_encoder(imgs, noise)
         pred = self.forward_decoder(latent, ids_restore)
         loss = self.mae_loss(imgs, pred, mask)
-        cls = self.feat_norm(latent[:, 0])
+        cls = self.cls_feature(latent)
         if not with_logits:
             return loss, cls
         if self.head is None:
@@ -231,20 +249,24 @@ ENCODER_PREFIXES = ("cls_token", "pos_embed", "patch_embed.", "blocks.", "norm."
 def encoder_state_dict(model: MaskedAutoencoder, head: bool = True) -> dict[str, torch.Tensor]:
     """The encoder in timm ``VisionTransformer`` names (contiguous float32 copies).
 
-    With ``head`` and an online head, the eval-mode head ``Linear(BN(x))`` is folded into one
-    ``head`` Linear (BN has no affine: ``W' = W/√(var+eps)``, ``b' = b - W'·mean``), so
-    ``timm.create_model(timm_name, num_classes=model.num_classes)`` loads it strictly; without
-    one, load into ``num_classes=0``. ``cls_norm="double"``'s extra norm has no timm slot and is
-    not exported.
+    With ``head`` and an online head, the head is exported as timm's ``head`` Linear (a
+    ``bn-linear`` head's eval-mode BatchNorm folded in: ``W' = W/√(var+eps)``,
+    ``b' = b - W'·mean``), so ``timm.create_model(timm_name, num_classes=model.num_classes)``
+    loads it strictly; without one, load into ``num_classes=0``. ``cls_norm="shared"`` reuses
+    ``norm`` (nothing extra to export); ``"separate"``'s extra norm has no timm slot and is not
+    exported. (timm applies one norm before its head; the head was trained on ``features()``.)
     """
     state = {k: v.detach().float().contiguous().clone() for k, v in model.state_dict().items()
              if k.startswith(ENCODER_PREFIXES)}
     if head and model.head is not None:
-        bn, lin = model.head
-        scale = (bn.running_var.float() + bn.eps).rsqrt()
-        w = lin.weight.detach().float() * scale
-        state["head.weight"] = w.contiguous()
-        state["head.bias"] = (lin.bias.detach().float() - w @ bn.running_mean.float()).contiguous()
+        lin = model.head[-1]
+        w, b = lin.weight.detach().float(), lin.bias.detach().float()
+        if len(model.head) == 2:
+            bn = model.head[0]
+            w = w * (bn.running_var.float() + bn.eps).rsqrt()
+            b = b - w @ bn.running_mean.float()
+        state["head.weight"] = w.contiguous().clone()
+        state["head.bias"] = b.contiguous().clone()
     return state
 
 

@@ -21,6 +21,7 @@ def test_unknown_preset_names_the_argument():
     (dict(img_size=18), "img_size .* multiple of the patch size"),
     (dict(mask_ratio=1.0), "mask_ratio"),
     (dict(cls_norm="twice"), "cls_norm"),
+    (dict(head="mlp"), "head must be one of"),
 ])
 def test_bad_model_arguments(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -48,7 +49,7 @@ def test_online_head_sees_detached_features(gen):
     imgs = torch.randn(4, 3, 16, 16, generator=gen)
     _, _, logits = net(imgs, with_logits=True)
     logits.sum().backward()
-    assert net.head[1].weight.grad is not None
+    assert net.head[-1].weight.grad is not None
     assert all(p.grad is None for n, p in net.named_parameters() if not n.startswith("head."))
 
 
@@ -96,10 +97,11 @@ def test_loss_decreases_on_one_batch(gen):
     assert losses[-1] < losses[0]
 
 
-@pytest.mark.parametrize("cls_norm", ["encoder", "double"])
-def test_export_loads_into_timm_and_matches(tmp_path, gen, cls_norm):
+@pytest.mark.parametrize("cls_norm, head", [("encoder", "bn-linear"), ("separate", "bn-linear"),
+                                            ("shared", "linear")])
+def test_export_loads_into_timm_and_matches(tmp_path, gen, cls_norm, head):
     from safetensors.torch import load_file
-    net = tiny(num_classes=10, cls_norm=cls_norm)
+    net = tiny(num_classes=10, cls_norm=cls_norm, head=head)
     # give the online head's BatchNorm non-trivial running statistics
     net.train()
     net(torch.randn(16, 3, 16, 16, generator=gen), with_logits=True)
@@ -114,7 +116,11 @@ def test_export_loads_into_timm_and_matches(tmp_path, gen, cls_norm):
     with torch.no_grad():
         ours = net.forward_encoder(imgs, mask=False)[0][:, 0]
         torch.testing.assert_close(ref.forward_features(imgs)[:, 0], ours, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(ref(imgs), net.head(net.features(imgs)), rtol=1e-4, atol=1e-4)
+        if cls_norm != "shared":  # timm's head sees one norm; a shared-norm head was trained on two
+            torch.testing.assert_close(ref(imgs), net.head(net.features(imgs)), rtol=1e-4,
+                                       atol=1e-4)
+        else:
+            torch.testing.assert_close(ref(imgs), net.head(ours), rtol=1e-4, atol=1e-4)
 
 
 def test_export_without_head_loads_into_headless_timm():
@@ -132,3 +138,43 @@ def test_vit_base_export_has_every_timm_key():
     assert set(state) == set(ref.state_dict())
     missing, unexpected = ref.load_state_dict(state, strict=True)
     assert not missing and not unexpected
+
+
+def test_shared_cls_norm_is_the_encoder_norm_applied_again(gen):
+    """Official double norm: the same LayerNorm parameters (one tensor, one state-dict key),
+    applied to the normed CLS token; the export is that of the single-norm model."""
+    shared, single = tiny(cls_norm="shared"), tiny(cls_norm="encoder")
+    assert set(shared.state_dict()) == set(single.state_dict())
+    assert not any(k.startswith("feat_norm") for k in shared.state_dict())
+    imgs = torch.randn(4, 3, 16, 16, generator=gen)
+    noise = torch.rand(4, 16, generator=gen)
+    with torch.no_grad():
+        shared.norm.weight.uniform_(0.5, 1.5)
+        shared.norm.bias.uniform_(-0.5, 0.5)
+        single.load_state_dict(shared.state_dict())
+        _, cls2 = shared(imgs, noise)
+        _, cls1 = single(imgs, noise)
+        ln = torch.nn.functional.layer_norm(cls1, (64,), shared.norm.weight, shared.norm.bias,
+                                            1e-6)
+    torch.testing.assert_close(cls2, ln)
+    assert not torch.allclose(cls1, cls2)
+    # R's gradient reaches the shared norm's (the exported) parameters
+    _, cls = shared(imgs, noise)
+    cls.square().sum().backward()
+    assert shared.norm.weight.grad is not None and shared.norm.weight.grad.abs().sum() > 0
+    for k, v in M.encoder_state_dict(shared).items():
+        assert torch.equal(v, M.encoder_state_dict(single)[k]), k
+
+
+def test_separate_cls_norm_has_its_own_parameters():
+    net = tiny(cls_norm="separate")
+    assert net.feat_norm is not net.norm
+    assert "feat_norm.weight" in net.state_dict()
+    assert not any(k.startswith("feat_norm") for k in M.encoder_state_dict(net))
+
+
+def test_default_online_head_is_a_plain_linear():
+    net = tiny(num_classes=10)
+    assert [type(m) for m in net.head] == [torch.nn.Linear]
+    bn = tiny(num_classes=10, head="bn-linear")
+    assert [type(m) for m in bn.head] == [torch.nn.BatchNorm1d, torch.nn.Linear]

@@ -1,0 +1,261 @@
+"""The training run around ``step.train_step``: set-up, resume, logging, checkpoints, export.
+
+Step ``s`` (an optimizer step of ``accum_iter`` micro-batches) is a pure function of the seed
+and ``s``: data (``mmae_fast.data``), masks, LR. Resuming from a checkpoint, or splitting the
+global batch over ranks, gives the loss sequence of one uninterrupted process.
+
+The host reads the device only every ``--log-every`` steps (and before a checkpoint): the
+step terms of the window in one transfer. A non-finite loss found there stops the run
+(:class:`Diverged`, naming the step, the terms and the last good checkpoint) or, with
+``--skip-nonfinite``, is counted (the update itself was skipped on the device). A checkpoint is
+written only after that check and only with finite weights.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import torch
+
+from .. import checkpoint, data as data_mod
+from . import outputs, recipes, regularisers
+from .env import Distributed
+from .schedule import lr_at, mask_noise, param_groups, to_device
+from .step import TERMS, forward_losses, train_step
+
+_NAMES = {"loss": "loss", "loss_mae": "L_MAE", "loss_reg": "R", "loss_ce": "L_CE"}
+
+
+class Diverged(RuntimeError):
+    """A non-finite loss: the message is one line (step, terms, last good checkpoint)."""
+
+
+def _schedule(args, source, world: int):
+    total = args.steps or max(1, int(args.epochs * source.steps_per_epoch / args.accum_iter))
+    if args.warmup_epochs is not None:
+        warmup = int(args.warmup_epochs * source.steps_per_epoch / args.accum_iter)
+    else:
+        warmup = args.warmup_steps if args.warmup_steps is not None else total // 10
+    peak = args.lr or args.blr * args.batch * world * args.accum_iter / 256
+    return total, warmup, peak
+
+
+def _build(args, source, device, world):
+    from ..model import create_model
+    torch.manual_seed(args.seed)
+    heads = args.online_head != "none" and source.num_classes > 1
+    model = create_model(args.model, img_size=args.img_size, mask_ratio=args.mask_ratio,
+                         norm_pix_loss=args.norm_pix_loss, cls_norm=args.cls_norm,
+                         num_classes=source.num_classes if heads else 0,
+                         head=args.online_head if heads else "linear",
+                         drop_path=args.drop_path).to(device)
+    if world > 1 and device.type == "cuda" and args.online_head == "bn-linear":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    # fused AdamW: one kernel per step, and its found_inf skips a step on the device
+    opt = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=1.0, betas=(0.9, 0.95),
+                            fused=True)
+    return model, opt
+
+
+def _resume(args, model, opt, scaler, ckpt_path, total):
+    """-> (start step, last good checkpoint or None)."""
+    path = ckpt_path if args.resume == "auto" else args.resume
+    if not path or (args.resume == "auto" and not os.path.exists(ckpt_path)):
+        return 0, None
+    state = checkpoint.load(path)
+    try:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0][:160]
+        raise ValueError(f"--resume {path!r}: its weights do not fit --model {args.model} with "
+                         f"these flags ({first}); resume with the run's own flags") from None
+    scaler.load_state_dict(state["scaler"])
+    checkpoint.set_rng_state(state["rng"])
+    start = int(state["step"])
+    if start > total:
+        raise ValueError(f"--resume: the checkpoint is at step {start}, past --steps {total}")
+    return start, (path, start)
+
+
+def _make_forward(args, net, reg_fn, amp_dtype, world):
+    def fwd(imgs, noise, labels):
+        return forward_losses(net, imgs, noise, labels, reg_fn=reg_fn, lamb=args.lamb,
+                              amp_dtype=amp_dtype)
+    if not args.compile:
+        return fwd
+    # one graph with the regulariser; DDP's optimiser splits graphs at buckets: no fullgraph
+    return torch.compile(fwd, fullgraph=world == 1, backend=args.compile_backend)
+
+
+def train(args) -> dict:
+    """Run the training described by checked ``args``; returns a summary dict (rank 0 writes
+    files): ``run_dir``, ``losses`` (total loss of each step of this run), ``metrics`` (last
+    logged row), ``checkpoint``, ``encoder``, ``skipped`` (non-finite steps skipped),
+    ``wall_s``, ``model`` (the trained module)."""
+    t_start = time.perf_counter()
+    env = Distributed(args.device)
+    device, rank, world = env.device, env.rank, env.world
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.backend == "official-eager" and world > 1:
+        raise ValueError("--backend official-eager runs on one process; with several ranks use "
+                         "--backend auto and --grad-semantics per_rank for the official scaling")
+    precision = args.precision if args.precision != "auto" else (
+        "bf16" if device.type == "cuda" else "fp32")
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    source = data_mod.build(args.data, img_size=args.img_size, batch_per_rank=args.batch,
+                            seed=args.seed, rank=rank, world=world, data_path=args.data_path,
+                            workers=args.workers, pipeline=args.data_pipeline, device=device)
+    total, warmup, peak = _schedule(args, source, world)
+    global_batch = args.batch * world * args.accum_iter
+    if args.recipe and global_batch != recipes.RECIPE_GLOBAL_BATCH and rank == 0:
+        print(f"mmae-train: WARNING --recipe {args.recipe} is {recipes.RECIPE_WORLD} GPUs x "
+              f"{args.batch} = {recipes.RECIPE_GLOBAL_BATCH} images per step; here {global_batch}"
+              f" (the lr scales with it, R's batch m does not): use --accum-iter to match")
+    model, opt = _build(args, source, device, world)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    run_dir, ckpt_path = args.output_dir, os.path.join(args.output_dir, checkpoint.LAST)
+    start, last_good = _resume(args, model, opt, scaler, ckpt_path, total)
+    net = model if world == 1 else torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None)
+    fwd = _make_forward(args, net, regularisers.build(args, env.group, world), amp_dtype, world)
+    metrics_path = os.path.join(run_dir, "metrics.jsonl")
+    if rank == 0:
+        os.makedirs(run_dir, exist_ok=True)
+        outputs.trim_metrics(metrics_path, start)
+        with open(os.path.join(run_dir, "args.json"), "w") as f:
+            json.dump(dict(vars(args)) | {"world_size": world, "total_steps": total,
+                                          "warmup_steps": warmup, "peak_lr": peak,
+                                          "precision": precision}, f, indent=1)
+
+    def save(step: int) -> str:
+        if not checkpoint.all_finite(model.state_dict().values()):
+            raise Diverged(f"diverged: non-finite weights at step {step}; not saved; "
+                           f"{_last_good(last_good)}")
+        if rank == 0:
+            checkpoint.save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                    "scaler": scaler.state_dict(), "step": step,
+                                    "args": dict(vars(args)), "rng": checkpoint.rng_state()},
+                                   ckpt_path)
+        return ckpt_path
+
+    end = total if args.stop_after is None else min(total, start + args.stop_after)
+    bar = None
+    if args.progress and rank == 0:
+        from tqdm import tqdm
+        bar = tqdm(total=total, initial=start, desc=f"train {args.model} reg={args.reg}",
+                   unit="step", dynamic_ncols=True, mininterval=1.0)
+    log = _Log(args, env, source, metrics_path, global_batch, model.head is not None)
+    net.train()
+    for step in range(start, end):
+        lr = lr_at(step, total, warmup, peak, args.min_lr)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        micro = [_micro_batch(args, source, model, device, step, k, rank, world)
+                 for k in range(args.accum_iter)]
+        try:
+            terms, _, cls = train_step(fwd, micro, net=net, opt=opt, scaler=scaler,
+                                       accum=args.accum_iter, skip_nonfinite=args.skip_nonfinite,
+                                       group=env.group)
+        except torch.linalg.LinAlgError as exc:  # the reference Cholesky on a diverged batch
+            if not args.skip_nonfinite:
+                raise Diverged(f"diverged: R failed at step {step} ({str(exc).split(':')[0]}: "
+                               f"non-finite or collapsed CLS features); "
+                               f"{_last_good(last_good)}") from None
+            opt.zero_grad(set_to_none=True)
+            terms, cls = torch.full((len(TERMS),), math.nan, device=device), None
+        log.record(step, lr, terms, cls)
+        done = step + 1
+        is_ckpt = args.ckpt_every and done % args.ckpt_every == 0 and done != end
+        if done % args.log_every == 0 or done == end or is_ckpt:
+            log.flush(last_good, bar, final=done == end)
+        if is_ckpt:
+            last_good = (save(done), done)
+    if bar is not None:
+        bar.close()
+    result = {"run_dir": run_dir, "losses": log.losses, "metrics": log.last_row,
+              "start_step": start, "end_step": end, "total_steps": total, "model": model,
+              "checkpoint": None, "encoder": None, "png": None, "skipped": log.skipped}
+    if end > start or args.resume:
+        result["checkpoint"] = save(end)
+    if rank == 0 and end == total:
+        if args.export:
+            result["encoder"] = outputs.export(model, run_dir)
+        if args.plot and os.path.exists(metrics_path):
+            result["png"] = outputs.plot_curves(metrics_path, os.path.join(run_dir, "curves.png"),
+                                                f"{args.model} reg={args.reg} lamb={args.lamb}")
+    env.barrier()
+    result["wall_s"] = time.perf_counter() - t_start
+    return result
+
+
+def _micro_batch(args, source, model, device, step, k, rank, world):
+    imgs, labels = source.batch(step * args.accum_iter + k)
+    noise = mask_noise(args.seed, step, model.num_patches, batch=args.batch, world=world,
+                       accum=args.accum_iter, micro=k, rank=rank)
+    return (to_device(imgs, device), to_device(noise, device),
+            to_device(labels, device) if model.head is not None else None)
+
+
+def _last_good(last_good) -> str:
+    if last_good is None:
+        return "no checkpoint was written (nothing to resume from)"
+    return f"last good checkpoint: {last_good[0]} (step {last_good[1]})"
+
+
+class _Log:
+    """The steps since the last flush, on the device; ``flush`` reads them (one host sync),
+    checks them, appends metrics rows (rank 0)."""
+
+    def __init__(self, args, env, source, path, global_batch, with_head: bool):
+        self.args, self.env, self.path, self.global_batch = args, env, path, global_batch
+        self.with_head = with_head
+        self.epoch_size = source.n if args.data != "synthetic" else None
+        self.pending, self.losses, self.last_row, self.skipped = [], [], None, 0
+        self.t0, self.cls = time.perf_counter(), None
+
+    def record(self, step: int, lr: float, terms: torch.Tensor, cls) -> None:
+        self.pending.append((step, lr, terms))
+        self.cls = cls
+
+    def flush(self, last_good, bar, final: bool) -> None:
+        args = self.args
+        values = self.env.mean(torch.stack([t for _, _, t in self.pending])).tolist()
+        now = time.perf_counter()
+        for (step, lr, _), row_values in zip(self.pending, values):
+            terms = dict(zip(TERMS, row_values))
+            bad = [_NAMES[k] for k in ("loss_mae", "loss_reg", "loss_ce")
+                   if not math.isfinite(terms[k])] or ([] if math.isfinite(terms["loss"])
+                                                       else ["loss"])
+            if bad and not args.skip_nonfinite:
+                raise Diverged(f"diverged: non-finite loss at step {step} ({', '.join(bad)}); "
+                               f"{_last_good(last_good)}; lower --lr / --blr, or pass "
+                               f"--skip-nonfinite")
+            self.skipped += bool(bad)
+            self.losses.append(terms["loss"])
+        step, lr, _ = self.pending[-1]
+        done, n_steps = step + 1, len(self.pending)
+        if bar is not None:
+            bar.update(n_steps)
+            bar.set_postfix(loss=f"{values[-1][0]:.4f}", lr=f"{lr:.2e}", refresh=False)
+        if self.env.rank == 0:
+            terms = dict(zip(TERMS, values[-1]))
+            has_reg = args.reg != "none"
+            row = {"step": step, "epoch": done * self.global_batch / self.epoch_size
+                   if self.epoch_size else None, "lr": lr, "loss": terms["loss"],
+                   "loss_mae": terms["loss_mae"], "loss_reg": terms["loss_reg"] if has_reg
+                   else None, "loss_ce": None, "online_acc": None,
+                   "img_per_s": n_steps * self.global_batch / max(now - self.t0, 1e-9),
+                   "skipped": self.skipped, "eff_rank": None}
+            if self.with_head:
+                row["loss_ce"], row["online_acc"] = terms["loss_ce"], terms["online_acc"]
+            if args.rank_every and self.cls is not None and (
+                    done % args.rank_every == 0 or final):
+                from .. import effective_rank
+                row["eff_rank"] = float(effective_rank(self.cls.float()))
+            outputs.append_metrics(self.path, row)
+            self.last_row = row
+        self.pending, self.t0 = [], time.perf_counter()
