@@ -30,9 +30,15 @@ def small_side_op(g: Tensor, colsum: Tensor, count: Tensor, mu: float, m: int, d
     means the estimator's default (series: from ``tol`` and kappa = 1 + mu·m/d)."""
     _small.warn_if_taylor_diverges(estimator, mu, m, d)
     degree = degree or reference.default_degree(estimator, series.kappa(mu, m, d), tol)
-    return _small.small_side(g, colsum, count, mu=mu, m=m, d=d, feature=feature,
-                             centering=centering, estimator=estimator, degree=degree,
-                             need_grad=need_grad)
+
+    def run(g_, colsum_, count_):
+        return _small.small_side(g_, colsum_, count_, mu=mu, m=m, d=d, feature=feature,
+                                 centering=centering, estimator=estimator, degree=degree,
+                                 need_grad=need_grad)
+
+    key = (g.shape, g.dtype, g.device, colsum.shape, mu, m, d, feature, centering, estimator,
+           degree, need_grad)
+    return _small.run_graphed(run, (g, colsum, count), key)
 
 
 @small_side_op.register_fake
