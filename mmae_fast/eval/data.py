@@ -1,0 +1,169 @@
+"""Data for the evaluation protocols: PIL-image data sets, the official transforms, loaders.
+
+    --data digits        sklearn's digits (8x8, 10 classes) as PIL images; the trainer's fixed
+                         split (every 5th image of each class is "val")
+    --data imagefolder   --data-path DIR with DIR/train/<class>/* and DIR/val/<class>/*
+
+Transforms (MAE's ``main_linprobe.py`` / ``util/datasets.py``, ImageNet mean/std):
+
+- linear probe, train: ``RandomResizedCrop(s, bicubic)`` + horizontal flip;
+- fine-tuning, train: timm ``create_transform`` (RandomResizedCrop, flip, RandAugment
+  ``rand-m9-mstd0.5-inc1``, random erasing 0.25 ``pixel`` mode, bicubic);
+- evaluation: ``Resize(int(s / 0.875), bicubic)`` + ``CenterCrop(s)`` (256 -> 224 at s = 224).
+
+Training loaders use a plain ``DistributedSampler`` (shuffled by ``(seed, epoch)``, last
+incomplete batch dropped); evaluation shards the set as ``rank::world`` with no padding, so the
+summed counts are exactly those of one process.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from .._timm_compat import timm  # noqa: F401 - torchvision import workaround first
+from torchvision import datasets, transforms  # noqa: E402
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CROP_PCT = 224 / 256
+DATASETS = ("digits", "imagefolder")
+
+
+class DigitsImages(torch.utils.data.Dataset):
+    """sklearn digits as 8x8 RGB PIL images (grey levels 0..16 scaled to 0..255).
+
+    Split as the trainer's ``data.load_digits``: within each class, every 5th image (rank in
+    class ≡ 4 mod 5) is the held-out ("val") split."""
+
+    def __init__(self, split: str, transform=None):
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        from sklearn.datasets import load_digits
+        bunch = load_digits()
+        y = np.asarray(bunch.target)
+        rank_in_class = np.zeros_like(y)
+        for c in np.unique(y):
+            idx = np.flatnonzero(y == c)
+            rank_in_class[idx] = np.arange(len(idx))
+        keep = (rank_in_class % 5 == 4) == (split == "val")
+        self.images = np.round(np.asarray(bunch.images)[keep] * (255 / 16)).astype(np.uint8)
+        self.targets = y[keep].tolist()
+        self.classes = [str(c) for c in range(10)]
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        from PIL import Image
+        img = Image.fromarray(self.images[i]).convert("RGB")
+        return (self.transform(img) if self.transform else img), self.targets[i]
+
+
+def check_data(data: str, data_path: str | None) -> None:
+    """Clear errors for a bad ``--data`` / ``--data-path`` (a missing train or val folder)."""
+    if data not in DATASETS:
+        raise ValueError(f"--data must be one of {DATASETS}, got {data!r}")
+    if data == "digits":
+        return
+    if not data_path:
+        raise ValueError("--data imagefolder needs --data-path DIR (DIR/train/<class>/*, "
+                         "DIR/val/<class>/*)")
+    for split in ("train", "val"):
+        if not os.path.isdir(os.path.join(data_path, split)):
+            raise ValueError(f"--data-path {data_path!r} has no {split}/ folder: evaluation "
+                             f"needs DIR/train/<class>/* and DIR/val/<class>/* (ImageNet "
+                             f"layout); point --data-path at such a folder")
+
+
+def dataset(data: str, split: str, transform, data_path: str | None = None):
+    """The ``split`` ("train" or "val") of ``--data`` with ``transform`` applied."""
+    check_data(data, data_path)
+    if data == "digits":
+        return DigitsImages(split, transform)
+    return datasets.ImageFolder(os.path.join(data_path, split), transform)
+
+
+def num_classes(ds) -> int:
+    return len(ds.classes)
+
+
+def evenly(ds, max_images: int | None):
+    """``ds`` itself, or ``max_images`` evenly spaced items of it (an explicit cap)."""
+    if max_images is None or max_images >= len(ds):
+        return ds
+    if max_images < 1:
+        raise ValueError(f"--max-images must be >= 1, got {max_images}")
+    idx = torch.linspace(0, len(ds) - 1, max_images).round().long().unique().tolist()
+    sub = torch.utils.data.Subset(ds, idx)
+    sub.classes = ds.classes
+    return sub
+
+
+# ----------------------------------------------------------------------------- transforms
+def eval_transform(size: int):
+    """``Resize(int(size / 0.875), bicubic)`` + ``CenterCrop(size)`` + normalise."""
+    return transforms.Compose([
+        transforms.Resize(int(size / CROP_PCT), interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.CenterCrop(size), transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
+
+
+def linprobe_transform(size: int):
+    """MAE's linear-probe training transform: RandomResizedCrop (bicubic) + flip."""
+    return transforms.Compose([
+        transforms.RandomResizedCrop(size, interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.RandomHorizontalFlip(), transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
+
+
+def finetune_transform(size: int, *, auto_augment: str | None, re_prob: float):
+    """MAE's fine-tuning training transform through timm ``create_transform``."""
+    from timm.data import create_transform
+    tf = create_transform(input_size=size, is_training=True, color_jitter=None,
+                          auto_augment=auto_augment or None, interpolation="bicubic",
+                          re_prob=re_prob, re_mode="pixel", re_count=1, mean=MEAN, std=STD)
+    _patch_posterize(tf)
+    return tf
+
+
+def _posterize(img, bits_to_keep, **_):
+    """timm's ``posterize`` with Pillow < 13's result for 0 bits (a black image): Pillow 13
+    raises for ``bits < 1``, which timm's ``PosterizeIncreasing`` reaches at magnitude 10
+    (``rand-m9-mstd0.5`` draws it)."""
+    from PIL import Image, ImageOps
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+def _patch_posterize(tf) -> None:
+    """Route the posterize ops of timm's RandAugment inside ``tf`` through :func:`_posterize`."""
+    from timm.data import auto_augment as aa
+    for t in getattr(tf, "transforms", []):
+        for op in getattr(t, "ops", []):
+            if getattr(op, "aug_fn", None) is aa.posterize:
+                op.aug_fn = _posterize
+
+
+# ----------------------------------------------------------------------------- loaders
+def train_loader(ds, batch_per_rank: int, *, seed: int, rank: int, world: int, workers: int):
+    """Shuffled, ``drop_last`` loader over a plain ``DistributedSampler`` (call
+    ``loader.sampler.set_epoch(e)`` each epoch)."""
+    if batch_per_rank * world > len(ds):
+        raise ValueError(f"the global batch ({batch_per_rank * world} per step) exceeds the "
+                         f"{len(ds)} training images; lower --batch")
+    sampler = torch.utils.data.DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True,
+                                                  seed=seed, drop_last=True)
+    return torch.utils.data.DataLoader(ds, batch_size=batch_per_rank, sampler=sampler,
+                                       num_workers=workers, drop_last=True,
+                                       pin_memory=torch.cuda.is_available(),
+                                       persistent_workers=False)
+
+
+def eval_loader(ds, batch_per_rank: int, *, rank: int, world: int, workers: int):
+    """This rank's shard ``rank::world`` of ``ds`` in order, no padding, no dropping."""
+    shard = torch.utils.data.Subset(ds, list(range(rank, len(ds), world)))
+    return torch.utils.data.DataLoader(shard, batch_size=batch_per_rank, shuffle=False,
+                                       num_workers=workers, pin_memory=torch.cuda.is_available())
