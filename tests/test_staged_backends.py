@@ -74,3 +74,45 @@ def test_backend_matches_reference(backend, dtype, estimator, centering):
         vtol, gtol = STAGED_BACKEND[dtype]
         assert _rel(value, ref) <= vtol, (m, d)
         assert _rel(x.grad, ref_x.grad.to(dtype)) <= gtol, (m, d)
+
+
+@pytest.mark.skipif(not CASES, reason="no kernel backend is available (triton not installed?)")
+@pytest.mark.parametrize("backend,dtype", CASES or [(None, None)])
+def test_taylor5_at_300x129(backend, dtype):
+    """The case that gave NaN on the old CUDA path at 3c0e1f0 (float32/16/bf16, μ = 0.301,
+    Taylor order 5, n = 129: one more than a 128-wide tile) — on CPU the triton interpreter,
+    on a GPU both backends."""
+    h = _features(300, 129, dtype)
+    x = h.to(DEVICE).requires_grad_(True)
+    value = mmae_fast.tcr_loss(x, 0.301, estimator="taylor", order=5, backend=backend)
+    (value * 1024.0).backward()
+    ref_x = h.double().requires_grad_(True)
+    ref = reference.tcr(ref_x, 0.301, estimator="taylor", degree=5)
+    (ref * 1024.0).backward()
+    vtol, gtol = STAGED_BACKEND[dtype]
+    assert _rel(value, ref) <= vtol
+    assert _rel(x.grad, ref_x.grad.to(dtype)) <= gtol
+
+
+@pytest.mark.skipif(not CASES, reason="no kernel backend is available (triton not installed?)")
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS or [None])
+@pytest.mark.parametrize("estimator", ["exact", "series", "taylor"])
+def test_backend_compiles_fullgraph(backend, estimator):
+    """tcr_loss on the kernel backend under torch.compile(fullgraph=True) at two batch sizes
+    (aot_eager on the CPU: no C compiler needed; inductor on a GPU)."""
+    torch._dynamo.reset()
+    compile_backend = "inductor" if DEVICE == "cuda" else "aot_eager"
+    fn = torch.compile(lambda x: mmae_fast.tcr_loss(x, 0.5, estimator=estimator,
+                                                    backend=backend),
+                       fullgraph=True, backend=compile_backend)
+    for m in (40, 47):
+        h = _features(m, 24, torch.float32)
+        x = h.to(DEVICE).requires_grad_(True)
+        value = fn(x)
+        value.backward()
+        degree = reference.default_degree(estimator, series.kappa(0.5, m, 24))
+        ref_x = h.double().requires_grad_(True)
+        ref = reference.tcr(ref_x, 0.5, estimator=estimator, degree=degree or None)
+        ref.backward()
+        assert _rel(value, ref) <= 1e-5
+        assert _rel(x.grad, ref_x.grad) <= 1e-4
