@@ -3,7 +3,8 @@ report which tests catch each one. Exit status 1 if a mutant survives (no target
 a test file that fails on the unmutated copy is reported and left out of the runs. Stdlib only;
 the checkout is never modified. The list of mutants and what each one models: tests/README.md.
 
-Each mutant is a (file, old string, new string) patch: if the old string is no longer in the file
+Each mutant is a (file, old string, new string) patch of the old string's first occurrence; if
+the old string is no longer in the file
 (the code was rewritten), the mutant is reported "n/a" and does not count as a survivor.
 
     python scripts/mutants.py [--only NAME ...] [--timeout SECONDS] [--keep]
@@ -30,6 +31,7 @@ FUNCTIONAL = "tests/test_functional.py"
 DISTRIBUTED = "tests/test_distributed.py"
 BACKENDS = "tests/test_values_backends.py"
 TRITON = "tests/test_triton_backend.py"
+README = "tests/test_readme.py"
 
 
 @dataclass(frozen=True)
@@ -44,16 +46,13 @@ class Mutant:
 
 MUTANTS = [
     Mutant("tcr-c-mu-over-m", "constant", "mmae_fast/reference.py",
-           "return -logdet_identity_plus((mu / d) * g,", "return -logdet_identity_plus((mu / m) * g,",
-           (VALUES_TCR, FUNCTIONAL, REFERENCE)),
-    Mutant("distributed-c-mu-over-m", "constant (seen by the distributed tests only)",
-           "mmae_fast/reference.py",
-           "return -logdet_identity_plus((mu / d) * g,", "return -logdet_identity_plus((mu / m) * g,",
-           (DISTRIBUTED,)),
-    Mutant("distributed-local-count", "constant: centring by the local instead of the global count",
-           "mmae_fast/distributed.py",
-           "s_mat = s_mat - torch.outer(col_sum, col_sum) / count",
-           "s_mat = s_mat - torch.outer(col_sum, col_sum) / m", (DISTRIBUTED,)),
+           "(mu / d) * g", "(mu / m) * g", (VALUES_TCR, FUNCTIONAL, REFERENCE)),
+    Mutant("staged-c-mu-over-m", "constant in the staged / distributed path",
+           "mmae_fast/ops/small_side.py", "c = float(mu) / d", "c = float(mu) / m",
+           (DISTRIBUTED, BACKENDS)),
+    Mutant("distributed-local-count", "dropped term: the row count is not all-reduced",
+           "mmae_fast/ops/staged.py", "colsum, count = buf[d * d: d * d + nc], buf[-1]",
+           "colsum = buf[d * d: d * d + nc]", (DISTRIBUTED,)),
     Mutant("chebyshev-coefficient-sign", "sign of one series coefficient", "mmae_fast/series.py",
            "return tuple(float(x) for x in p)",
            "return tuple(float(-x if k == 1 else x) for k, x in enumerate(p))",
@@ -77,16 +76,21 @@ MUTANTS = [
            "return gram(z).square().sum() / z.shape[0]", (VALUES_METRICS, REFERENCE)),
     Mutant("entropy-ignores-alpha", "wrapper ignores an argument", "mmae_fast/functional.py",
            "return reference.renyi_entropy(z, alpha)", "return reference.renyi_entropy(z, 1.0)",
-           (VALUES_METRICS, FUNCTIONAL)),
+           (README, VALUES_METRICS, FUNCTIONAL)),
     Mutant("mec-ignores-eps-sq", "wrapper ignores an argument", "mmae_fast/functional.py",
            "return reference.mec(z1, z2, eps_sq=eps_sq, order=order)",
            "return reference.mec(z1, z2, eps_sq=0.06, order=order)", (VALUES_METRICS, FUNCTIONAL)),
     Mutant("series-ignores-tol", "wrapper ignores an argument", "mmae_fast/functional.py",
-           "reference.default_degree(estimator, series.kappa(mu, m, d), tol)",
-           "reference.default_degree(estimator, series.kappa(mu, m, d), 1e-4)",
+           "series.kappa(mu, m, d), tol)", "series.kappa(mu, m, d), 1e-4)",
            (VALUES_TCR, FUNCTIONAL)),
-    Mutant("triton-falls-back-to-reference", "fallback routing", "mmae_fast/backends.py",
+    Mutant("triton-falls-back-to-reference", "fallback routing (whole backend)",
+           "mmae_fast/backends.py",
            '"triton": "mmae_fast.ops.triton_backend"', '"triton": "mmae_fast.ops.reference_backend"',
+           (BACKENDS, TRITON)),
+    Mutant("triton-gram-falls-back-to-torch", "fallback routing (one kernel stage)",
+           "mmae_fast/ops/triton_backend.py",
+           "return torch.ops.mmae_fast.triton_gram(h, bool(feature), bool(centering))",
+           "from . import torch_stages; return torch_stages.gram(h, feature, centering)",
            (BACKENDS, TRITON)),
 ]
 
@@ -166,7 +170,7 @@ def main(argv=None) -> int:
             elif not tests:
                 rows.append((mu, "SURVIVED", "no passing test file targets it", 0.0))
             else:
-                target.write_text(original.replace(mu.old, mu.new))
+                target.write_text(original.replace(mu.old, mu.new, 1))  # first occurrence
                 try:
                     status, first, secs = run_tests(copy, tests, args.timeout)
                 finally:

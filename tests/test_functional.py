@@ -1,10 +1,14 @@
-"""Public API: input checks, output dtypes, backend dispatch, equality with the reference."""
+"""Public API: input checks, output dtypes and values (against the independent float64 formulas
+of tests/independent.py), backend dispatch."""
+import numpy as np
 import pytest
 import torch
 
+import independent as ind
 import mmae_fast as mf
-from mmae_fast import backends
+from mmae_fast import backends, series
 from mmae_fast import reference as R
+from tolerances import REFERENCE_TOLERANCES, cancellation
 
 ONE_VIEW = {
     "tcr_loss": lambda z, **kw: mf.tcr_loss(z, 2.0, **kw),
@@ -28,6 +32,27 @@ def _all_calls():
 
 
 CALLS = dict(_all_calls())
+
+#: name -> (independent value of CALLS[name](h), cancellation factor of its float arithmetic)
+EXPECTED = {
+    "tcr_loss": lambda h: (ind.tcr_exact(h, 2.0), 1.0),
+    "uniformity_loss": lambda h: (ind.uniformity(h), 1.0),
+    "matrix_entropy": lambda h: (ind.matrix_entropy(h), 1.0),
+    "effective_rank": lambda h: (ind.effective_rank(h), 1.0),
+    "matrix_joint_entropy": lambda h: (ind.joint_entropy(h, h), 1.0),
+    "matrix_mutual_information": lambda h: (
+        ind.mutual_information(h, h),
+        cancellation([2 * ind.matrix_entropy(h), -ind.joint_entropy(h, h)])),
+    "mec_loss": lambda h: (ind.mec(h, h), cancellation(_mec_terms(h))),
+    "matrix_cross_entropy": lambda h: (ind.matrix_cross_entropy(h, h), 10.0),
+}
+
+
+def _mec_terms(h, eps_sq=0.06, order=4):
+    z = ind.features(h)
+    m, d = z.shape
+    nu = np.linalg.eigvals(d / (m * eps_sq) * z @ z.T)
+    return [(-1) ** (k + 1) / k * (nu ** k).sum() for k in range(1, order + 1)]
 
 
 @pytest.mark.parametrize("name", CALLS)
@@ -66,7 +91,9 @@ def test_same_width_required_where_the_formula_needs_it():
     for fn in (mf.mec_loss, mf.matrix_cross_entropy):
         with pytest.raises(ValueError, match="same feature dimension"):
             fn(torch.randn(5, 4), torch.randn(5, 3))
-    assert mf.matrix_mutual_information(torch.randn(5, 4), torch.randn(5, 3)).isfinite()
+    h1, h2 = torch.randn(5, 4, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
+    assert mf.matrix_mutual_information(h1, h2).item() == pytest.approx(
+        ind.mutual_information(h1, h2), rel=1e-12, abs=1e-13)
 
 
 @pytest.mark.parametrize("kwargs,exc,match", [
@@ -108,9 +135,13 @@ def test_other_bad_arguments():
 @pytest.mark.parametrize("dtype,out", [(torch.float16, torch.float32), (torch.bfloat16, torch.float32),
                                        (torch.float32, torch.float32), (torch.float64, torch.float64)])
 @pytest.mark.parametrize("name", CALLS)
-def test_output_is_a_scalar_of_the_compute_dtype(name, dtype, out):
-    y = CALLS[name](torch.randn(9, 5).to(dtype))
-    assert y.shape == () and y.dtype == out and torch.isfinite(y)
+def test_output_is_a_scalar_of_the_compute_dtype_with_the_independent_value(name, dtype, out):
+    """Half inputs compute in float32: the value is that of the rounded input to fp32 accuracy."""
+    h = torch.randn(9, 5, generator=torch.Generator().manual_seed(3)).to(dtype)
+    y = CALLS[name](h)
+    assert y.shape == () and y.dtype == out
+    expected, cond = EXPECTED[name](h.double())
+    assert y.item() == pytest.approx(expected, rel=REFERENCE_TOLERANCES[dtype][0] * cond)
 
 
 @pytest.mark.parametrize("estimator", ["exact", "series", "taylor"])
@@ -122,13 +153,25 @@ def test_tcr_loss_equals_reference_and_is_differentiable(estimator, centering, g
     ref = R.tcr(z, 1.5, centering=centering, estimator=estimator,
                 degree=6 if estimator != "exact" else None)
     assert got.item() == pytest.approx(ref.item(), rel=1e-12)
+    exact = ind.tcr_exact(z, 1.5, centering)
+    if estimator == "exact":
+        assert got.item() == pytest.approx(exact, rel=1e-13)
+    elif estimator == "taylor":
+        assert got.item() == pytest.approx(ind.tcr_taylor(z, 1.5, 6, centering), rel=1e-12)
+    else:
+        bound = series.relative_error_bound(series.kappa(1.5, 17, 40), 6)
+        assert abs(got.item() - exact) <= bound * abs(exact)
     (g,) = torch.autograd.grad(got, z)
-    assert torch.isfinite(g).all() and g.abs().max() > 0
+    (g_ref,) = torch.autograd.grad(ref, z)
+    assert torch.allclose(g, g_ref, rtol=1e-10, atol=1e-14)
+    if estimator == "exact":
+        closed = torch.from_numpy(ind.tcr_exact_grad(z, 1.5, centering))
+        assert torch.allclose(g, closed, rtol=1e-9, atol=1e-13)
 
 
 def test_series_default_meets_tol(gen):
     z = torch.randn(64, 24, generator=gen, dtype=torch.float64)
-    exact = mf.tcr_loss(z, 3.0).item()
+    exact = ind.tcr_exact(z, 3.0)
     for tol in (1e-3, 1e-5, 1e-8):
         assert abs(mf.tcr_loss(z, 3.0, estimator="series", tol=tol).item() - exact) <= tol * abs(exact)
 
@@ -148,7 +191,8 @@ def test_autocast_does_not_lower_the_loss_precision(gen):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         inside = mf.tcr_loss(z, 3.0)
     assert inside.dtype == torch.float32
-    assert inside.item() == pytest.approx(mf.tcr_loss(z, 3.0).item(), rel=1e-6)
+    assert inside.item() == pytest.approx(ind.tcr_exact(z, 3.0),
+                                          rel=REFERENCE_TOLERANCES[torch.float32][0])
 
 
 def test_m_equals_one_works():
@@ -177,7 +221,8 @@ def test_unavailable_backend_names_the_reason(monkeypatch):
     with pytest.raises(RuntimeError, match="backend 'cuda' cannot be imported"):
         mf.tcr_loss(torch.randn(4, 3), backend="cuda")
     assert backends.availability("cuda") is not None
-    assert mf.tcr_loss(torch.randn(4, 3), backend="auto").isfinite()
+    h = torch.randn(4, 3, dtype=torch.float64)
+    assert mf.tcr_loss(h, backend="auto").item() == pytest.approx(ind.tcr_exact(h, 1.0), rel=1e-13)
 
 
 @pytest.mark.parametrize("estimator, dynamic", [("exact", False), ("exact", True),
