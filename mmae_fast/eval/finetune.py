@@ -5,10 +5,11 @@ Defaults are the official settings: M-MAE ``finetune.sh`` (100 epochs, blr 5e-4,
 head ``--cls_token``, batch 64 x 4 accumulation x 8 GPUs = 2048) and MAE ``main_finetune.py``
 (5 warmup epochs, min lr 1e-6, AdamW (0.9, 0.999), RandAugment ``rand-m9-mstd0.5-inc1``,
 label smoothing 0.1, mixup prob 1 / switch prob 0.5 / batch mode, head weight ~ N(0, 2e-5)
-truncated). Every piece is timm's: ``create_optimizer_v2(..., layer_decay=)`` (group lr scale
+truncated). Layer decay as MAE's ``param_groups_lrd`` (group lr scale
 ``0.65^(depth + 1 - layer)``: patch embedding / CLS / position layer 0, block i layer i + 1,
-final norm and head 1), ``Mixup``, ``create_transform``, ``SoftTargetCrossEntropy``, optional
-``ModelEmaV3``. Top-1 / top-5 (and of the EMA model) on the validation split every epoch.
+final norm and head scale 1; timm's grouping differs for the final norm, see
+:func:`param_groups`) handed to timm's ``create_optimizer_v2``; timm's ``Mixup``,
+``create_transform``, ``SoftTargetCrossEntropy``, optional ``ModelEmaV3``. Top-1 / top-5 (and of the EMA model) on the validation split every epoch.
 """
 from __future__ import annotations
 
@@ -24,12 +25,44 @@ from .encoder import build_vit, load_encoder
 SOURCE = "M-MAE finetune.sh / MAE main_finetune.py"
 
 
+def layer_id(name: str, depth: int) -> int:
+    """MAE's ``get_layer_id_for_vit``: CLS / position / patch embedding 0, block i ``i + 1``,
+    everything after the blocks (final norm, fc_norm, head) ``depth + 1``."""
+    if name in ("cls_token", "pos_embed") or name.startswith("patch_embed"):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return depth + 1
+
+
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | None) -> list[dict]:
+    """MAE's ``param_groups_lrd``: no weight decay on 1-D parameters and on the model's
+    ``no_weight_decay()`` (cls_token, pos_embed); ``lr_scale = layer_decay^(depth + 1 - id)``.
+
+    timm's own ``param_groups_layer_decay`` puts the final norm with the last block (scale
+    ``layer_decay``, not 1), so the groups are built here and handed to timm's optimizer."""
+    depth = len(model.blocks)
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        decay = not (p.ndim <= 1 or name in skip)
+        lid = layer_id(name, depth)
+        scale = layer_decay ** (depth + 1 - lid) if layer_decay else 1.0
+        g = groups.setdefault((lid, decay), {"params": [], "lr_scale": scale,
+                                             "weight_decay": weight_decay if decay else 0.0})
+        g["params"].append(p)
+    return list(groups.values())
+
+
 def optimizer(model: nn.Module, lr: float, weight_decay: float, layer_decay: float | None):
-    """timm AdamW with MAE's groups: no decay on 1-D parameters, ``cls_token``, ``pos_embed``;
-    with ``layer_decay`` each group carries ``lr_scale`` (applied by ``common.set_lr``)."""
+    """timm AdamW (betas 0.9, 0.999 as MAE's torch AdamW) over :func:`param_groups`; each group
+    carries ``lr_scale`` (applied by ``common.set_lr``)."""
     from timm.optim import create_optimizer_v2
+    groups = param_groups(model, weight_decay, layer_decay)
     return create_optimizer_v2(model, "adamw", lr=lr, weight_decay=weight_decay,
-                               layer_decay=layer_decay or None, betas=(0.9, 0.999))
+                               param_group_fn=lambda _: groups, betas=(0.9, 0.999))
 
 
 def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
