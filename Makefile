@@ -2,7 +2,7 @@
 PYTHON ?= python3
 export PYTHON
 
-.PHONY: install demo test cuda-check triton-check mutants
+.PHONY: install demo test cuda-check triton-check gpu-check mutants
 
 install:
 	bash scripts/install.sh triton,train,bench,test
@@ -22,3 +22,10 @@ triton-check: install  # compile every Triton kernel launch for sm_90 and sm_80 
 
 mutants:  # plant ~15 typical bugs in a temporary copy, report which tests catch each (slow; not in CI)
 	$(PYTHON) scripts/mutants.py
+
+# On a GPU machine: build for its arch, run the whole suite, bench, profile, plot, within BUDGET s
+# (scripts/gpu_check.py; results in bench/results/<device>/). DEVICE=cpu: the CI smoke (tiny, temp dir).
+DEVICE ?= cuda
+BUDGET ?= 420
+gpu-check:
+	$(PYTHON) scripts/gpu_check.py --budget $(BUDGET) $(if $(filter cpu,$(DEVICE)),--device cpu --smoke,)

@@ -6,6 +6,7 @@ Timing rules (both benches):
   input rotates through a pool of copies larger than the L2 cache, so no repetition finds its
   input in cache. Warm-up calls (compilation, autotuning, allocator) come first and are dropped.
 * CPU: ``time.perf_counter`` around every call, same rotation and warm-up.
+* CUDA graph (``time_graph``): the call captured once, one pair of events around every replay.
 * Every repetition is stored; tables and plots use the median.
 """
 from __future__ import annotations
@@ -72,9 +73,16 @@ def device_slug(device: torch.device) -> str:
 
 def git_commit() -> dict:
     """The checkout's commit (None before the first commit) and whether the tree differs from
-    it (changed or untracked files outside bench/results/)."""
+    it (changed or untracked files outside bench/results/). Where git cannot tell (a copy of
+    the tree without .git), the environment variables ``MMAE_FAST_GIT_COMMIT`` and
+    ``MMAE_FAST_GIT_DIRTY`` (0/1) stand in, and ``source`` says so."""
     commit = _run(["git", "rev-parse", "HEAD"])
     status = _run(["git", "status", "--porcelain", "--", ".", ":!bench/results"])
+    if commit is None and os.environ.get("MMAE_FAST_GIT_COMMIT"):
+        dirty = os.environ.get("MMAE_FAST_GIT_DIRTY")
+        return {"commit": os.environ["MMAE_FAST_GIT_COMMIT"],
+                "dirty": None if dirty is None else dirty == "1",
+                "source": "MMAE_FAST_GIT_COMMIT"}
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
@@ -158,6 +166,44 @@ def time_calls(fn: Callable, inputs: Sequence, device: torch.device, *, warmup: 
         t0 = time.perf_counter()
         fn(x)
         times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def time_graph(fn: Callable, x, device: torch.device, *, warmup: int, reps: int) -> list[float]:
+    """Milliseconds of each of ``reps`` replays of ``fn(x)`` captured once as a CUDA graph.
+
+    ``warmup`` calls run first on a side stream (as graph capture requires: allocator, cuBLAS
+    workspaces, autotuning, compilation), then one capture. Before every replay a buffer of
+    2 x L2 is zeroed outside the timed span, so no replay finds its input in L2 (the graph reads
+    the same input every time). Raises if ``fn`` cannot be captured (a host synchronisation,
+    a CPU tensor, ...) or when ``device`` is not a CUDA device.
+    """
+    if device.type != "cuda":
+        raise RuntimeError(f"CUDA graphs need a CUDA device, got device {device.type!r}")
+    current = torch.cuda.current_stream(device)
+    side = torch.cuda.Stream(device)
+    side.wait_stream(current)
+    with torch.cuda.stream(side):
+        for _ in range(max(1, warmup)):
+            fn(x)
+    current.wait_stream(side)
+    torch.cuda.synchronize(device)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn(x)
+    l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) or 50 << 20
+    scrub = torch.empty(2 * l2, dtype=torch.uint8, device=device)
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+              for _ in range(reps)]
+    graph.replay()  # the first replay uploads the graph
+    for start, end in events:
+        scrub.zero_()
+        start.record()
+        graph.replay()
+        end.record()
+    torch.cuda.synchronize(device)
+    times = [start.elapsed_time(end) for start, end in events]
+    del graph
     return times
 
 

@@ -14,9 +14,19 @@ the exact float64 reference (and against the float64 reference of the same estim
 arithmetic error alone), in fwd+bwd the gradient's relative error, peak extra GPU memory, and
 the roofline floor (``bench.roofline``) with the achieved fraction ``floor / median``.
 
+Timing (``--timing``, default ``eager,graph`` on CUDA, ``eager`` on the CPU): ``eager`` is one
+pair of CUDA events around every Python call (``bench.common.time_calls``); ``graph`` captures
+the call once as a CUDA graph after warm-up and times each replay (``bench.common.time_graph``:
+GPU time without Python). A provider that cannot be captured keeps its eager row, with
+``graph_status`` "error" and the reason.
+
+``--shapes 1024x1024@3 4096x768@3 ...`` runs exactly those (m, d, mu) instead of the m × d grid;
+``--time-limit S`` starts no case after S seconds: the rest are written as skipped, with the reason.
+
     python bench/entropy.py --quick                      # small CPU sweep, under a minute
     python bench/entropy.py --device cuda                # the full sweep (defaults)
     python bench/entropy.py --device cuda --dtype bf16 --providers official cholesky cuda
+    python bench/entropy.py --device cuda --shapes 1024x1024@3 65536x1024@1 --timing graph
 
 Writes ``<out>/<device slug>/entropy-<time>.json`` and ``.csv`` (default out: bench/results).
 """
@@ -24,7 +34,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -41,6 +53,7 @@ from mmae_fast import backends, baselines, reference, series, tcr_loss
 SCHEMA = "mmae_fast.bench.entropy"
 ESTIMATORS = ("exact", "series", "taylor")
 MODES = ("fwd", "fwd+bwd")
+TIMINGS = ("eager", "graph")
 OURS = ("reference", "triton", "cuda")
 #: baseline provider -> the estimator it computes
 BASELINE_ESTIMATOR = {"official": "exact", "cholesky": "exact", "taylor-eager": "taylor"}
@@ -52,7 +65,10 @@ CSV_FIELDS = ("provider", "backend", "compiled", "estimator", "degree", "m", "d"
               "mu", "status", "reason", "median_ms", "min_ms", "iqr_ms", "reps", "rotation",
               "value", "ref_exact", "rel_err", "rel_err_same_estimator", "grad_rel_err",
               "peak_mem_bytes", "gram_flops", "small_flops", "bytes", "floor_ms",
-              "roofline_fraction", "times_ms")
+              "roofline_fraction", "times_ms", "graph_status", "graph_reason",
+              "graph_median_ms", "graph_min_ms", "graph_iqr_ms", "graph_reps",
+              "graph_times_ms")
+GRAPH_FIELDS = ("graph_median_ms", "graph_min_ms", "graph_iqr_ms")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +79,29 @@ class Case:
     d: int
     dtype: str
     mode: str
+    mu: float = 1.0
+
+
+def parse_shape(text: str) -> tuple[int, int, float | None]:
+    """``"4096x768@3"`` -> ``(4096, 768, 3.0)``; ``"4096x768"`` -> ``(4096, 768, None)``."""
+    match = re.fullmatch(r"\s*(\d+)\s*[x×]\s*(\d+)\s*(?:@\s*([0-9.eE+-]+))?\s*", text)
+    if not match or int(match[1]) < 1 or int(match[2]) < 1:
+        raise argparse.ArgumentTypeError(
+            f"--shapes: {text!r} is not MxD or MxD@MU (e.g. 4096x768@3)")
+    mu = float(match[3]) if match[3] else None
+    if mu is not None and not mu > 0:
+        raise argparse.ArgumentTypeError(f"--shapes: mu must be > 0 in {text!r}")
+    return int(match[1]), int(match[2]), mu
+
+
+def parse_timing(text: str) -> list[str]:
+    """``"eager,graph"`` -> ``["eager", "graph"]``."""
+    out = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in out if t not in TIMINGS]
+    if bad or not out:
+        raise argparse.ArgumentTypeError(
+            f"--timing: {text!r}; use a comma-separated subset of {', '.join(TIMINGS)}")
+    return out
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -81,6 +120,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--providers", nargs="+", choices=PROVIDERS,
                    help="default: all (--quick: the eager ones)")
     p.add_argument("--mu", type=float, default=1.0, help="TCR mu (official: 1 ViT-B, 3 ViT-L)")
+    p.add_argument("--shapes", nargs="+", type=parse_shape, metavar="MxD[@MU]",
+                   help="exactly these (m, d, mu) instead of the --m x --d grid "
+                        "(mu defaults to --mu)")
+    p.add_argument("--timing", type=parse_timing,
+                   help="eager and/or graph, comma-separated (default: eager,graph on CUDA, "
+                        "eager on the CPU)")
+    p.add_argument("--time-limit", type=float, default=None, metavar="S",
+                   help="start no case after S seconds; the rest are written as skipped")
     p.add_argument("--tol", type=float, default=1e-4, help="series tolerance (degree from it)")
     p.add_argument("--reps", type=int, help="timed repetitions (default 30 GPU, 5 CPU)")
     p.add_argument("--warmup", type=int, help="untimed calls first (default 5 GPU, 2 CPU)")
@@ -105,6 +152,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2 if cpu else 5)
     if args.providers is None:
         args.providers = [p for p in PROVIDERS if not (args.quick and p.endswith("-compile"))]
+    if args.timing is None:
+        args.timing = ["eager"] if cpu else ["eager", "graph"]
+    if args.shapes:
+        args.shapes = [(m, d, args.mu if mu is None else mu) for m, d, mu in args.shapes]
+        args.m = sorted({s[0] for s in args.shapes})
+        args.d = sorted({s[1] for s in args.shapes})
     return args
 
 
@@ -152,17 +205,23 @@ def make_call(loss: Callable, mode: str) -> Callable:
 
 
 # ----------------------------------------------------------------------------- sweep
+def shapes(args) -> list[tuple[int, int, float]]:
+    """(m, d, mu) in sweep order: ``--shapes`` as given, else d-major over the grid."""
+    if getattr(args, "shapes", None):
+        return list(args.shapes)
+    return [(m, d, args.mu) for d in args.d for m in args.m]
+
+
 def cases(args) -> list[Case]:
     out = []
     for dtype in args.dtype:
-        for d in args.d:
-            for m in args.m:
-                for mode in args.mode:
-                    for provider in args.providers:
-                        base = BASELINE_ESTIMATOR.get(provider.removesuffix("-compile"))
-                        for e in args.estimator if base is None else [base]:
-                            if e in args.estimator:
-                                out.append(Case(provider, e, m, d, dtype, mode))
+        for m, d, mu in shapes(args):
+            for mode in args.mode:
+                for provider in args.providers:
+                    base = BASELINE_ESTIMATOR.get(provider.removesuffix("-compile"))
+                    for e in args.estimator if base is None else [base]:
+                        if e in args.estimator:
+                            out.append(Case(provider, e, m, d, dtype, mode, mu))
     return out
 
 
@@ -214,44 +273,87 @@ def rel(x: torch.Tensor, ref: torch.Tensor) -> float:
     return float((x - ref).norm() / ref.norm().clamp_min(1e-300))
 
 
-def run_case(case: Case, inputs: Inputs, args, device: torch.device, calib: dict) -> dict:
-    degree = degree_of(case.estimator, args.mu, case.m, case.d, args.tol)
+def base_row(case: Case, args, calib: dict, rotation: int | None) -> dict:
+    """The case's row before it runs: identity, cost model and floor, empty results."""
+    degree = degree_of(case.estimator, case.mu, case.m, case.d, args.tol)
     compiled = case.provider.endswith("-compile")
     backend = case.provider if case.provider in OURS else "baseline"
+    graph = "graph" in args.timing
     row = dict(dataclasses.asdict(case), backend=backend, compiled=compiled, degree=degree,
-               mu=args.mu, status="ok", reason=None, times_ms=[], reps=0,
-               rotation=len(inputs.pool), **common.summary([]), value=None, ref_exact=None,
-               rel_err=None, rel_err_same_estimator=None, grad_rel_err=None,
-               peak_mem_bytes=None, roofline_fraction=None)
+               status="ok", reason=None, times_ms=[], reps=0, rotation=rotation,
+               **common.summary([]), value=None, ref_exact=None, rel_err=None,
+               rel_err_same_estimator=None, grad_rel_err=None, peak_mem_bytes=None,
+               roofline_fraction=None, graph_status="skipped" if graph else None,
+               graph_reason=None, graph_times_ms=[], graph_reps=0,
+               **dict.fromkeys(GRAPH_FIELDS))
     itemsize = torch.finfo(common.DTYPES[case.dtype]).bits // 8
     cost = roofline.tcr_cost(case.m, case.d, case.estimator, degree, case.mode, itemsize)
     row.update(cost, floor_ms=roofline.floor_ms(cost, case.dtype, calib))
+    return row
+
+
+def _error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:300]
+
+
+def run_case(case: Case, inputs: Inputs, args, device: torch.device, calib: dict) -> dict:
+    row = base_row(case, args, calib, len(inputs.pool))
     reason = unavailable(case, inputs.pool[0])
     if reason is not None:
-        return row | {"status": "skipped", "reason": reason}
+        return row | {"status": "skipped", "reason": reason,
+                      "graph_reason": reason if row["graph_status"] else None}
     grad = case.mode == "fwd+bwd"
     pool = inputs.grad_pool if grad else inputs.pool
-    call = make_call(loss_fn(case, args.mu, args.tol), case.mode)
+    call = make_call(loss_fn(case, case.mu, args.tol), case.mode)
+    times, peak = [], None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Taylor's divergence warning: the error column says it
             value, g = call(pool[0])
-            times = common.time_calls(call, pool, device, warmup=args.warmup, reps=args.reps)
+            if "eager" in args.timing:
+                times = common.time_calls(call, pool, device, warmup=args.warmup, reps=args.reps)
             peak = common.peak_memory(call, pool[0], device)
     except Exception as exc:  # noqa: BLE001 - a failing provider is a result, not a crash
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        return row | {"status": "error", "reason": f"{type(exc).__name__}: {exc}"[:300]}
+        return row | {"status": "error", "reason": _error(exc),
+                      "graph_reason": "the eager call failed" if row["graph_status"] else None}
     ref_exact, g_exact = inputs.reference("exact", 0, grad)
-    ref_same, _ = inputs.reference(case.estimator, degree, False)
+    ref_same, _ = inputs.reference(case.estimator, degree_of(
+        case.estimator, case.mu, case.m, case.d, args.tol), False)
     stats = common.summary(times)
     row.update(stats, times_ms=times, reps=len(times), peak_mem_bytes=peak,
                value=float(value.detach()), ref_exact=float(ref_exact),
                rel_err=rel(value, ref_exact), rel_err_same_estimator=rel(value, ref_same),
                grad_rel_err=rel(g, g_exact) if grad else None)
-    if row["floor_ms"] is not None:
+    if row["floor_ms"] is not None and stats["median_ms"]:
         row["roofline_fraction"] = row["floor_ms"] / stats["median_ms"]
+    if "graph" in args.timing:
+        row.update(graph_row(call, pool[0], args, device))
     return row
+
+
+def graph_row(call: Callable, x: torch.Tensor, args, device: torch.device) -> dict:
+    """The ``graph_*`` fields: the call captured as a CUDA graph, each replay timed; a provider
+    that cannot be captured (or a CPU run) gives the reason instead."""
+    if device.type != "cuda":
+        return {"graph_status": "skipped", "graph_reason": "CUDA graphs need a CUDA device"}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            times = common.time_graph(call, x, device, warmup=max(2, args.warmup),
+                                      reps=args.reps)
+    except Exception as exc:  # noqa: BLE001 - not capturable is a result
+        try:
+            torch.cuda.synchronize(device)
+            torch.cuda.empty_cache()
+        except Exception as sticky:  # noqa: BLE001
+            return {"graph_status": "error",
+                    "graph_reason": f"{_error(exc)}; then the device failed: {_error(sticky)}"}
+        return {"graph_status": "error", "graph_reason": _error(exc)}
+    stats = common.summary(times)
+    return {"graph_status": "ok", "graph_reason": None, "graph_times_ms": times,
+            "graph_reps": len(times), **{f"graph_{k}": v for k, v in stats.items()}}
 
 
 def run(args) -> tuple[Path, Path]:
@@ -270,13 +372,19 @@ def run(args) -> tuple[Path, Path]:
     todo = cases(args)
     rows, inputs, key = [], None, None
     bar = None if args.no_progress else _tqdm(len(todo))
+    start = time.monotonic()
     for case in todo:
-        if (case.m, case.d, case.dtype) != key:
+        if args.time_limit is not None and time.monotonic() - start > args.time_limit:
+            rows.append(base_row(case, args, calib, None) | {
+                "status": "skipped", "reason": f"time limit: --time-limit {args.time_limit:g} s "
+                                               f"was reached before this case"})
+            continue
+        if (case.m, case.d, case.dtype, case.mu) != key:
             inputs = None  # free the previous pool first
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-            key = (case.m, case.d, case.dtype)
-            inputs = Inputs(case.m, case.d, case.dtype, device, args.seed, args.mu,
+            key = (case.m, case.d, case.dtype, case.mu)
+            inputs = Inputs(case.m, case.d, case.dtype, device, args.seed, case.mu,
                             args.features)
         if bar is not None:
             bar.set_postfix_str(f"{case.provider} {case.estimator} {case.m}x{case.d} "

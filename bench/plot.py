@@ -10,7 +10,8 @@ earlier one) and ``train*.json``:
 * ``entropy_summary.png``: speed-up over ``official`` (eager) and achieved roofline fraction,
   per m, for one (d, dtype, mode) ("headline": d 768, bf16, fwd+bwd when present);
 * ``train.png``: trainer img/s per configuration (when a train result exists);
-* the tables between the GENERATED markers of bench/README.md (``--readme``).
+* the tables between the GENERATED markers of bench/README.md (``--readme``), headed by the
+  project's targets (``bench.targets``) measured on the newest GPU results.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import common  # noqa: E402
+from bench import common, targets  # noqa: E402
 
 RESULTS = common.REPO_ROOT / "bench" / "results"
 README = common.REPO_ROOT / "bench" / "README.md"
@@ -52,14 +53,23 @@ def label_order(labels) -> list[str]:
 
 
 def merged_entropy(folder: Path) -> tuple[list[dict], list[dict]]:
-    """(rows, payloads) of every entropy result file in ``folder``; later files win."""
+    """(rows, payloads) of every entropy result file in ``folder``; a later file's case replaces
+    an earlier one unless it did not run there (time limit, ...). Each row gets ``_file``."""
     payloads = sorted(common.load_results([folder], "entropy"), key=lambda p: p["meta"]["date"])
     rows = {}
     for payload in payloads:
         for row in payload["results"]:
-            rows[(row["provider"], row["estimator"], row["m"], row["d"], row["dtype"],
-                  row["mode"])] = row
+            key = (row["provider"], row["estimator"], row["m"], row["d"], row["dtype"],
+                   row["mode"], row.get("mu"))
+            if row["status"] == "skipped" and rows.get(key, {}).get("status") == "ok":
+                continue
+            rows[key] = row | {"_file": Path(payload["_path"]).name, "_meta": payload["meta"]}
     return list(rows.values()), payloads
+
+
+def timed(row: dict, key: str = "median_ms") -> bool:
+    """The row ran and has the timing ``key`` (eager ``median_ms`` or ``graph_median_ms``)."""
+    return row["status"] == "ok" and row.get(key) is not None
 
 
 def pick(values, preferred):
@@ -88,7 +98,7 @@ def plot_time(rows, d, path: Path, title: str) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = [r for r in rows if r["status"] == "ok" and r["d"] == d]
+    ok = [r for r in rows if timed(r) and r["d"] == d]
     modes = [m for m in ("fwd", "fwd+bwd") if any(r["mode"] == m for r in ok)]
     dtypes = [t for t in common.DTYPES if any(r["dtype"] == t for r in ok)]
     if not ok:
@@ -164,7 +174,7 @@ def plot_summary(rows, d, dtype, mode, path: Path, title: str) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sel = [r for r in rows if r["status"] == "ok" and (r["d"], r["dtype"], r["mode"]) ==
+    sel = [r for r in rows if timed(r) and (r["d"], r["dtype"], r["mode"]) ==
            (d, dtype, mode)]
     if not sel:
         return False
@@ -235,39 +245,23 @@ def _fmt(x, digits=3) -> str:
 
 
 def entropy_tables(rows: list[dict]) -> str:
-    """One markdown table per (dtype, mode): rows (d, m), a column of median ms per provider,
-    the floor, and the best of ours against eager official."""
+    """One markdown table per (dtype, mode) and timing (eager per call; CUDA graph replay when
+    measured): rows (d, m), a column of median ms per provider, the floor, and the best of ours
+    against official."""
     out = []
     skipped = defaultdict(set)  # reason -> labels
     for r in rows:
         if r["status"] != "ok":
             skipped[f"{r['status']}: {r['reason']}"].add(label(r))
+        elif r.get("graph_status") == "error":
+            skipped[f"no CUDA graph: {r['graph_reason']}"].add(label(r))
     keys = sorted({(r["dtype"], r["mode"]) for r in rows},
                   key=lambda k: (list(common.DTYPES).index(k[0]), k[1]))
     for dtype, mode in keys:
-        sel = [r for r in rows if (r["dtype"], r["mode"]) == (dtype, mode)]
-        labs = label_order({label(r) for r in sel if r["status"] == "ok"})
-        if not labs:
-            continue
-        cell = {(r["d"], r["m"], label(r)): r for r in sel}
-        out.append(f"**{mode}, {dtype}** — median ms (lower is better)\n")
-        out.append("| d | m | " + " | ".join(labs)
-                   + " | floor (exact) | ours (exact/series) vs official |")
-        out.append("|---|---|" + "---|" * (len(labs) + 2))
-        for d, m in sorted({(r["d"], r["m"]) for r in sel}):
-            vals = [cell.get((d, m, lab)) for lab in labs]
-            cells = [_fmt(v["median_ms"]) if v and v["status"] == "ok" else
-                     ("err" if v and v["status"] == "error" else "–") for v in vals]
-            floor = next((v["floor_ms"] for v in vals if v and v["estimator"] == "exact"
-                          and v.get("floor_ms")), None)
-            off = cell.get((d, m, "official"))
-            ours = [v for v in vals if v and v["status"] == "ok" and v["provider"] in OURS
-                    and v["estimator"] != "taylor"]  # Taylor is not accurate for every input
-            best = min(ours, key=lambda v: v["median_ms"]) if ours else None
-            speed = (f"{off['median_ms'] / best['median_ms']:.2f}x ({label(best)})"
-                     if best and off and off["status"] == "ok" else "–")
-            out.append(f"| {d} | {m} | " + " | ".join(cells) + f" | {_fmt(floor)} | {speed} |")
-        out.append("")
+        for key, what in (("median_ms", "median ms per call (eager)"),
+                          ("graph_median_ms", "median ms per CUDA graph replay")):
+            out += _entropy_table([r for r in rows if (r["dtype"], r["mode"]) == (dtype, mode)],
+                                  key, f"**{mode}, {dtype}** — {what}, lower is better\n")
     out.append("`–`: not in the sweep of any result file here, or skipped (reasons below); "
                "`err`: the provider raised (the reason is in the result file).\n")
     for reason, labs in sorted(skipped.items()):
@@ -276,6 +270,34 @@ def entropy_tables(rows: list[dict]) -> str:
     if skipped:
         out.append("")
     return "\n".join(out)
+
+
+def _entropy_table(sel: list[dict], key: str, title: str) -> list[str]:
+    """Markdown lines of one table over timing ``key``; empty if nothing has that timing."""
+    out = []
+    labs = label_order({label(r) for r in sel if timed(r, key)})
+    if labs:
+        cell = {(r["d"], r["m"], label(r)): r for r in sel}
+        out.append(title)
+        out.append("| d | m | " + " | ".join(labs)
+                   + " | floor (exact) | ours (exact/series) vs official |")
+        out.append("|---|---|" + "---|" * (len(labs) + 2))
+        for d, m in sorted({(r["d"], r["m"]) for r in sel}):
+            vals = [cell.get((d, m, lab)) for lab in labs]
+            cells = [_fmt(v[key]) if v and timed(v, key) else
+                     ("err" if v and "error" in (v["status"], v.get("graph_status")) else "–")
+                     for v in vals]
+            floor = next((v["floor_ms"] for v in vals if v and v["estimator"] == "exact"
+                          and v.get("floor_ms")), None)
+            off = cell.get((d, m, "official"))
+            ours = [v for v in vals if v and timed(v, key) and v["provider"] in OURS
+                    and v["estimator"] != "taylor"]  # Taylor is not accurate for every input
+            best = min(ours, key=lambda v: v[key]) if ours else None
+            speed = (f"{off[key] / best[key]:.2f}x ({label(best)})"
+                     if best and off and timed(off, key) else "–")
+            out.append(f"| {d} | {m} | " + " | ".join(cells) + f" | {_fmt(floor)} | {speed} |")
+        out.append("")
+    return out
 
 
 def train_table(rows: list[dict]) -> str:
@@ -366,8 +388,10 @@ def main(argv=None) -> int:
                                args.dtype, args.mode) for f in folders]
     for f in folders:
         print(f"plotted {f}")
+    goals = targets.section(folders, lambda f: merged_entropy(f)[0])
     if args.readme:
-        update_readme(Path(args.readme), "\n".join(sections) or "No results yet.\n")
+        update_readme(Path(args.readme), "\n".join(([goals] if goals else []) + sections)
+                      or "No results yet.\n")
         print(f"updated {args.readme}")
     return 0
 

@@ -19,6 +19,8 @@ median step time.
     python bench/train.py --device cuda                    # ViT-B/16 and ViT-L/16
     python bench/train.py --device cuda --models vit-b16 --batch 256
 
+``--time-limit S`` starts no configuration after S seconds (the rest are written as skipped).
+
 Writes ``<out>/<device slug>/train-<time>.json`` and ``.csv``.
 """
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
@@ -82,6 +85,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, help="timed steps (default 20 GPU, 3 CPU)")
     p.add_argument("--warmup", type=int, help="untimed steps first (default 5 GPU, 1 CPU)")
     p.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
+    p.add_argument("--time-limit", type=float, default=None, metavar="S",
+                   help="start no configuration after S seconds; the rest are written as "
+                        "skipped")
     p.add_argument("--out", default=str(common.REPO_ROOT / "bench" / "results"))
     p.add_argument("--tag", default="")
     p.add_argument("--seed", type=int, default=0)
@@ -143,7 +149,6 @@ class Clock:
             ev.record()
             self.marks.append(ev)
         else:
-            import time
             self.marks.append(time.perf_counter())
 
     def spans(self) -> list[float]:
@@ -153,11 +158,16 @@ class Clock:
         return [(b - a) * 1e3 for a, b in zip(self.marks, self.marks[1:])]
 
 
+def empty_row(cfg: Config, args) -> dict:
+    """The configuration's row before it runs."""
+    return dict(dataclasses.asdict(cfg), batch=args.batch, img_size=args.img_size, status="ok",
+                reason=None, times_ms=[], steps=0, **common.summary([]), img_per_s=None,
+                forward_ms=None, reg_fwd_ms=None, backward_ms=None, optimizer_ms=None,
+                reg_ms=None, reg_share_pct=None, peak_mem_bytes=None)
+
+
 def run_config(cfg: Config, args, device: torch.device) -> dict:
-    row = dict(dataclasses.asdict(cfg), batch=args.batch, img_size=args.img_size, status="ok",
-               reason=None, times_ms=[], steps=0, **common.summary([]), img_per_s=None,
-               forward_ms=None, reg_fwd_ms=None, backward_ms=None, optimizer_ms=None,
-               reg_ms=None, reg_share_pct=None, peak_mem_bytes=None)
+    row = empty_row(cfg, args)
     try:
         net = create_model(cfg.model, args.img_size, cfg.variant).to(device)
     except ImportError as exc:
@@ -238,7 +248,14 @@ def run(args) -> tuple[Path, Path]:
     if not args.no_progress:
         from tqdm import tqdm
         iterator = tqdm(todo, desc="train bench", unit="config", dynamic_ncols=True)
+    start = time.monotonic()
     for cfg in iterator:
+        limit = getattr(args, "time_limit", None)
+        if limit is not None and time.monotonic() - start > limit:
+            rows.append(empty_row(cfg, args) | {
+                "status": "skipped",
+                "reason": f"time limit: --time-limit {limit:g} s was reached before it"})
+            continue
         rows.append(run_config(cfg, args, device))
         if device.type == "cuda":
             torch.cuda.empty_cache()

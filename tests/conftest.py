@@ -22,3 +22,25 @@ SEED = int(os.environ.get("MMAE_FAST_TEST_SEED", "0"))
 def gen():
     """A seeded CPU generator per test: random inputs, reproducible from MMAE_FAST_TEST_SEED."""
     return torch.Generator().manual_seed(SEED)
+
+
+#: MMAE_FAST_REQUIRE_GPU=1 (``make gpu-check``): a GPU test that skips is reported as a failure.
+REQUIRE_GPU = os.environ.get("MMAE_FAST_REQUIRE_GPU", "") == "1"
+
+
+def _needs_gpu(item) -> bool:
+    """The test is marked ``gpu`` or carries ``requires_cuda``."""
+    return item.get_closest_marker("gpu") is not None or any(
+        mark.kwargs.get("reason") == requires_cuda.kwargs["reason"]
+        for mark in item.iter_markers("skipif"))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if REQUIRE_GPU and report.skipped and _needs_gpu(item):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = (f"MMAE_FAST_REQUIRE_GPU=1: this GPU test was skipped ({reason}); "
+                           f"on the GPU machine it must run")

@@ -1,0 +1,338 @@
+"""``scripts/gpu_check.py`` (``make gpu-check``) without a GPU: the CPU smoke run and its result
+files, the budget logic (a stage that would overrun is skipped, a failing stage does not stop
+the next), the subprocess deadline, CUDA-graph timing guarded on the CPU, the time limits of the
+benches, the targets table, and the MMAE_FAST_REQUIRE_GPU hook of tests/conftest.py."""
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench import common, entropy, kernel_table, plot, targets, train  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "scripts" / "gpu_check.py")
+gpu_check = sys.modules["gpu_check"] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(gpu_check)
+
+
+def _tcr_numpy(h: np.ndarray, mu: float) -> float:
+    """-logdet(I + mu/d · ZᵀZ), Z = rows of h normalised, in float64 numpy."""
+    z = h / np.linalg.norm(h, axis=1, keepdims=True)
+    sign, logdet = np.linalg.slogdet(np.eye(h.shape[1]) + mu / h.shape[1] * z.T @ z)
+    assert sign > 0
+    return -logdet
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """One CPU smoke run, in process, as ``make gpu-check DEVICE=cpu`` runs it."""
+    out = tmp_path_factory.mktemp("gpu-check")
+    threads = torch.get_num_threads()
+    rc = gpu_check.main(["--device", "cpu", "--smoke", "--out", str(out)])
+    assert torch.get_num_threads() == threads  # the benches' --threads 1 did not leak
+    (folder,) = [p for p in out.iterdir() if p.is_dir()]
+    (summary,) = folder.glob("gpu-check-*.json")
+    return rc, folder, json.loads(summary.read_text())
+
+
+def test_smoke_passes_and_writes_the_summary(smoke):
+    rc, folder, payload = smoke
+    assert rc == 0 and payload["passed"] is True, payload["stages"]
+    assert payload["schema"] == gpu_check.SCHEMA and payload["schema_version"] >= 1
+    meta = payload["meta"]
+    for key in ("device_name", "device_slug", "torch", "cuda", "triton", "git", "date",
+                "available_backends"):
+        assert key in meta, key
+    assert folder.name == meta["device_slug"] and "reference" in meta["available_backends"]
+    assert payload["config"]["smoke"] is True and payload["config"]["budget_s"] == 420
+    stages = {s["stage"]: s for s in payload["stages"]}
+    assert list(stages) == [s.name for s in gpu_check.STAGES]
+    for name in ("build", "tests"):  # GPU only: skipped with a clear line, not failed
+        assert stages[name]["status"] == "skipped" and stages[name]["skip"] == "device"
+        assert "GPU-only" in stages[name]["detail"]
+    for name in ("env", "entropy", "kernels", "train", "report"):
+        assert stages[name]["status"] == "ok", stages[name]
+    for stage in payload["stages"]:
+        assert stage["seconds"] >= 0 and isinstance(stage["allotted_s"], float)
+        assert all(Path(f).exists() for f in stage["files"]), stage
+    table = (folder / Path(next(folder.glob("gpu-check-*.md"))).name).read_text()
+    assert table.startswith("gpu-check PASSED") and "| entropy | ok |" in table
+    assert (folder.parent / "README.md").read_text().count(plot.BEGIN) == 1
+
+
+def test_smoke_entropy_rows_match_numpy(smoke):
+    """The smoke's sweep: the shapes and mu asked for, eager only; values against numpy."""
+    _, folder, _ = smoke
+    (path,) = folder.glob("entropy-smoke-*.json")
+    payload = json.loads(path.read_text())
+    assert payload["config"]["timing"] == ["eager"]
+    rows = payload["results"]
+    want = {(m, d, mu) for m, d, mu in map(entropy.parse_shape, gpu_check.SMOKE_SHAPES)}
+    assert {(r["m"], r["d"], r["mu"]) for r in rows} == want
+    assert {r["provider"] for r in rows} == {"official", "cholesky", "reference"}
+    for r in rows:
+        assert r["status"] == "ok" and r["mode"] == "fwd+bwd" and r["dtype"] == "bf16"
+        assert r["graph_status"] is None and r["reps"] == len(r["times_ms"]) == 2
+        gen = torch.Generator().manual_seed(0)
+        h = entropy.features(r["m"], r["d"], "anisotropic", gen).to(torch.bfloat16).double()
+        exact = _tcr_numpy(h.numpy(), r["mu"])
+        assert r["ref_exact"] == pytest.approx(exact, rel=1e-9)
+        assert r["rel_err"] == pytest.approx(abs(r["value"] - exact) / abs(exact), rel=1e-6)
+        # official: normalise and Gram in bf16 on the CPU; the others compute in float32
+        assert r["value"] == pytest.approx(exact, rel=5e-3 if r["provider"] == "official" else
+                                           2e-3 if r["estimator"] == "series" else 1e-4)
+
+
+def test_smoke_kernel_table(smoke):
+    _, folder, _ = smoke
+    (path,) = folder.glob("kernels-smoke-*.json")
+    payload = json.loads(path.read_text())
+    assert payload["schema"] == kernel_table.SCHEMA
+    rows = payload["results"]
+    assert {(r["provider"], r["estimator"]) for r in rows} == {("reference", "exact"),
+                                                               ("reference", "series")}
+    for r in rows:
+        assert r["status"] == "ok" and r["calls"] == 2
+        assert r["kernels_per_call"] >= 1 and r["cpu_enqueue_ms"] > 0
+        assert len(r["cpu_enqueue_times_ms"]) == 2
+        top = [t["ms_per_call"] for t in r["top"]]
+        assert 1 <= len(top) <= kernel_table.TOP and top == sorted(top, reverse=True)
+        assert sum(top) <= r["gpu_ms_per_call"] * (1 + 1e-9)
+        assert sum(t["launches_per_call"] for t in r["top"]) <= r["kernels_per_call"]
+    md = path.with_suffix(".md").read_text()
+    assert "| reference·exact | 48×40, 3 |" in md and "| reference·series | 96×40, 1 |" in md
+
+
+def test_smoke_train_rows(smoke):
+    _, folder, _ = smoke
+    (path,) = folder.glob("train-quick-smoke-*.json")
+    rows = json.loads(path.read_text())["results"]
+    assert len(rows) == 4 and all(r["status"] == "ok" and r["steps"] == 2 for r in rows), rows
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def _ctx(tmp_path, device="cuda", skip=()):
+    args = types.SimpleNamespace(device=device, smoke=False, skip=set(skip))
+    ctx = gpu_check.Context(args, sys.executable, tmp_path, "T")
+    ctx.clock = _Clock()
+    return ctx
+
+
+def test_budget_skips_a_stage_that_would_overrun(tmp_path):
+    ctx, ran, writes = _ctx(tmp_path), [], []
+
+    def takes(seconds, status="ok"):
+        def fn(c, window):
+            ran.append((fn.name, window))
+            c.clock.now += seconds
+            if status == "raise":
+                raise RuntimeError("boom")
+            return {"status": status, "detail": "done"}
+        return fn
+
+    stages = [gpu_check.Stage("a", 0.25, 5, takes(10)),        # window 25, leaves 15
+              gpu_check.Stage("b", 0.25, 10, takes(60)),       # window 40: overruns to t=70
+              gpu_check.Stage("c", 0.25, 10, takes(1)),        # deadline 75: 5 s < 10 -> skip
+              gpu_check.Stage("d", 0.125, 1, takes(1, "raise")),  # deadline 87.5: runs, raises
+              gpu_check.Stage("e", 0.125, 1, takes(1))]        # still runs after the error
+    for s in stages:
+        s.fn.name = s.name
+    results = gpu_check.run_stages(ctx, stages, 100.0, write=lambda: writes.append(1),
+                                   echo=lambda s: None)
+    assert [name for name, _ in ran] == ["a", "b", "d", "e"]
+    assert [w for _, w in ran] == pytest.approx([25.0, 40.0, 87.5 - 70, 100 - 71])
+    by = {r["stage"]: r for r in results}
+    assert by["c"]["status"] == "skipped" and by["c"]["skip"] == "budget"
+    assert "would overrun" in by["c"]["detail"] and "needs >= 10 s" in by["c"]["detail"]
+    assert by["d"]["status"] == "error" and "boom" in by["d"]["detail"]
+    assert by["e"]["status"] == "ok" and len(writes) == 5
+    assert not gpu_check.passed(results)
+    assert gpu_check.passed([r for r in results if r["stage"] in ("a", "b", "e")])
+
+
+def test_gpu_only_and_requested_skips_do_not_fail(tmp_path):
+    ctx = _ctx(tmp_path, device="cpu", skip={"b"})
+    fn = lambda c, w: {"status": "ok", "detail": ""}  # noqa: E731
+    results = gpu_check.run_stages(
+        ctx, [gpu_check.Stage("g", 0.5, 1, fn, gpu_only=True), gpu_check.Stage("b", 0.5, 1, fn)],
+        10.0, echo=lambda s: None)
+    assert [(r["status"], r["skip"]) for r in results] == [("skipped", "device"),
+                                                           ("skipped", "requested")]
+    assert gpu_check.passed(results)
+
+
+def test_run_logged_kills_at_the_deadline(tmp_path):
+    log = tmp_path / "x.log"
+    res = gpu_check.run_logged([sys.executable, "-c", "import time; print('hi', flush=True); "
+                                "time.sleep(60)"], 1.0, log)
+    assert res["timed_out"] and res["rc"] is None and res["seconds"] < 20
+    assert "hi" in log.read_text() and "killed after" in log.read_text()
+    ok = gpu_check.run_logged([sys.executable, "-c", "raise SystemExit(3)"], 30, log)
+    assert ok == ok | {"rc": 3, "timed_out": False}
+
+
+def test_pytest_counts_and_backend_check():
+    lines = ["FAILED tests/x.py::t - boom",
+             "8 failed, 666 passed, 127 skipped, 15 warnings in 71.44s (0:01:11)"]
+    assert gpu_check.pytest_counts(lines) == {"failed": 8, "passed": 666, "skipped": 127}
+    assert gpu_check.pytest_counts(["1 error in 0.1s"]) == {"error": 1}
+    assert gpu_check.pytest_counts(["nothing"]) == {}
+    assert gpu_check.check_backends(["cuda", "triton", "reference"]) is None
+    msg = gpu_check.check_backends(["triton", "reference"])
+    assert "FAILED" in msg and "cuda" in msg and "triton, reference" not in msg
+
+
+def test_cli_rejects_bad_arguments():
+    for argv in (["--budget", "0"], ["--device", "cpu"], ["--skip", "nope"],
+                 ["--inprocess"]):  # in-process on a GPU: no per-stage timeout
+        with pytest.raises(SystemExit):
+            gpu_check.parse_args(argv)
+    with pytest.raises(SystemExit):
+        entropy.parse_args(["--shapes", "12by4"])
+    with pytest.raises(SystemExit):
+        entropy.parse_args(["--timing", "eager,cuda"])
+    args = entropy.parse_args(["--shapes", "64x32@3", "16x8", "--mu", "2", "--device", "cpu"])
+    assert args.shapes == [(64, 32, 3.0), (16, 8, 2.0)] and args.m == [16, 64]
+    assert args.timing == ["eager"]
+
+
+def test_graph_timing_is_guarded_on_the_cpu():
+    x = torch.ones(4, 3)
+    with pytest.raises(RuntimeError, match="CUDA graphs need a CUDA device"):
+        common.time_graph(lambda h: h.sum(), x, torch.device("cpu"), warmup=1, reps=2)
+    args = types.SimpleNamespace(warmup=1, reps=2)
+    row = entropy.graph_row(lambda h: (h.sum(), None), x, args, torch.device("cpu"))
+    assert row == {"graph_status": "skipped", "graph_reason": "CUDA graphs need a CUDA device"}
+
+
+@pytest.mark.parametrize("limit", [None, 0.0])
+def test_entropy_graph_fields_and_time_limit(tmp_path, limit):
+    argv = ["--quick", "--dtype", "bf16", "--device", "cpu", "--shapes", "40x24@3", "--providers", "reference", "--estimator",
+            "exact", "--mode", "fwd", "--timing", "eager,graph", "--reps", "2", "--warmup", "0",
+            "--no-progress", "--out", str(tmp_path)]
+    args = entropy.parse_args(argv + ([] if limit is None else ["--time-limit", str(limit)]))
+    json_path, csv_path = entropy.run(args)
+    (row,) = json.loads(json_path.read_text())["results"]
+    assert row["mu"] == 3.0 and (row["m"], row["d"]) == (40, 24)
+    if limit is None:
+        assert row["status"] == "ok" and row["reps"] == 2
+        assert row["graph_status"] == "skipped" and "CUDA" in row["graph_reason"]
+        gen = torch.Generator().manual_seed(0)
+        h = entropy.features(40, 24, "anisotropic", gen).to(torch.bfloat16).double().numpy()
+        assert row["value"] == pytest.approx(_tcr_numpy(h, 3.0), rel=1e-4)
+    else:
+        assert row["status"] == "skipped" and "time limit" in row["reason"]
+        assert row["reps"] == 0 and row["value"] is None
+    assert "graph_median_ms" in csv_path.read_text().splitlines()[7]
+
+
+def test_train_time_limit_skips_the_rest(tmp_path):
+    args = train.parse_args(["--quick", "--no-progress", "--out", str(tmp_path),
+                             "--time-limit", "0"])
+    json_path, _ = train.run(args)
+    rows = json.loads(json_path.read_text())["results"]
+    assert len(rows) == 4 and all(r["status"] == "skipped" and "time limit" in r["reason"]
+                                  for r in rows)
+
+
+def _row(provider, m, d, mu, ms, estimator="exact", graph=None, floor=None):
+    return {"provider": provider, "estimator": estimator, "m": m, "d": d, "mu": mu,
+            "dtype": "bf16", "mode": "fwd+bwd", "status": "ok", "median_ms": ms,
+            "graph_median_ms": graph, "floor_ms": floor, "_file": "entropy-x.json",
+            "_meta": {"device_name": "GPU", "git": {"commit": "abcdef123456", "dirty": True},
+                      "device": "cuda", "date": "2026"}}
+
+
+def test_targets_from_rows():
+    rows = [_row("official", 1024, 1024, 3.0, 3.0), _row("cholesky", 1024, 1024, 3.0, 2.0),
+            _row("official-compile", 1024, 1024, 3.0, 2.5),
+            _row("cholesky-compile", 1024, 1024, 3.0, 1.5),
+            _row("cuda", 1024, 1024, 3.0, 0.5, graph=0.2),
+            _row("cuda", 1024, 1024, 3.0, 0.1, "series", graph=0.05),
+            _row("cuda", 1024, 1024, 3.0, 0.01, "taylor"),  # never counted
+            _row("cuda", 65536, 1024, 1.0, 4.0, floor=0.5), _row("official", 65536, 1024, 1.0, 6)]
+    got = {(t["target"].split(" (")[0].split(" vs")[0], t["target"].split("`")[-2]
+            if "`" in t["target"] else "", t["shape"]): t for t in targets.entropy_targets(rows)}
+    head = "1024×1024, μ 3"
+    assert got[("ours", "official", head)]["ratio"] == pytest.approx(30.0)
+    assert got[("ours", "official", head)]["graph_ratio"] is None  # official has no graph time
+    assert got[("ours", "official", head)]["met"] is True
+    assert got[("ours", "cholesky", head)]["ratio"] == pytest.approx(20.0)
+    assert got[("ours", "cholesky-compile", head)]["ratio"] == pytest.approx(15.0)
+    assert got[("exact", "official", head)]["ratio"] == pytest.approx(6.0)
+    floor = got[("ours", "", "65536×1024, μ 1")]
+    assert floor["ratio"] == pytest.approx(8.0) and floor["met"] is False
+    assert "abcdef12+dirty" in floor["source"] and "entropy-x.json" in floor["source"]
+    assert len(got) == 5  # 65536 is not a head shape: no 30x / 10x / 2x lines there
+    train_rows = [dict(model="vit-b16", batch=256, img_size=224, compiled=False, variant="ours",
+                       reg=reg, backend=b, status="ok", img_per_s=v, _file="train-x.json",
+                       _meta=rows[0]["_meta"])
+                  for reg, b, v in (("none", None, 1000.0), ("tcr", "auto", 996.0),
+                                    ("tcr", "official-eager", 900.0))]
+    (t,) = targets.train_targets(train_rows)
+    assert t["ratio"] == pytest.approx(99.6) and t["met"] is True and "b256 eager" in t["shape"]
+
+
+def test_plot_merge_keeps_mu_apart_and_ok_rows(tmp_path):
+    meta = {"device": "cuda", "device_name": "GPU", "date": "2026-01-01"}
+    base = {k: None for k in entropy.CSV_FIELDS}
+    mk = lambda mu, status: base | dict(provider="cuda", estimator="exact", m=8, d=4,  # noqa
+                                        dtype="bf16", mode="fwd+bwd", mu=mu, status=status)
+    for i, rows in enumerate(([mk(1.0, "ok"), mk(3.0, "ok")], [mk(3.0, "skipped")])):
+        (tmp_path / f"entropy-{i}.json").write_text(json.dumps(
+            {"meta": meta | {"date": f"2026-01-0{i + 1}"}, "results": rows}))
+    rows, _ = plot.merged_entropy(tmp_path)
+    assert sorted((r["mu"], r["status"]) for r in rows) == [(1.0, "ok"), (3.0, "ok")]
+
+
+CONFTEST_TEST = '''
+import pytest
+from conftest import requires_cuda
+
+@pytest.mark.gpu
+@pytest.mark.skipif(True, reason="no gpu here")
+def test_marked_gpu():
+    pass
+
+@requires_cuda
+def test_requires_cuda():
+    pass
+
+@pytest.mark.skipif(True, reason="cpu-only reason")
+def test_other_skip():
+    pass
+
+def test_runs():
+    pass
+'''
+
+
+def test_require_gpu_turns_gpu_skips_into_failures(tmp_path):
+    shutil.copy(ROOT / "tests" / "conftest.py", tmp_path / "conftest.py")
+    (tmp_path / "test_x.py").write_text(CONFTEST_TEST)
+    env = {**__import__("os").environ, "MMAE_FAST_REQUIRE_GPU": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "-rA", str(tmp_path)], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    # a skipif skips in setup, so the converted report is a setup failure: an "error"
+    assert "1 passed, 1 skipped" in out and "2 errors" in out, out
+    assert "ERROR test_x.py::test_marked_gpu" in out and "ERROR test_x.py::test_requires_cuda" \
+        in out and "MMAE_FAST_REQUIRE_GPU=1" in out
