@@ -50,14 +50,6 @@ template <typename A> __device__ A block_sum(A v) {
   return warp_sum(total);
 }
 
-//! Grid size for a grid-stride loop over `count` items with `threads` per block.
-inline unsigned grid_for(int64_t count, int threads, int64_t cap = 4096) {
-  int64_t blocks = (count + threads - 1) / threads;
-  if (blocks < 1) blocks = 1;
-  if (blocks > cap) blocks = cap;
-  return static_cast<unsigned>(blocks);
-}
-
 //! Call f(T{}) with T the element type of dtype; cudaErrorInvalidValue for unknown codes.
 template <typename F> cudaError_t dispatch(DType dtype, F&& f) {
   switch (dtype) {
@@ -67,6 +59,15 @@ template <typename F> cudaError_t dispatch(DType dtype, F&& f) {
     case DType::kBFloat16: return f(__nv_bfloat16{});
   }
   return cudaErrorInvalidValue;
+}
+
+//! As dispatch, for the half types only (__half, __nv_bfloat16).
+template <typename F> cudaError_t dispatch_half(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::kFloat16: return f(__half{});
+    case DType::kBFloat16: return f(__nv_bfloat16{});
+    default: return cudaErrorInvalidValue;
+  }
 }
 
 //! As dispatch, for kernels on accumulation-type matrices only (float, double).

@@ -1,83 +1,60 @@
-// Torch-free CUDA kernels of the mmae_fast TCR regulariser: host launchers on raw pointers.
+// Torch-free CUDA kernels of the mmae_fast staged TCR ops: host launchers on raw pointers.
 //
 // Every launcher enqueues on `stream`, returns cudaGetLastError() and never synchronises.
 // Element types are chosen at run time by DType; "acc" is the accumulation type of a DType:
 // double for kFloat64, float otherwise. Matrices are dense row-major unless stated.
 //
-// Notation (m rows, d features, eps the normalisation floor):
-//   norm_i = ||h_i||,  z_i = h_i / max(norm_i, eps),  x = z (or z - mean_i z_i when centring),
-//   Y0 = x^T x (d <= m) or x x^T (m < d), n = min(m, d);
-//   the basis B_0 = I, B_1 = alpha Y0 + beta I, B_k = gamma B_1 B_{k-1} - delta B_{k-2}
-//   lives in one (q, n, n) buffer holding B_1..B_q (index k >= 1 is B_k; 0 means I).
+// The stages (m rows, d features; csrc/bindings.cpp puts cuBLAS GEMMs between the kernels):
+//   gram:  rinv_i = 1 / max(||h_i||, eps),  z_i = h_i rinv_i,  colsum = sum_i z_i,
+//          G = z^T z or z z^T (cuBLAS on z rounded to h's type), then symmetrised;
+//   grad:  gx = z q or q z (cuBLAS; half inputs on split hi + lo operands),
+//          dh_i = rinv_i (g_i - z_i <z_i, g_i>),  g = scale grad (gx - 1 v^T).
 #pragma once
 
 #include <cstdint>
 
 #include <cuda_runtime_api.h>
 
+#include "launch.h"
+
 namespace mmae_fast {
 namespace kernels {
 
 enum class DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
 
-//! Most terms one launch of accumulate_pairs / combine_basis takes; callers chunk longer lists.
-constexpr int kMaxTerms = 64;
-
-//! out += sum_t w[t] * <B_j[t], B_l[t]>_F  (Frobenius inner products; j or l == 0 is I).
-struct PairTerms {
-  int count;
-  int j[kMaxTerms];
-  int l[kMaxTerms];
-  double w[kMaxTerms];
-};
-
-//! out (=, or += when accumulating) sum_t w[t] * B_index[t]  (index 0 is I).
-struct BasisTerms {
-  int count;
-  int index[kMaxTerms];
-  double w[kMaxTerms];
-};
-
 // ---- normalize.cu ------------------------------------------------------------------------
-//! norm[i] = ||h_i|| (acc); x_i = h_i / max(norm_i, eps) into x (acc) and x_low (type t),
-//! each skipped when nullptr (x_low: the GEMM operand for half inputs).
-cudaError_t row_normalize(DType t, const void* h, int64_t m, int64_t d, double eps, void* norm,
-                          void* x, void* x_low, cudaStream_t stream);
+//! rinv[i] = 1 / max(||h_i||, eps) (sum of squares in acc) and z_i = h_i * rinv_i in type t
+//! (rounded once for half types). h, z: (m, d) of type t; rinv: (m,) acc(t).
+cudaError_t row_normalize(DType t, const void* h, int64_t m, int64_t d, double eps, void* rinv,
+                          void* z, cudaStream_t stream);
 
-//! mean[j] = (1/m) sum_i src_ij * s_i (acc), s_i = 1 / max(norm_i, eps), or 1 when norm is
-//! nullptr. src has type t; norm and mean have acc(t). Zeroes mean itself.
-cudaError_t column_mean(DType t, const void* src, const void* norm, double eps, int64_t m,
-                        int64_t d, void* mean, cudaStream_t stream);
+//! colsum[j] = sum_i h_ij * rinv_i in acc(t) (zeroes colsum itself; atomics across row stripes).
+cudaError_t column_sum(DType t, const void* h, const void* rinv, int64_t m, int64_t d,
+                       void* colsum, cudaStream_t stream);
 
-//! x_ij = h_ij / max(norm_i, eps) - mean_j into x (acc) and, unless nullptr, x_low (type t);
-//! h has type t, norm and mean acc(t).
-cudaError_t center_rows(DType t, const void* h, const void* norm, const void* mean, double eps,
-                        int64_t m, int64_t d, void* x, void* x_low, cudaStream_t stream);
+//! a = (a + a^T) / 2 in place for a dense n x n matrix of type acc (kFloat32 or kFloat64).
+cudaError_t symmetrize(DType acc, void* a, int64_t n, cudaStream_t stream);
 
-// ---- backward.cu -------------------------------------------------------------------------
-//! Gradient through centring and row normalisation (t: type of h and dh; the rest acc(t)):
-//!   g_i  = scale * grad_out[0] * (dx_i - dx_mean)        (dx_mean nullptr: no centring)
-//!   dh_i = (g_i - z_i <z_i, g_i>) / norm_i   if norm_i >= eps,   g_i / eps   otherwise.
-cudaError_t normalize_backward(DType t, const void* dx, const void* dx_mean, const void* h,
-                               const void* norm, const void* grad_out, double scale, double eps,
-                               int64_t m, int64_t d, void* dh, cudaStream_t stream);
+// ---- split.cu ----------------------------------------------------------------------------
+//! Split x = src_ij * row_scale_i (float; row_scale nullptr means 1) into hi = round_t(x) and
+//! lo = round_t(x - hi), written to dst (type t) as `layout` says (launch.h). t is kFloat16 or
+//! kBFloat16 (else cudaErrorInvalidValue); src has type t when src_is_acc is false, else float.
+cudaError_t split_hi_lo(DType t, const void* src, bool src_is_acc, const float* row_scale,
+                        int64_t rows, int64_t cols, void* dst, const launch::SplitLayout& layout,
+                        cudaStream_t stream);
 
-// ---- traces.cu (all matrices of type acc: DType kFloat32 or kFloat64) ----------------------
-//! a = alpha * a + beta * I  for a dense n x n matrix, in place.
-cudaError_t scale_shift_diagonal(DType acc, void* a, int64_t n, double alpha, double beta,
-                                 cudaStream_t stream);
-
-//! *out += the PairTerms sum over basis (B_1..B_q, q*n*n). out is one double on the device.
-cudaError_t accumulate_pairs(DType acc, const void* basis, int64_t n, const PairTerms& terms,
-                             double* out, cudaStream_t stream);
-
-//! *out += scale * sum_i log(L[i*diag_stride]); NaN instead when *info != 0 (failed Cholesky).
-cudaError_t cholesky_logdet(DType acc, const void* l, int64_t n, int64_t diag_stride,
-                            const int* info, double scale, double* out, cudaStream_t stream);
-
-//! out = [out +] sum_t w[t] B_index[t]  (n x n; count == 0 and !accumulate writes zeros).
-cudaError_t combine_basis(DType acc, const void* basis, int64_t n, const BasisTerms& terms,
-                          bool accumulate, void* out, cudaStream_t stream);
+// ---- grad_epilogue.cu --------------------------------------------------------------------
+//! The normalisation Jacobian on the product gx (acc(t); row i at gx + i * gx_ld):
+//!   y_i  = s_i (gx_i + gx_i[part2_offset:])      (second part only when part2_offset > 0;
+//!                                                  s_i = rinv_i if row_scaled else 1)
+//!   g_i  = scale * grad[0] * (y_i - v)            (v nullptr: v = 0; grad: one acc value)
+//!   dh_i = rinv_i (g_i - z_i <z_i, g_i>),  z_i = h_i rinv_i in acc,
+//!          or rinv_i g_i when rinv_i >= 1/eps (a zero-norm row).
+//! h, dh: (m, d) of type t; rinv (m,), v (d,), grad: acc(t).
+cudaError_t grad_epilogue(DType t, const void* gx, int64_t gx_ld, int64_t part2_offset,
+                          bool row_scaled, const void* v, const void* h, const void* rinv,
+                          const void* grad, double scale, double eps, int64_t m, int64_t d,
+                          void* dh, cudaStream_t stream);
 
 }  // namespace kernels
 }  // namespace mmae_fast

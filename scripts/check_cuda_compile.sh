@@ -43,13 +43,10 @@ namespace k = mmae_fast::kernels;
 int main() {
   const void* fns[] = {
       reinterpret_cast<const void*>(&k::row_normalize),
-      reinterpret_cast<const void*>(&k::column_mean),
-      reinterpret_cast<const void*>(&k::center_rows),
-      reinterpret_cast<const void*>(&k::normalize_backward),
-      reinterpret_cast<const void*>(&k::scale_shift_diagonal),
-      reinterpret_cast<const void*>(&k::accumulate_pairs),
-      reinterpret_cast<const void*>(&k::cholesky_logdet),
-      reinterpret_cast<const void*>(&k::combine_basis),
+      reinterpret_cast<const void*>(&k::column_sum),
+      reinterpret_cast<const void*>(&k::symmetrize),
+      reinterpret_cast<const void*>(&k::split_hi_lo),
+      reinterpret_cast<const void*>(&k::grad_epilogue),
   };
   int n = 0;
   for (const void* f : fns) n += f != nullptr;

@@ -1,12 +1,29 @@
-"""The "cuda" backend: the TCR regulariser as two C++ ops of the extension ``mmae_fast._C``.
+"""The "cuda" backend: stages 1 and 3 of the staged TCR regulariser as C++ ops of ``mmae_fast._C``.
 
-``torch.ops.mmae_fast.cuda_tcr_forward`` runs the whole forward and
-``torch.ops.mmae_fast.cuda_tcr_backward`` the whole backward, each one call from Python
-(csrc/bindings.cpp: torch-free kernels of csrc/*.cu between cuBLAS GEMMs and a cuSOLVER
-Cholesky through ATen). This module hands the ops their *plan* and owns autograd.
+``torch.ops.mmae_fast.cuda_gram`` and ``torch.ops.mmae_fast.cuda_grad`` (csrc/bindings.cpp:
+torch-free kernels of csrc/*.cu around cuBLAS GEMMs). No autograd here: the staged layer calls
+``gram`` in its forward and ``grad`` in its backward. m rows, d features, n = d if ``feature``
+else m, EPS = ``mmae_fast.reference.EPS``, acc = float64 for float64 h, else float32::
 
-The plan (``mmae_fast.ops.plan``) is shared with the triton backend; the C++ code executes it
-and holds no formula of its own.
+    gram(h, feature, centering) -> (G, rinv, colsum)
+        rinv_i = 1 / max(||h_i||, EPS)                      (m,)   acc
+        z_i    = h_i rinv_i
+        G      = ZᵀZ (d, d) if feature else ZZᵀ (m, m)      (n, n) acc, contiguous, symmetric
+        colsum = Σ_i z_i (d,) acc if centering else an empty (0,) tensor
+
+    grad(grad, h, rinv, q, v, feature, scale) -> dh        (m, d) h.dtype, contiguous
+        gx   = scale·grad·(Z q − 1vᵀ) if feature else scale·grad·(q Z − 1vᵀ)
+        dh_i = rinv_i (gx_i − z_i ⟨z_i, gx_i⟩) if ||h_i|| > EPS, else rinv_i gx_i
+        q: (n, n) acc, symmetric; v: (d,) acc or an empty (0,) tensor (v = 0); grad: 0-d tensor.
+
+Precision. Gram: half h multiplies z rounded to h's dtype on tensor cores (fp32 accumulation);
+float32 / float64 h multiply z in acc (cuBLAS fp32 / fp64; fp32 follows
+``torch.backends.cuda.matmul.allow_tf32``). Grad, half h: feature side ``h @ [qhi | qlo]`` (h is
+exact in its dtype, z q = diag(rinv) h q; q = qhi + qlo, hi = round(q), lo = round(q − hi)),
+sample side ``[qhi | qhi | qlo] @ [zhi; zlo; zhi]`` (the split3 product, z from h·rinv in fp32):
+one tensor-core GEMM each. The projection uses z in acc recomputed from h and rinv. Scale q so
+that max|q| ≈ 1 (no fp16 underflow of qlo) and pass the factor in ``grad``/``scale``.
+float32 / float64 h: one product in acc.
 """
 from __future__ import annotations
 
@@ -14,26 +31,21 @@ import importlib
 
 import torch
 
-from .. import reference
 from .common import input_reason
-from .plan import make_plan
 
 #: The reason reported when the extension cannot be imported.
 NOT_BUILT = ("the CUDA extension mmae_fast._C was not built (install with a CUDA build of torch "
              "and nvcc: pip install --no-build-isolation .)")
 
 #: Op schemas; csrc/bindings.cpp defines the same strings (a GPU test compares them).
-FORWARD_SCHEMA = ("cuda_tcr_forward(Tensor h, bool centering, float eps, float[] recurrence, "
-                  "int nbasis, int[] pair_j, int[] pair_l, float[] pair_w) "
-                  "-> (Tensor, Tensor, Tensor, Tensor)")
-BACKWARD_SCHEMA = ("cuda_tcr_backward(Tensor grad, Tensor h, Tensor x, Tensor norm, "
-                   "Tensor saved, bool centering, float eps, float scale, float[] inner, "
-                   "float[] outer) -> Tensor")
+GRAM_SCHEMA = "cuda_gram(Tensor h, bool feature, bool centering) -> (Tensor, Tensor, Tensor)"
+GRAD_SCHEMA = ("cuda_grad(Tensor grad, Tensor h, Tensor rinv, Tensor q, Tensor v, bool feature, "
+               "float scale) -> Tensor")
 
 #: Input dtypes the kernels are compiled for.
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
-try:  # importing the extension registers the torch.ops.mmae_fast.cuda_tcr_* ops
+try:  # importing the extension registers the torch.ops.mmae_fast.cuda_* ops
     _C = importlib.import_module("mmae_fast._C")
     _IMPORT_REASON = None
 except ModuleNotFoundError as exc:
@@ -47,52 +59,23 @@ except ImportError as exc:  # built against another torch, missing libraries, ..
                       f"against the installed torch with pip install --no-build-isolation .")
 
 
-# ----------------------------------------------------------------------------- autograd
-class _TCR(torch.autograd.Function):
-    """Differentiable wrapper of the two ops (value only; no double backward)."""
-
-    @staticmethod
-    def forward(ctx, h, centering, plan):
-        value, x, norm, saved = torch.ops.mmae_fast.cuda_tcr_forward(
-            h, centering, reference.EPS, list(plan.recurrence), plan.nbasis, list(plan.pair_j),
-            list(plan.pair_l), list(plan.pair_w))
-        ctx.save_for_backward(h, x, norm, saved)
-        ctx.centering, ctx.plan = centering, plan
-        return value
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        h, x, norm, saved = ctx.saved_tensors
-        if not ctx.needs_input_grad[0]:
-            return None, None, None
-        plan = ctx.plan
-        dh = torch.ops.mmae_fast.cuda_tcr_backward(
-            grad, h, x, norm, saved, ctx.centering, reference.EPS, plan.scale, list(plan.inner),
-            list(plan.outer))
-        return dh, None, None
-
-
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return reference.compute_dtype(dtype)
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype of an input dtype: float64 for float64, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def register_fakes() -> None:
     """Shape functions of the ops for torch.compile / FakeTensor (once the ops exist)."""
-    @torch.library.register_fake("mmae_fast::cuda_tcr_forward")
-    def _forward_fake(h, centering, eps, recurrence, nbasis, pair_j, pair_l, pair_w):
+    @torch.library.register_fake("mmae_fast::cuda_gram")
+    def _gram_fake(h, feature, centering):
         m, d = h.shape
-        n = torch.sym_min(m, d)
-        acc = _acc(h.dtype)
-        if nbasis == 0:  # the Cholesky factor, with the strides linalg_cholesky_ex gives it
-            saved = torch.linalg.cholesky_ex(h.new_empty((n, n), dtype=acc))[0]
-        else:
-            saved = h.new_empty((nbasis, n, n), dtype=acc)
-        return (h.new_empty((), dtype=acc), h.new_empty((m, d), dtype=acc),
-                h.new_empty((m,), dtype=acc), saved)
+        acc = acc_dtype(h.dtype)
+        n = d if feature else m
+        return (h.new_empty((n, n), dtype=acc), h.new_empty((m,), dtype=acc),
+                h.new_empty((d if centering else 0,), dtype=acc))
 
-    @torch.library.register_fake("mmae_fast::cuda_tcr_backward")
-    def _backward_fake(grad, h, x, norm, saved, centering, eps, scale, inner, outer):
+    @torch.library.register_fake("mmae_fast::cuda_grad")
+    def _grad_fake(grad, h, rinv, q, v, feature, scale):
         return h.new_empty(h.shape)
 
 
@@ -115,9 +98,29 @@ def supports(z: torch.Tensor) -> str | None:
     return input_reason(z, "cuda", DTYPES)
 
 
+def _check(h: torch.Tensor, fn: str) -> None:
+    reason = availability() or supports(h)
+    if reason is not None:
+        raise ValueError(f"cuda_backend.{fn}: {reason}")
+
+
+def gram(h: torch.Tensor, feature: bool, centering: bool):
+    """Stage 1: ``(G, rinv, colsum)`` of h (m, d); see the module docstring."""
+    _check(h, "gram")
+    return torch.ops.mmae_fast.cuda_gram(h, bool(feature), bool(centering))
+
+
+def grad(grad: torch.Tensor, h: torch.Tensor, rinv: torch.Tensor, q: torch.Tensor,
+         v: torch.Tensor, feature: bool, scale: float) -> torch.Tensor:
+    """Stage 3: dh (m, d) in h.dtype; see the module docstring."""
+    _check(h, "grad")
+    return torch.ops.mmae_fast.cuda_grad(grad, h, rinv, q, v, bool(feature), float(scale))
+
+
 def tcr(z: torch.Tensor, *, mu: float, centering: bool, estimator: str, degree: int) -> torch.Tensor:
-    """``-logdet(I + mu/d·ZᵀZ)`` of the normalised (optionally centred) rows; 0-d float32
-    (float64 for float64 input), differentiable. Matches ``mmae_fast.reference.tcr``."""
-    m, d = z.shape
-    plan = make_plan(int(m), int(d), mu=float(mu), estimator=estimator, degree=int(degree or 0))
-    return _TCR.apply(z, bool(centering), plan)
+    """``-logdet(I + mu/d·ZᵀZ)`` of the normalised (optionally centred) rows through the shared
+    staged op on this backend's stages (``mmae_fast.ops.staged``); matches ``reference.tcr``."""
+    from . import staged  # imported here: staged imports the backend registry, which imports us
+
+    return staged.tcr(z, backend="cuda", mu=float(mu), centering=bool(centering),
+                      estimator=estimator, degree=int(degree or 0))

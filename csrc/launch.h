@@ -1,0 +1,71 @@
+// Host-only launch arithmetic of the kernels (no CUDA headers): grid sizes and the layouts of the
+// split (hi/lo) GEMM operands. Plain C++ so that tests compile and check it without a GPU
+// (tests/test_cuda_backend.py, tests/cuda_host/launch_test.cpp).
+#pragma once
+
+#include <cstdint>
+
+namespace mmae_fast {
+namespace kernels {
+namespace launch {
+
+//! Threads per block of the row kernels (one block per row).
+constexpr int kRowThreads = 256;
+//! Most blocks of a grid-stride row launch (rows beyond it are looped over).
+constexpr int64_t kMaxRowBlocks = 65535LL * 16;
+
+//! Blocks for a one-block-per-row grid-stride launch over m rows: clamp(m, 1, kMaxRowBlocks).
+inline unsigned row_blocks(int64_t m) {
+  if (m < 1) return 1u;
+  return static_cast<unsigned>(m < kMaxRowBlocks ? m : kMaxRowBlocks);
+}
+
+//! Blocks of an element-wise grid-stride launch over `count` items: clamp(ceil(count/threads), 1, cap).
+inline unsigned elementwise_blocks(int64_t count, int threads, int64_t cap = 4096) {
+  int64_t blocks = (count + threads - 1) / threads;
+  if (blocks < 1) blocks = 1;
+  if (blocks > cap) blocks = cap;
+  return static_cast<unsigned>(blocks);
+}
+
+//! Column-sum grid: blocks of 32 columns x 8 row lanes; x = ceil(d/32) column blocks, y row
+//! stripes of >= 64 rows, at most 1024 blocks in all (unless d alone needs more).
+struct ColumnGrid {
+  unsigned x, y;
+};
+inline ColumnGrid column_grid(int64_t m, int64_t d) {
+  const int64_t col_blocks = d < 1 ? 1 : (d + 31) / 32;
+  int64_t row_blocks = (m + 63) / 64;
+  const int64_t row_cap = col_blocks >= 1024 ? 1 : 1024 / col_blocks;
+  if (row_blocks > row_cap) row_blocks = row_cap;
+  if (row_blocks < 1) row_blocks = 1;
+  return {static_cast<unsigned>(col_blocks), static_cast<unsigned>(row_blocks)};
+}
+
+//! Where split_hi_lo writes element (i, j) of a (rows, cols) source: `blocks` copies at
+//!   dst[i * ld + j + b * block_stride],  b = 0 .. blocks-1,
+//! copy b holding the lo part when bit b of lo_mask is set, else the hi part.
+struct SplitLayout {
+  int64_t ld;
+  int64_t block_stride;
+  int blocks;
+  unsigned lo_mask;
+};
+
+inline int64_t split_offset(const SplitLayout& s, int64_t i, int64_t j, int b) {
+  return i * s.ld + j + static_cast<int64_t>(b) * s.block_stride;
+}
+
+//! Feature side, q (d, d) -> [qhi | qlo] (d, 2d):  h @ [qhi | qlo] = [h qhi | h qlo] (m, 2d).
+inline SplitLayout feature_q_layout(int64_t d) { return {2 * d, d, 2, 0x2u}; }
+
+//! Sample side, z (m, d) -> [zhi; zlo; zhi] (3m, d), rows stacked.
+inline SplitLayout sample_z_layout(int64_t m, int64_t d) { return {d, m * d, 3, 0x2u}; }
+
+//! Sample side, q (m, m) -> [qhi | qhi | qlo] (m, 3m): the K-concatenated product
+//!   [qhi | qhi | qlo] @ [zhi; zlo; zhi] = qhi zhi + qhi zlo + qlo zhi   (one GEMM).
+inline SplitLayout sample_q_layout(int64_t m) { return {3 * m, m, 3, 0x4u}; }
+
+}  // namespace launch
+}  // namespace kernels
+}  // namespace mmae_fast
