@@ -10,7 +10,9 @@ mid-run), a trainer export, or a ``mmae-eval finetune`` checkpoint. Output: the 
 for ``timm.create_model``. The trainer's online head (``head.0.*`` Linear, or BN + Linear folded
 into one Linear) or a fine-tuned head is included unless ``--no-head``. Loading::
 
-    import mmae_fast, json, timm   # mmae_fast first on a CPU-only torch (torchvision shim)
+    import json
+    import mmae_fast._timm_compat  # only where torchvision does not match torch (see module)
+    import timm
     cfg = json.load(open("vitb.json"))
     model = timm.create_model(cfg["timm_name"], pretrained=True,
                               pretrained_cfg_overlay=dict(file="vitb.safetensors",

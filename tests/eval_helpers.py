@@ -6,7 +6,7 @@ import os
 
 import torch
 
-import mmae_fast  # noqa: F401 - the torchvision shim before timm
+import mmae_fast._timm_compat  # noqa: F401 - the torchvision shim before timm
 
 
 def mae_checkpoint(path, *, seed: int = 0, bn_head: bool = True) -> dict:
