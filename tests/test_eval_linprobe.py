@@ -138,3 +138,25 @@ def test_bad_arguments_name_the_argument(tmp_path, extra, match):
     mae_checkpoint(tmp_path / "ck.pt")
     with pytest.raises(ValueError, match=match):
         linprobe.run(_args(tmp_path / "ck.pt", tmp_path / "o", *extra))
+
+
+def test_two_gloo_ranks_run_and_count_every_val_image_once(tmp_path):
+    """torchrun with 2 CPU ranks: DistributedSampler shards, DDP head, exact summed counts."""
+    import os
+    import subprocess
+    import sys
+    mae = mae_checkpoint(tmp_path / "ck.pt")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    out = tmp_path / "ddp"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "mmae_fast.evaluate", "linprobe", str(tmp_path / "ck.pt"), "--output-dir",
+         str(out), "--device", "cpu", "--workers", "0", "--epochs", "1", "--batch", "32",
+         "--max-images", "65"],
+        capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(r) for r in open(out / "log.jsonl")]
+    assert len(rows) == 1 and rows[0]["n"] == 65  # odd count: no padding, no double counting
+    state = torch.load(out / "checkpoint-last.pt", weights_only=True)
+    assert state["args"]["batch_per_rank"] == 16 and state["epoch"] == 1
+    assert math.isclose(rows[0]["top1"], _independent_top1(mae, state["head"], 65), abs_tol=1.6)
