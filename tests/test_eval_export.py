@@ -14,7 +14,7 @@ def _reference(mae, x):
     """The trained MAE's CLS after its encoder norm and its online head (eval mode)."""
     with torch.no_grad():
         cls = mae.forward_encoder(x, mask=False)[0][:, 0]
-        return cls, mae.head(cls)
+        return cls, (mae.head(cls) if mae.head is not None else None)
 
 
 @pytest.mark.parametrize("bn_head", [True, False])
@@ -78,3 +78,21 @@ def test_errors_name_the_problem(tmp_path, capsys):
     torch.save({"model": {"w": torch.zeros(2)}, "args": {"model": "tiny"}}, tmp_path / "x.pt")
     with pytest.raises(ValueError, match="no encoder key"):
         export.export(str(tmp_path / "x.pt"))
+
+
+def test_a_mid_run_trainer_checkpoint_exports(tmp_path, gen):
+    """A real ``mmae-train`` run stopped half-way (``--stop-after``, nothing exported)."""
+    from mmae_fast import evaluate, train
+    run = tmp_path / "run"
+    train.main(["--model", "tiny", "--data", "digits", "--steps", "4", "--stop-after", "2",
+                "--no-export", "--no-plot", "--no-progress", "--device", "cpu",
+                "--output-dir", str(run)])
+    assert not (run / "encoder.safetensors").exists()
+    res = export.export(str(run / "checkpoint-last.pt"), head=False)
+    assert res["path"] == str(run / "encoder-export.safetensors")
+    mae, _ = evaluate.load_model(str(run / "checkpoint-last.pt"))
+    model = timm.create_model(res["timm_name"], pretrained=True, pretrained_cfg_overlay=dict(
+        file=res["path"]), **res["timm_kwargs"]).eval()
+    x = torch.randn(4, 3, 16, 16, generator=gen)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), _reference(mae.eval(), x)[0], rtol=0, atol=1e-6)
