@@ -371,6 +371,18 @@ def run(args) -> tuple[Path, Path]:
         1024 if cpu else 8192), copy_mib=32 if cpu else 1024, reps=10 if cpu else 20)
     todo = cases(args)
     rows, inputs, key = [], None, None
+    config = {k: v for k, v in vars(args).items() if k not in ("out", "no_progress")}
+    payload = {"schema": SCHEMA, "schema_version": common.SCHEMA_VERSION, "meta": meta,
+               "config": config, "calibration": calib}
+    stem = "entropy" + ("-quick" if args.quick else "") + (f"-{args.tag}" if args.tag else "")
+    stem, folder = f"{stem}-{common.timestamp()}", common.result_dir(args.out, device)
+
+    def write(complete: bool):
+        """(Re)write the files: after every shape (``complete`` False: a killed run keeps
+        what finished) and at the end."""
+        return common.write_results(folder, stem, payload | {"complete": complete}, rows,
+                                    CSV_FIELDS)
+
     bar = None if args.no_progress else _tqdm(len(todo))
     start = time.monotonic()
     for case in todo:
@@ -380,6 +392,8 @@ def run(args) -> tuple[Path, Path]:
                                                f"was reached before this case"})
             continue
         if (case.m, case.d, case.dtype, case.mu) != key:
+            if rows:
+                write(False)
             inputs = None  # free the previous pool first
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -394,12 +408,7 @@ def run(args) -> tuple[Path, Path]:
             bar.update()
     if bar is not None:
         bar.close()
-    config = {k: v for k, v in vars(args).items() if k not in ("out", "no_progress")}
-    payload = {"schema": SCHEMA, "schema_version": common.SCHEMA_VERSION, "meta": meta,
-               "config": config, "calibration": calib}
-    stem = "entropy" + ("-quick" if args.quick else "") + (f"-{args.tag}" if args.tag else "")
-    return common.write_results(common.result_dir(args.out, device),
-                                f"{stem}-{common.timestamp()}", payload, rows, CSV_FIELDS)
+    return write(True)
 
 
 def _tqdm(total: int):

@@ -136,6 +136,17 @@ def run(args) -> tuple[Path, Path]:
         raise SystemExit("--device cuda: no CUDA device here; use --device cpu")
     meta = common.environment(device)
     rows, start = [], time.monotonic()
+    payload = {"schema": SCHEMA, "schema_version": common.SCHEMA_VERSION, "meta": meta,
+               "config": {k: v for k, v in vars(args).items() if k != "out"}, "results": rows}
+    folder = common.result_dir(args.out, device)
+    stem = "kernels" + (f"-{args.tag}" if args.tag else "") + f"-{common.timestamp()}"
+    json_path, md_path = folder / f"{stem}.json", folder / f"{stem}.md"
+
+    def write(complete: bool) -> None:
+        """(Re)write both files: after every case (a killed run keeps what finished), at the end."""
+        json_path.write_text(json.dumps(payload | {"complete": complete}, indent=1) + "\n")
+        md_path.write_text(markdown(payload))
+
     for m, d, mu in args.shapes:
         gen = torch.Generator().manual_seed(args.seed)
         x = entropy.features(m, d, "anisotropic", gen).to(device, common.DTYPES[args.dtype])
@@ -161,16 +172,11 @@ def run(args) -> tuple[Path, Path]:
                     row |= {"status": "error", "reason": f"{type(exc).__name__}: {exc}"[:300]}
                 rows.append(row)
                 print(format_row(row), flush=True)
+                write(False)
         del x
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    payload = {"schema": SCHEMA, "schema_version": common.SCHEMA_VERSION, "meta": meta,
-               "config": {k: v for k, v in vars(args).items() if k != "out"}, "results": rows}
-    folder = common.result_dir(args.out, device)
-    stem = "kernels" + (f"-{args.tag}" if args.tag else "") + f"-{common.timestamp()}"
-    json_path, md_path = folder / f"{stem}.json", folder / f"{stem}.md"
-    json_path.write_text(json.dumps(payload, indent=1) + "\n")
-    md_path.write_text(markdown(payload))
+    write(True)
     return json_path, md_path
 
 

@@ -244,6 +244,17 @@ def run(args) -> tuple[Path, Path]:
     meta = common.environment(device)
     todo = configurations(args.models, [c == "compiled" for c in args.compile])
     rows = []
+    config = {k: v for k, v in vars(args).items() if k not in ("out", "no_progress")}
+    payload = {"schema": SCHEMA, "schema_version": common.SCHEMA_VERSION, "meta": meta,
+               "config": config}
+    stem = "train" + ("-quick" if args.quick else "") + (f"-{args.tag}" if args.tag else "")
+    stem, folder = f"{stem}-{common.timestamp()}", common.result_dir(args.out, device)
+
+    def write(complete: bool):
+        """(Re)write the files, after every configuration (a killed run keeps what finished)."""
+        return common.write_results(folder, stem, payload | {"complete": complete}, rows,
+                                    CSV_FIELDS)
+
     iterator = todo
     if not args.no_progress:
         from tqdm import tqdm
@@ -259,12 +270,8 @@ def run(args) -> tuple[Path, Path]:
         rows.append(run_config(cfg, args, device))
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    config = {k: v for k, v in vars(args).items() if k not in ("out", "no_progress")}
-    payload = {"schema": SCHEMA, "schema_version": common.SCHEMA_VERSION, "meta": meta,
-               "config": config}
-    stem = "train" + ("-quick" if args.quick else "") + (f"-{args.tag}" if args.tag else "")
-    return common.write_results(common.result_dir(args.out, device),
-                                f"{stem}-{common.timestamp()}", payload, rows, CSV_FIELDS)
+        write(False)
+    return write(True)
 
 
 def main(argv=None) -> int:

@@ -131,7 +131,7 @@ class Context:
 # ----------------------------------------------------------------------------- subprocesses
 def run_logged(cmd: list[str], timeout: float, log: Path, env: dict | None = None) -> dict:
     """Run ``cmd`` in the repository root, stdout + stderr appended to ``log``; kill its process
-    group after ``timeout`` s (SIGTERM, then SIGKILL 5 s later). -> rc (None when killed),
+    group after ``timeout`` s (SIGINT, SIGTERM, SIGKILL). -> rc (None when killed),
     seconds, timed_out, log."""
     log.parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
@@ -153,7 +153,8 @@ def run_logged(cmd: list[str], timeout: float, log: Path, env: dict | None = Non
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
-    for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+    """SIGINT first (pytest then prints its summary so far), SIGTERM, SIGKILL."""
+    for sig, wait in ((signal.SIGINT, 8), (signal.SIGTERM, 5), (signal.SIGKILL, 5)):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
@@ -283,20 +284,45 @@ def stage_build(ctx: Context, seconds: float) -> dict:
 
 
 def pytest_counts(lines: list[str]) -> dict:
-    """``{"passed": 666, "failed": 8, ...}`` from pytest's final summary line."""
+    """``{"passed": 666, "failed": 8, ...}`` from pytest's final summary line; without one (a
+    killed run), counted from the ``-v`` lines ``path::test PASSED [ 5%]``."""
     for line in reversed(lines):
         found = re.findall(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed|deselected)",
                            line)
         if found and (" in " in line or line.startswith("=")):
             return {("error" if k.startswith("error") else k): int(n) for n, k in found}
-    return {}
+    counts: dict[str, int] = {}
+    for line in lines:
+        found = re.match(r"\S+::\S+ (PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)\b", line)
+        if found:
+            key = {"XFAIL": "xfailed", "XPASS": "xpassed"}.get(found[1], found[1].lower())
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+#: slow CPU-only test files: run last
+LAST = ("test_bench.py", "test_gpu_check.py")
+
+
+def test_files(root: Path = ROOT) -> list[str]:
+    """Every ``tests/**/test_*.py``: first those with GPU tests (``requires_cuda``, ``mark.gpu``,
+    ``cuda.is_available``), the slow CPU-only bench files last, so a run cut short by its deadline
+    has run the GPU tests."""
+    def rank(f: Path) -> int:
+        if f.name in LAST:
+            return 2
+        text = f.read_text(errors="replace")
+        return 0 if re.search(r"requires_cuda|mark\.gpu|cuda\.is_available", text) else 1
+    files = sorted((root / "tests").rglob("test_*.py"))
+    return [str(f.relative_to(root)) for f in sorted(files, key=rank)]
 
 
 def stage_tests(ctx: Context, seconds: float) -> dict:
     log = ctx.path("gpu-tests").with_suffix(".log")
-    cmd = [ctx.python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=15"]
+    cmd = [ctx.python, "-m", "pytest", "-v", "-p", "no:cacheprovider", "--durations=15",
+           *test_files()]
     res = run_logged(cmd, seconds - 5, log, {"MMAE_FAST_REQUIRE_GPU": "1"})
-    lines = tail(log, 400)
+    lines = tail(log, 100000)
     counts = pytest_counts(lines)
     failures = [line for line in lines if line.startswith(("FAILED", "ERROR"))]
     summary = ", ".join(f"{n} {k}" for k, n in counts.items()) or "no summary line"
@@ -332,7 +358,7 @@ def stage_entropy(ctx: Context, seconds: float) -> dict:
     else:
         runs = [("eager providers, eager + graph timing",
                  ["--shapes", *FOCUSED, "--providers", "official", "cholesky", "reference",
-                  "triton", "cuda", "--timing", "eager,graph", "--tag", "gpucheck"], 0.5),
+                  "triton", "cuda", "--timing", "eager,graph", "--tag", "gpucheck"], 0.65),
                 ("torch.compile baselines",
                  ["--shapes", *FOCUSED, "--providers", "official-compile", "cholesky-compile",
                   "--timing", "eager,graph", "--tag", "gpucheck-compiled"], 1.0)]
@@ -344,7 +370,8 @@ def stage_entropy(ctx: Context, seconds: float) -> dict:
             parts.append({"status": SKIPPED, "detail": f"{what}: skipped, {left:.0f} s left"})
             continue
         before = _snapshot(folder)
-        limit = max(1.0, window - (5 if ctx.smoke else 25))  # start no case after this
+        # start no case after this: the window less start-up (imports, calibration) and a case
+        limit = max(1.0, window - (5 if ctx.smoke else 30))
         res = ctx.bench("entropy", [*common, *extra, "--time-limit", f"{limit:.0f}"], window,
                         log)
         parts.append(_bench_result(res, folder, before, what))
@@ -408,12 +435,12 @@ def stage_report(ctx: Context, seconds: float) -> dict:
 
 STAGES = (
     Stage("env", 0.02, 1, stage_env, what="GPU, driver, versions"),
-    Stage("build", 0.19, 40, stage_build, gpu_only=True, what="extension for this GPU's arch"),
+    Stage("build", 0.24, 40, stage_build, gpu_only=True, what="extension for this GPU's arch"),
     Stage("tests", 0.24, 30, stage_tests, gpu_only=True, what="whole test suite on the GPU"),
-    Stage("entropy", 0.22, 20, stage_entropy, what="regulariser sweep, eager + graph"),
-    Stage("kernels", 0.09, 10, stage_kernels, what="torch.profiler kernel table"),
-    Stage("train", 0.17, 25, stage_train, what="trainer throughput"),
-    Stage("report", 0.07, 3, stage_report, what="plots, bench/README.md tables"),
+    Stage("entropy", 0.21, 20, stage_entropy, what="regulariser sweep, eager + graph"),
+    Stage("kernels", 0.08, 10, stage_kernels, what="torch.profiler kernel table"),
+    Stage("train", 0.16, 25, stage_train, what="trainer throughput"),
+    Stage("report", 0.05, 3, stage_report, what="plots, bench/README.md tables"),
 )
 
 

@@ -74,7 +74,7 @@ def test_smoke_entropy_rows_match_numpy(smoke):
     _, folder, _ = smoke
     (path,) = folder.glob("entropy-smoke-*.json")
     payload = json.loads(path.read_text())
-    assert payload["config"]["timing"] == ["eager"]
+    assert payload["config"]["timing"] == ["eager"] and payload["complete"] is True
     rows = payload["results"]
     want = {(m, d, mu) for m, d, mu in map(entropy.parse_shape, gpu_check.SMOKE_SHAPES)}
     assert {(r["m"], r["d"], r["mu"]) for r in rows} == want
@@ -193,9 +193,23 @@ def test_pytest_counts_and_backend_check():
     assert gpu_check.pytest_counts(lines) == {"failed": 8, "passed": 666, "skipped": 127}
     assert gpu_check.pytest_counts(["1 error in 0.1s"]) == {"error": 1}
     assert gpu_check.pytest_counts(["nothing"]) == {}
+    killed = ["tests/a.py::t PASSED [ 1%]", "tests/a.py::u[x-1] FAILED [ 2%]",
+              "tests/a.py::v SKIPPED (why) [ 3%]", "tests/a.py::w PASSED [ 4%]"]
+    assert gpu_check.pytest_counts(killed) == {"passed": 2, "failed": 1, "skipped": 1}
     assert gpu_check.check_backends(["cuda", "triton", "reference"]) is None
     msg = gpu_check.check_backends(["triton", "reference"])
     assert "FAILED" in msg and "cuda" in msg and "triton, reference" not in msg
+
+
+def test_test_files_put_gpu_files_first(tmp_path):
+    (tmp_path / "tests" / "sub").mkdir(parents=True)
+    files = {"test_a.py": "x = 1", "test_bench.py": "requires_cuda", "test_z.py":
+             "@requires_cuda\ndef test(): pass", "sub/test_m.py": "pytest.mark.gpu"}
+    for name, text in files.items():
+        (tmp_path / "tests" / name).write_text(text)
+    (tmp_path / "tests" / "helper.py").write_text("requires_cuda")
+    assert gpu_check.test_files(tmp_path) == ["tests/sub/test_m.py", "tests/test_z.py",
+                                              "tests/test_a.py", "tests/test_bench.py"]
 
 
 def test_cli_rejects_bad_arguments():
