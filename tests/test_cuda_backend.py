@@ -3,8 +3,8 @@
 CPU (no extension): availability messages; the C++ sources (schemas, EPS) agree with Python;
 every csrc/*.cu compiles with nvcc; the host-side launch arithmetic and split layouts
 (csrc/launch.h) pass a compiled C++ harness; an emulation of the half-input product roundings
-shows its error against float64; the Python half (fakes, interim ``tcr``) runs on an eager
-emulation of the two ops. GPU (marked ``gpu``): the real ops against float64 computed here.
+shows its error against float64; the Python half (fakes, ``tcr`` through the staged op) runs
+on an eager emulation of the two ops. GPU (marked ``gpu``): the real ops against float64 computed here.
 """
 import math
 import pathlib
