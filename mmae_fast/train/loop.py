@@ -133,8 +133,9 @@ def train(args) -> dict:
 
     def save(step: int) -> str:
         if not checkpoint.all_finite(model.state_dict().values()):
-            raise Diverged(f"diverged: non-finite weights at step {step}; not saved; "
-                           f"{_last_good(last_good)}")
+            raise Diverged(f"diverged: non-finite weights after step {step - 1} (finite loss, "
+                           f"inf/NaN gradient); not saved; {_last_good(last_good)}; lower --lr "
+                           f"/ --blr, or pass --skip-nonfinite")
         if rank == 0:
             checkpoint.save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(),
                                     "scaler": scaler.state_dict(), "step": step,
@@ -157,7 +158,7 @@ def train(args) -> dict:
         micro = [_micro_batch(args, source, model, device, step, k, rank, world)
                  for k in range(args.accum_iter)]
         try:
-            terms, _, cls = train_step(fwd, micro, net=net, opt=opt, scaler=scaler,
+            terms, bad, cls = train_step(fwd, micro, net=net, opt=opt, scaler=scaler,
                                        accum=args.accum_iter, skip_nonfinite=args.skip_nonfinite,
                                        group=env.group)
         except torch.linalg.LinAlgError as exc:  # the reference Cholesky on a diverged batch
@@ -167,7 +168,8 @@ def train(args) -> dict:
                                f"{_last_good(last_good)}") from None
             opt.zero_grad(set_to_none=True)
             terms, cls = torch.full((len(TERMS),), math.nan, device=device), None
-        log.record(step, lr, terms, cls)
+            bad = torch.ones((), dtype=torch.bool, device=device)
+        log.record(step, lr, terms, bad, cls)
         done = step + 1
         is_ckpt = args.ckpt_every and done % args.ckpt_every == 0 and done != end
         if done % args.log_every == 0 or done == end or is_ckpt:
@@ -217,8 +219,8 @@ class _Log:
         self.pending, self.losses, self.last_row, self.skipped = [], [], None, 0
         self.t0, self.cls = time.perf_counter(), None
 
-    def record(self, step: int, lr: float, terms: torch.Tensor, cls) -> None:
-        self.pending.append((step, lr, terms))
+    def record(self, step: int, lr: float, terms: torch.Tensor, bad, cls) -> None:
+        self.pending.append((step, lr, torch.cat([terms, bad.to(terms.dtype)[None]])))
         self.cls = cls
 
     def flush(self, last_good, bar, final: bool) -> None:
@@ -234,7 +236,7 @@ class _Log:
                 raise Diverged(f"diverged: non-finite loss at step {step} ({', '.join(bad)}); "
                                f"{_last_good(last_good)}; lower --lr / --blr, or pass "
                                f"--skip-nonfinite")
-            self.skipped += bool(bad)
+            self.skipped += bool(bad) or row_values[len(TERMS)] > 0
             self.losses.append(terms["loss"])
         step, lr, _ = self.pending[-1]
         done, n_steps = step + 1, len(self.pending)
@@ -252,10 +254,13 @@ class _Log:
                    "skipped": self.skipped, "eff_rank": None}
             if self.with_head:
                 row["loss_ce"], row["online_acc"] = terms["loss_ce"], terms["online_acc"]
-            if args.rank_every and self.cls is not None and (
+            if args.rank_every and self.cls is not None and math.isfinite(terms["loss"]) and (
                     done % args.rank_every == 0 or final):
                 from .. import effective_rank
-                row["eff_rank"] = float(effective_rank(self.cls.float()))
+                try:
+                    row["eff_rank"] = float(effective_rank(self.cls.float()))
+                except torch.linalg.LinAlgError:  # non-finite features under --skip-nonfinite
+                    pass
             outputs.append_metrics(self.path, row)
             self.last_row = row
         self.pending, self.t0 = [], time.perf_counter()

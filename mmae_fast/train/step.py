@@ -41,9 +41,10 @@ def train_step(fwd, micro_batches, *, net, opt, scaler, accum: int, skip_nonfini
                group=None):
     """Accumulate ``accum`` micro-batches ``(imgs, noise, labels)``, then update.
 
-    Returns ``(terms (5,) mean over the micro-batches, bad (0-d bool: a loss term not finite),
-    cls of the last micro-batch)``, all on the device. With ``skip_nonfinite`` the update is
-    skipped on the device (fused AdamW's ``found_inf``, agreed over ``group``), no host sync."""
+    Returns ``(terms (5,) mean over the micro-batches, bad (0-d bool: a loss term not finite;
+    with ``skip_nonfinite`` also a non-finite gradient, i.e. the update was skipped), cls of the
+    last micro-batch)``, all on the device. With ``skip_nonfinite`` the update is skipped on the
+    device (fused AdamW's ``found_inf``, agreed over ``group``), no host sync."""
     total = cls = None
     for k, (imgs, noise, labels) in enumerate(micro_batches):
         last = k == accum - 1
@@ -56,10 +57,14 @@ def train_step(fwd, micro_batches, *, net, opt, scaler, accum: int, skip_nonfini
     bad = ~torch.isfinite(terms[:4]).all()
     if skip_nonfinite and not scaler.is_enabled():  # fp16: the GradScaler skips inf/NaN grads
         flag = bad.float()
+        grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+        if grads:  # a finite loss can still give inf gradients: skip those steps too
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, flag, flag.new_ones(()))
         if group is not None:
             import torch.distributed as dist
             dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
         opt.found_inf = flag
+        bad = flag > 0
     scaler.step(opt)
     scaler.update()
     opt.zero_grad(set_to_none=True)

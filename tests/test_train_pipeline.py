@@ -1,0 +1,110 @@
+"""The GPU image pipeline (its CPU fallback here): MAE's augmentation in batch, determinism in
+(seed, step), corrupt files named."""
+import math
+import os
+
+import pytest
+import torch
+
+from mmae_fast import data, train
+from mmae_fast._timm_compat import timm  # noqa: F401 - torchvision on a CPU torch
+from mmae_fast.train.gpu_pipeline import BadImage, FileReader, augment, crop_box
+
+
+def _folder(root, per_class=5, fmt="JPEG"):
+    from PIL import Image
+    g = torch.Generator().manual_seed(0)
+    ext = {"JPEG": "jpg", "PNG": "png"}[fmt]
+    for c in ("a", "b"):
+        os.makedirs(root / "train" / c, exist_ok=True)
+        for i in range(per_class):
+            h, w = 20 + 3 * i, 28 - 2 * i
+            px = (torch.rand(h, w, 3, generator=g) * 255).to(torch.uint8).numpy()
+            Image.fromarray(px).save(root / "train" / c / f"{i}.{ext}", fmt)
+    return root
+
+
+def test_crop_box_is_mae_random_resized_crop():
+    boxes = [crop_box(seed, 60, 80) for seed in range(400)]
+    assert boxes == [crop_box(seed, 60, 80) for seed in range(400)]  # a function of the seed
+    for top, left, h, w, _ in boxes:
+        assert 0 <= top <= 60 - h and 0 <= left <= 80 - w
+        assert 0.2 * 4800 * 0.9 <= h * w <= 4800 and 3 / 4 * 0.85 <= w / h <= 4 / 3 * 1.15
+    flips = sum(b[4] for b in boxes)
+    assert 150 < flips < 250
+    areas = [h * w / 4800 for _, _, h, w, _ in boxes]
+    assert min(areas) < 0.3 and max(areas) > 0.9  # the whole scale range is drawn
+    # a 1 x 10 strip admits no box in the ratio range: the centred fallback
+    assert crop_box(0, 1, 10)[:4] == (0, 4, 1, 1)
+
+
+def test_augment_matches_torchvision_resized_crop_flip_normalise(gen):
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+    imgs = [(torch.rand(3, 30 + 7 * i, 41 - 5 * i, generator=gen) * 255).to(torch.uint8)
+            for i in range(4)]
+    seeds = [11, 12, 13, 14]
+    out = augment(imgs, seeds, 16, data.MEAN, data.STD)
+    assert out.shape == (4, 3, 16, 16) and out.dtype == torch.float32
+    for img, seed, got in zip(imgs, seeds, out):
+        top, left, h, w, flip = crop_box(seed, *img.shape[1:])
+        ref = TF.resized_crop(img.float(), top, left, h, w, [16, 16],
+                              interpolation=InterpolationMode.BICUBIC, antialias=True)
+        ref = TF.hflip(ref) if flip else ref
+        ref = TF.normalize(ref.clamp(0, 255) / 255, data.MEAN, data.STD)
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_gpu_pipeline_fallback_is_a_function_of_seed_and_step(tmp_path, fmt):
+    root = _folder(tmp_path / "imgs", fmt=fmt)
+    kw = dict(img_size=16, seed=3, data_path=str(root), workers=0, pipeline="gpu",
+              device="cpu")
+    seq = data.build("imagefolder", batch_per_rank=4, **kw)
+    b0, b1 = seq.batch(0), seq.batch(1)
+    fresh = data.build("imagefolder", batch_per_rank=4, **kw).batch(1)  # a resumed run
+    assert torch.equal(fresh[0], b1[0]) and torch.equal(fresh[1], b1[1])
+    assert not torch.equal(b0[0], b1[0]) and b0[0].shape == (4, 3, 16, 16)
+    # rank 1 of 2 sees the second half of the 1-process batch, augmented identically
+    half = data.build("imagefolder", batch_per_rank=2, rank=1, world=2, **kw).batch(1)
+    assert torch.equal(half[0], b1[0][2:]) and torch.equal(half[1], b1[1][2:])
+    other = data.build("imagefolder", batch_per_rank=4, **(kw | {"seed": 4})).batch(1)
+    assert not torch.equal(other[0], b1[0])
+    assert math.isclose(float(b1[0].mean()), 0.0, abs_tol=1.0)  # normalised
+
+
+def test_reader_sends_jpeg_bytes_and_decodes_the_rest(tmp_path):
+    jpg, png = _folder(tmp_path / "j"), _folder(tmp_path / "p", fmt="PNG")
+    samples = [(str(jpg / "train/a/0.jpg"), 0), (str(png / "train/a/0.png"), 0)]
+    raw = FileReader(samples, raw_jpeg=True)
+    kind, payload, _, _ = raw[(0, 1)]
+    assert kind == "jpeg" and payload.dtype == torch.uint8 and payload.dim() == 1
+    assert bytes(payload[:3].tolist()) == b"\xff\xd8\xff"
+    kind, payload, _, _ = raw[(1, 1)]
+    assert kind == "pixels" and payload.shape == (3, 20, 28)
+    assert FileReader(samples, raw_jpeg=False)[(0, 1)][0] == "pixels"
+
+
+@pytest.mark.parametrize("pipeline, workers", [("gpu", 0), ("pil", 0), ("gpu", 1)])
+def test_a_corrupt_file_is_named_never_a_hang(tmp_path, capsys, pipeline, workers):
+    root = _folder(tmp_path / "imgs", per_class=2)
+    bad = root / "train" / "b" / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff this is not a JPEG")
+    kw = dict(img_size=16, seed=0, data_path=str(root), workers=workers, pipeline=pipeline,
+              device="cpu", batch_per_rank=5)
+    with pytest.raises(BadImage, match=f"{bad}: not a decodable image"):
+        data.build("imagefolder", **kw).batch(0)  # one batch holds all 5 files
+    rc = train.main(["--data", "imagefolder", "--data-path", str(root), "--workers", "0",
+                     "--data-pipeline", pipeline, "--batch", "5", "--steps", "1", "--device",
+                     "cpu", "--no-progress", "--output-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and str(bad) in err
+
+
+def test_train_with_the_gpu_pipeline_fallback(tmp_path):
+    root = _folder(tmp_path / "imgs")
+    res = train.train(train.parse_args(
+        ["--data", "imagefolder", "--data-path", str(root), "--workers", "0", "--batch", "4",
+         "--data-pipeline", "gpu", "--steps", "2", "--no-progress", "--no-plot", "--no-export",
+         "--device", "cpu", "--output-dir", str(tmp_path / "run")]))
+    assert len(res["losses"]) == 2 and all(math.isfinite(v) for v in res["losses"])

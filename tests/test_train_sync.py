@@ -1,0 +1,66 @@
+"""No host synchronisation inside a training step (the loop reads the device at log steps).
+
+CPU: every Tensor method that copies a value to the host (``item``, ``tolist``, ``cpu``,
+``numpy``, ``bool``/``float``/``int`` of a tensor) is patched with a counter around
+``train_step``. GPU: ``torch.cuda.set_sync_debug_mode("error")`` around real steps."""
+import pytest
+import torch
+
+from mmae_fast import train
+from mmae_fast.train import loop
+from train_helpers import _setup, _steps, count_host_reads
+
+
+def test_the_counter_sees_host_reads():
+    with count_host_reads() as calls:
+        t = torch.ones(2)
+        t.sum().item(), float(t[0]), bool(t[1]), t.tolist()
+    assert calls == ["item", "__float__", "__bool__", "tolist"]
+
+
+@pytest.mark.parametrize("extra", [
+    ["--reg", "tcr"], ["--reg", "none"], ["--reg", "uniformity"],
+    ["--reg", "tcr", "--skip-nonfinite", "--accum-iter", "2", "--cls-norm", "shared"],
+    ["--reg", "tcr", "--online-head", "bn-linear", "--cls-norm", "separate"],
+])
+def test_train_step_reads_nothing_back(extra):
+    setup = _setup(extra)
+    _steps(*setup[:5], setup[5][:1])  # first step outside: lazy state initialisation
+    with count_host_reads() as calls:
+        results = _steps(*setup)
+    assert calls == [], f"host reads in the step: {calls}"
+    terms, bad, cls = results[-1]
+    assert terms.shape == (5,) and bad.dtype == torch.bool and cls.shape == (8, 64)
+    assert torch.isfinite(terms).all() and not bad  # (read after the counted region)
+
+
+def test_the_loop_reads_the_device_only_at_log_steps(tmp_path, monkeypatch):
+    """12 steps, --log-every 4: 3 reads of the window (one tolist each), none per step."""
+    reads = []
+    orig = loop._Log.flush
+
+    def flush(self, *a, **k):
+        reads.append(len(self.pending))
+        return orig(self, *a, **k)
+
+    monkeypatch.setattr(loop._Log, "flush", flush)
+    res = train.train(train.parse_args(
+        ["--model", "tiny", "--batch", "8", "--device", "cpu", "--no-progress", "--steps", "12",
+         "--log-every", "4", "--rank-every", "0", "--no-plot", "--no-export",
+         "--output-dir", str(tmp_path)]))
+    assert reads == [4, 4, 4] and len(res["losses"]) == 12
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("extra", [["--reg", "tcr"], ["--reg", "tcr", "--precision", "fp16",
+                                                      "--skip-nonfinite"]])
+def test_no_sync_on_the_gpu(extra):
+    setup = _setup(extra, device="cuda")
+    _steps(*setup[:5], setup[5][:1])
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        _steps(*setup)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
