@@ -57,6 +57,7 @@ REQUIRED_BACKENDS = ("cuda", "triton")
 #: (model, batch, compile mode) of the trainer runs, most important first
 TRAIN_RUNS = (("vit-b16", 256, "eager"), ("vit-l16", 128, "eager"), ("vit-b16", 256, "compiled"))
 OK, FAILED, ERROR, TIMEOUT, SKIPPED = "ok", "failed", "error", "timeout", "skipped"
+PARTIAL = "partial"  # ran, but the budget cut some of its cases or runs
 
 
 @dataclasses.dataclass
@@ -331,17 +332,42 @@ def stage_tests(ctx: Context, seconds: float) -> dict:
             "failures": failures[:40], "files": [str(log)]}
 
 
+def row_counts(files: list[str]) -> dict:
+    """Rows of the new result files by status, and how many the time limit cut."""
+    counts = {"rows": 0, "ok": 0, "skipped": 0, "error": 0, "time_limit": 0}
+    for f in files:
+        if not f.endswith(".json"):
+            continue
+        try:
+            rows = json.loads(Path(f).read_text()).get("results", [])
+        except (OSError, ValueError):
+            continue
+        for r in rows:
+            counts["rows"] += 1
+            counts[r.get("status", "error") if r.get("status") in counts else "error"] += 1
+            counts["time_limit"] += str(r.get("reason") or "").startswith("time limit")
+    return counts
+
+
 def _bench_result(res: dict, folder: Path, before: set, what: str) -> dict:
     files = new_files(folder, before)
+    counts = row_counts(files)
     status = TIMEOUT if res["timed_out"] else (OK if res["rc"] == 0 else FAILED)
-    return {"status": status, "detail": f"{what}: rc {res['rc']} in {res['seconds']} s",
-            "files": files}
+    if status == OK and counts["time_limit"]:
+        status = PARTIAL
+    detail = (f"{what}: rc {res['rc']} in {res['seconds']} s, {counts['ok']}/{counts['rows']} "
+              f"rows ok, {counts['error']} error, {counts['skipped']} skipped"
+              + (f" ({counts['time_limit']} by the time limit)" if counts["time_limit"] else ""))
+    return {"status": status, "detail": detail, "files": files, "rows": counts}
 
 
 def _merge(parts: list[dict]) -> dict:
-    """One stage result from several subprocess results: the worst status, all details."""
-    order = [OK, SKIPPED, TIMEOUT, FAILED, ERROR]
+    """One stage result from several runs: the worst status (``partial`` when some ran and
+    others were cut), all details."""
+    order = [OK, PARTIAL, SKIPPED, TIMEOUT, FAILED, ERROR]
     status = max((p["status"] for p in parts), key=order.index) if parts else SKIPPED
+    if status == SKIPPED and any(p["status"] in (OK, PARTIAL) for p in parts):
+        status = PARTIAL
     return {"status": status, "detail": "; ".join(p["detail"] for p in parts),
             "files": [f for p in parts for f in p.get("files", [])]}
 
@@ -354,24 +380,23 @@ def stage_entropy(ctx: Context, seconds: float) -> dict:
     if ctx.smoke:
         runs = [("eager providers", ["--shapes", *SMOKE_SHAPES, "--providers", "official",
                                      "cholesky", "reference", "--timing", "eager", "--reps", "2",
-                                     "--warmup", "1", "--threads", "1", "--tag", "smoke"], 1.0)]
-    else:
+                                     "--warmup", "1", "--threads", "1", "--tag", "smoke"], 1.0, 5)]
+    else:  # (what, arguments, fraction of the time left, margin: start-up + one case + write)
         runs = [("eager providers, eager + graph timing",
-                 ["--shapes", *FOCUSED, "--providers", "official", "cholesky", "reference",
-                  "triton", "cuda", "--timing", "eager,graph", "--tag", "gpucheck"], 0.65),
+                 ["--shapes", *FOCUSED, "--providers", "official", "cholesky", "triton", "cuda",
+                  "--timing", "eager,graph", "--tag", "gpucheck"], 0.65, 25),
                 ("torch.compile baselines",
                  ["--shapes", *FOCUSED, "--providers", "official-compile", "cholesky-compile",
-                  "--timing", "eager,graph", "--tag", "gpucheck-compiled"], 1.0)]
+                  "--timing", "eager,graph", "--tag", "gpucheck-compiled"], 1.0, 20)]
     parts = []
-    for what, extra, fraction in runs:
+    for what, extra, fraction, margin in runs:
         left = end - ctx.clock()
         window = left * fraction
         if window < 15 and not ctx.smoke:
             parts.append({"status": SKIPPED, "detail": f"{what}: skipped, {left:.0f} s left"})
             continue
         before = _snapshot(folder)
-        # start no case after this: the window less start-up (imports, calibration) and a case
-        limit = max(1.0, window - (5 if ctx.smoke else 30))
+        limit = max(1.0, window - margin)  # start no case after this
         res = ctx.bench("entropy", [*common, *extra, "--time-limit", f"{limit:.0f}"], window,
                         log)
         parts.append(_bench_result(res, folder, before, what))
@@ -386,9 +411,10 @@ def stage_kernels(ctx: Context, seconds: float) -> dict:
         extra = ["--shapes", *SMOKE_SHAPES, "--providers", "reference", "--calls", "2",
                  "--warmup", "1", "--tag", "smoke"]
     else:
-        extra = ["--shapes", *FOCUSED, "--providers", "cuda", "triton", "--tag", "gpucheck"]
+        extra = ["--shapes", *FOCUSED, "--providers", "cuda", "triton", "--calls", "5",
+                 "--warmup", "2", "--tag", "gpucheck"]
     before = _snapshot(folder)
-    limit = max(1.0, seconds - (5 if ctx.smoke else 20))
+    limit = max(1.0, seconds - (5 if ctx.smoke else 12))
     res = ctx.bench("kernel_table", ["--device", ctx.device, "--out", str(ctx.out_root),
                                      "--time-limit", f"{limit:.0f}", *extra], seconds - 2, log)
     out = _bench_result(res, folder, before, "kernel table")
@@ -414,7 +440,8 @@ def stage_train(ctx: Context, seconds: float) -> dict:
             parts.append({"status": SKIPPED, "detail": f"{what}: skipped, {left:.0f} s left"})
             continue
         before = _snapshot(folder)
-        limit = max(1.0, left - (5 if ctx.smoke else 40))  # a compiled config takes ~30 s
+        # start-up + one configuration: a compiled one compiles for ~30 s
+        limit = max(1.0, left - (5 if ctx.smoke else 45 if "compiled" in what else 15))
         res = ctx.bench("train", [*common, *extra, "--time-limit", f"{limit:.0f}"], left, log)
         parts.append(_bench_result(res, folder, before, what))
     out = _merge(parts)

@@ -350,3 +350,99 @@ def test_require_gpu_turns_gpu_skips_into_failures(tmp_path):
     assert "1 passed, 1 skipped" in out and "2 errors" in out, out
     assert "ERROR test_x.py::test_marked_gpu" in out and "ERROR test_x.py::test_requires_cuda" \
         in out and "MMAE_FAST_REQUIRE_GPU=1" in out
+
+
+FAKE_PYTHON = '''#!{python}
+"""Stands in for the GPU machine's python3: pip, the backends probe, pytest, the benches."""
+import json, os, sys
+with open(os.environ["FAKE_LOG"], "a") as fh:
+    fh.write(json.dumps(sys.argv[1:]) + "\\n")
+if sys.argv[1:3] == ["-m", "pip"]:
+    print("building for", os.environ["TORCH_CUDA_ARCH_LIST"], "jobs", os.environ["MAX_JOBS"])
+    sys.exit(int(os.environ.get("FAKE_PIP_RC", "0")))
+if sys.argv[1:3] == ["-m", "pytest"]:
+    assert os.environ["MMAE_FAST_REQUIRE_GPU"] == "1"
+    print("tests/test_cuda_backend.py::test_a PASSED [ 50%]")
+    print("tests/test_cuda_backend.py::test_b FAILED [100%]")
+    print("FAILED tests/test_cuda_backend.py::test_b - AssertionError")
+    print("1 failed, 1 passed in 0.50s")
+    sys.exit(1)
+if sys.argv[1] == "-c":
+    found = os.environ["FAKE_BACKENDS"].split(",")
+    print(json.dumps({{"available": found, "why": {{n: None if n in found else n + " is not built"
+                                                   for n in ("cuda", "triton")}}}}))
+'''
+
+
+@pytest.fixture
+def fake_gpu(tmp_path, monkeypatch):
+    """A context on "cuda" whose python is FAKE_PYTHON; returns (ctx, argv lists so far)."""
+    exe = tmp_path / "python3"
+    exe.write_text(FAKE_PYTHON.format(python=sys.executable))
+    exe.chmod(0o755)
+    log = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("FAKE_LOG", str(log))
+    monkeypatch.setenv("FAKE_BACKENDS", "cuda,triton,reference")
+    ctx = gpu_check.Context(types.SimpleNamespace(device="cuda", smoke=False, skip=set()),
+                            str(exe), tmp_path / "out", "T",
+                            env={"device_slug": "cuda-fake", "device_properties":
+                                 {"capability": "9.0"}})
+    calls = lambda: [json.loads(line) for line in log.read_text().splitlines()]  # noqa: E731
+    return ctx, calls
+
+
+def test_build_stage_builds_for_this_arch_and_checks_backends(fake_gpu, monkeypatch):
+    ctx, calls = fake_gpu
+    res = gpu_check.stage_build(ctx, 60)
+    assert res["status"] == "ok" and "sm_90" in res["detail"], res
+    assert calls()[0] == ["-m", "pip", "install", "--no-build-isolation", "--no-deps", "-e", "."]
+    assert "building for 9.0 jobs 16" in Path(res["files"][0]).read_text()
+    monkeypatch.setenv("FAKE_BACKENDS", "triton,reference")
+    res = gpu_check.stage_build(ctx, 60)
+    assert res["status"] == "failed" and "!!! BUILD CHECK FAILED" in res["detail"]
+    assert "cuda is not built" in res["detail"]
+    monkeypatch.setenv("FAKE_PIP_RC", "1")
+    res = gpu_check.stage_build(ctx, 60)
+    assert res["status"] == "failed" and "BUILD FAILED (rc 1" in res["detail"]
+    ctx.env = {}
+    assert gpu_check.stage_build(ctx, 60)["status"] == "failed"  # no capability known
+
+
+def test_tests_stage_runs_the_suite_gpu_first(fake_gpu):
+    ctx, calls = fake_gpu
+    res = gpu_check.stage_tests(ctx, 60)
+    assert res["status"] == "failed" and res["counts"] == {"failed": 1, "passed": 1}
+    assert res["failures"] == ["FAILED tests/test_cuda_backend.py::test_b - AssertionError"]
+    (argv,) = calls()
+    assert argv[:3] == ["-m", "pytest", "-v"] and argv[-len(gpu_check.test_files()):] == \
+        gpu_check.test_files()
+    assert Path(res["files"][0]).name == "gpu-tests-T.log"
+
+
+def test_entropy_stage_gpu_runs(fake_gpu):
+    ctx, calls = fake_gpu
+    res = gpu_check.stage_entropy(ctx, 100)
+    assert res["status"] == "ok", res
+    eager, compiled = calls()
+    for argv in (eager, compiled):
+        assert argv[0].endswith("bench/entropy.py")
+        assert argv[argv.index("--shapes") + 1:][:4] == list(gpu_check.FOCUSED)
+        assert argv[argv.index("--timing") + 1] == "eager,graph"
+        assert 1 <= float(argv[argv.index("--time-limit") + 1]) < 100
+    def providers(argv):
+        rest = argv[argv.index("--providers") + 1:]
+        return [a for a in rest[:next(i for i, a in enumerate(rest) if a.startswith("--"))]]
+    assert providers(eager) == ["official", "cholesky", "triton", "cuda"]
+    assert providers(compiled) == ["official-compile", "cholesky-compile"]
+
+
+def test_partial_when_the_time_limit_cut_rows(tmp_path):
+    rows = [{"status": "ok"}, {"status": "skipped", "reason": "time limit: --time-limit 5 s"}]
+    (tmp_path / "entropy-x.json").write_text(json.dumps({"results": rows}))
+    res = gpu_check._bench_result({"rc": 0, "timed_out": False, "seconds": 1.0}, tmp_path,
+                                  set(), "sweep")
+    assert res["status"] == "partial" and res["rows"]["time_limit"] == 1
+    assert "1/2 rows ok" in res["detail"]
+    merged = gpu_check._merge([{"status": "ok", "detail": "a"},
+                               {"status": "skipped", "detail": "b"}])
+    assert merged["status"] == "partial" and not gpu_check.passed([merged | {"stage": "x"}])
