@@ -205,6 +205,19 @@ def test_split_product_emulation_error(gen, dtype, feature, shape):
     assert rel_err(single.to(dtype), want) > 5 * tol  # the test can tell the two apart
 
 
+@pytest.mark.parametrize("feature,shape", [(True, (300, 97)), (False, (61, 200))])
+def test_float32_reordered_product_emulation_error(gen, feature, shape):
+    """float32 h: the ops multiply h itself (diag(rinv)·(h q), or (q·diag(rinv))·h) instead of z;
+    on collapsed features the emulated result stays within float32's gradient tolerance."""
+    h = features(*shape, gen, collapsed=True).float()
+    q = small_side_q(h.double(), feature)
+    v = 0.1 * torch.randn(shape[1], generator=gen, dtype=torch.float64)
+    want = grad64(torch.tensor(1.0), h, q.float().double(), v.float().double(), feature, 1.0)
+    rinv = 1.0 / h.pow(2).sum(1).sqrt().clamp_min(reference.EPS)
+    got = emulate_grad(torch.tensor(1.0), h, rinv, q.float(), v.float(), feature, 1.0)
+    assert rel_err(got, want) <= CUDA_STAGE_TOLERANCES[torch.float32]["grad"] / 10
+
+
 def emulate_gram(h, feature, centering):
     """EMULATION of cuda_gram: rinv / colsum in acc, the Gram on z rounded to h's dtype."""
     acc = cuda_backend.acc_dtype(h.dtype)
