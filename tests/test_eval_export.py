@@ -80,6 +80,7 @@ def test_errors_name_the_problem(tmp_path, capsys):
         export.export(str(tmp_path / "x.pt"))
 
 
+@pytest.mark.slow  # essential: resume / DDP / trainer integration
 def test_a_mid_run_trainer_checkpoint_exports(tmp_path, gen):
     """A real ``mmae-train`` run stopped half-way (``--stop-after``, nothing exported)."""
     from mmae_fast import evaluate, train

@@ -50,6 +50,7 @@ def test_layer_decay_groups_have_lr_ratios_0_65_to_the_k(tmp_path):
         assert b / a == pytest.approx(0.65, rel=1e-12)
 
 
+@pytest.mark.slow  # essential: resume / DDP / trainer integration
 def test_digits_end_to_end_with_ema_and_resume_is_exact(tmp_path):
     mae_checkpoint(tmp_path / "ck.pt")
     common_args = ("--epochs", "2", "--warmup-epochs", "1", "--batch", "8", "--max-images",

@@ -87,6 +87,7 @@ def _independent_top1(mae, head_state, n):
         return 100.0 * float((head.eval()(cls).argmax(1) == y).float().mean())
 
 
+@pytest.mark.slow  # essential: resume / DDP / trainer integration
 def test_digits_end_to_end_and_resume_is_exact(tmp_path):
     mae = mae_checkpoint(tmp_path / "ck.pt")
     common_args = ("--epochs", "2", "--warmup-epochs", "1", "--batch", "32", "--max-images",
@@ -140,6 +141,7 @@ def test_bad_arguments_name_the_argument(tmp_path, extra, match):
         linprobe.run(_args(tmp_path / "ck.pt", tmp_path / "o", *extra))
 
 
+@pytest.mark.slow  # essential: resume / DDP / trainer integration
 def test_two_gloo_ranks_run_and_count_every_val_image_once(tmp_path):
     """torchrun with 2 CPU ranks: DistributedSampler shards, DDP head, exact summed counts."""
     import os
