@@ -108,3 +108,22 @@ def test_train_with_the_gpu_pipeline_fallback(tmp_path):
          "--data-pipeline", "gpu", "--steps", "2", "--no-progress", "--no-plot", "--no-export",
          "--device", "cpu", "--output-dir", str(tmp_path / "run")]))
     assert len(res["losses"]) == 2 and all(math.isfinite(v) for v in res["losses"])
+
+
+def test_bench_data_runs_and_writes_rows(tmp_path, capsys):
+    import importlib.util
+    import json
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("bench_data", os.path.join(root, "bench",
+                                                                             "data.py"))
+    bench_data = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_data)
+    bench_data.main(["--images", "8", "--batch", "4", "--batches", "1", "--workers", "0",
+                     "--img-size", "16", "--device", "cpu", "--folder", str(tmp_path / "jpeg"),
+                     "--out", str(tmp_path / "out")])
+    (path,) = (tmp_path / "out").glob("*/data-*.json")
+    rows = json.loads(path.read_text())["results"]
+    assert [r["pipeline"] for r in rows] == ["pil", "gpu"]
+    assert all(r["status"] == "ok" and r["img_per_s"] > 0 for r in rows)
+    assert len(list((tmp_path / "jpeg").glob("train/*/*.jpg"))) == 8
+    assert "img/s" in capsys.readouterr().out
