@@ -91,6 +91,17 @@ def test_image_folder_with_average_pooling(tmp_path):
                              "--global-pool", "avg"))
     assert res["history"][0]["n"] == 6
     assert "fc_norm.weight" in res["model"].state_dict()
+    # the fine-tuned model (avg pooling, fc_norm, head) exports and reloads with equal logits
+    from mmae_fast import export
+    out = export.export(res["checkpoint"], str(tmp_path / "ft.safetensors"))
+    assert out["timm_kwargs"]["global_pool"] == "avg" and out["timm_kwargs"]["num_classes"] == 3
+    from safetensors.torch import load_file
+    from timm.models.vision_transformer import VisionTransformer
+    again = VisionTransformer(**out["timm_kwargs"]).eval()
+    again.load_state_dict(load_file(out["path"]))
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), res["model"].eval()(x), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("extra, match", [

@@ -129,12 +129,15 @@ def load_encoder(path: str, *, num_heads: int | None = None, head: bool = False)
     else:
         kind, args, full = "export", {}, _strip(raw)
         info_kwargs = side.get("timm_kwargs")
-    state = {k: v.float().contiguous() for k, v in full.items() if k.startswith(ENCODER_PREFIXES)}
+    prefixes = ENCODER_PREFIXES + ("fc_norm.",)  # fc_norm: a fine-tuned avg-pool model
+    state = {k: v.float().contiguous() for k, v in full.items() if k.startswith(prefixes)}
     heads = num_heads or (info_kwargs or {}).get("num_heads") or _num_heads_of(args)
     if heads is None:
         raise ValueError(f"{path}: cannot tell the number of attention heads (no preset name in "
                          f"the checkpoint, no encoder.json beside it); pass --num-heads N")
     kwargs = vit_kwargs(state, int(heads))
+    if "fc_norm.weight" in state:  # average pooling + fc_norm (MAE's fine-tuning default)
+        kwargs["global_pool"] = (info_kwargs or {}).get("global_pool", "avg")
     num_classes = 0
     if head:
         extra = fold_online_head(full) if kind == "train" else {
