@@ -44,7 +44,7 @@ EXPECTED = {
         ind.mutual_information(h, h),
         cancellation([2 * ind.matrix_entropy(h), -ind.joint_entropy(h, h)])),
     "mec_loss": lambda h: (ind.mec(h, h), cancellation(_mec_terms(h))),
-    "matrix_cross_entropy": lambda h: (ind.matrix_cross_entropy(h, h), 10.0),
+    "matrix_cross_entropy": lambda h: (ind.matrix_cross_entropy(h, h), 1.0),
 }
 
 
@@ -52,7 +52,7 @@ def _mec_terms(h, eps_sq=0.06, order=4):
     z = ind.features(h)
     m, d = z.shape
     nu = np.linalg.eigvals(d / (m * eps_sq) * z @ z.T)
-    return [(-1) ** (k + 1) / k * (nu ** k).sum() for k in range(1, order + 1)]
+    return [(-1) ** (k + 1) / k * nu ** k for k in range(1, order + 1)]
 
 
 @pytest.mark.parametrize("name", CALLS)
