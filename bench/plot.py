@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -356,7 +357,21 @@ def device_section(folder: Path, link: str, d=None, dtype=None, mode=None) -> st
                                                    f"{train_payloads[-1]['meta']['device_name']}"):
             parts.append(f"![trainer throughput]({link}/train.png)\n")
         parts.append(train_table(trows))
+    kernels = newest(folder, "kernels-*.md")
+    if kernels is not None:  # bench/kernel_table.py's markdown, without its title line
+        body = kernels.read_text().split("\n", 1)[-1].strip()
+        parts += [f"#### Kernel table (`bench/kernel_table.py`, `{kernels.name}`)\n", body + "\n"]
+    check = newest(folder, "gpu-check-*.md")
+    if check is not None:
+        parts += [f"#### Last `make gpu-check` (`{check.name}`)\n", check.read_text()]
     return "\n".join(parts)
+
+
+def newest(folder: Path, pattern: str) -> Path | None:
+    """The file matching ``pattern`` with the latest UTC time stamp in its name."""
+    stamp = lambda p: (re.findall(r"\d{8}T\d{6}Z", p.name) or [""])[-1]  # noqa: E731
+    files = sorted(folder.glob(pattern), key=stamp)
+    return files[-1] if files else None
 
 
 def update_readme(readme: Path, body: str) -> None:

@@ -39,6 +39,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -82,6 +83,7 @@ class Context:
     results: list = dataclasses.field(default_factory=list)
     clock: Callable[[], float] = time.monotonic
     inprocess: bool = False  # run the bench scripts' main() here (the smoke: no torch imports)
+    started_epoch: float = dataclasses.field(default_factory=time.time)
 
     def bench(self, script: str, argv: list[str], timeout: float, log: Path) -> dict:
         """Run ``bench/<script>.py argv``: a subprocess killed after ``timeout`` s, or with
@@ -531,13 +533,15 @@ def summary_payload(ctx: Context, budget: float, elapsed: float) -> dict:
                        "argv": sys.argv, "python": ctx.python},
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "elapsed_s": round(elapsed, 1), "passed": passed(ctx.results),
-            "stages": ctx.results}
+            "complete": len(ctx.results) == len(STAGES), "stages": ctx.results}
 
 
 def summary_table(payload: dict) -> str:
-    lines = [f"gpu-check {'PASSED' if payload['passed'] else 'FAILED'} in "
+    so_far = "" if payload.get("complete", True) else \
+        f" so far ({len(payload['stages'])} of {len(STAGES)} stages)"
+    lines = [f"gpu-check {'PASSED' if payload['passed'] else 'FAILED'}{so_far} in "
              f"{payload['elapsed_s']} s of {payload['config']['budget_s']:g} s "
-             f"({payload['meta'].get('device_name', payload['config']['device'])})",
+             f"({payload['meta'].get('device_name', payload['config']['device'])})", "",
              "| stage | status | s | window s | detail |", "|---|---|---|---|---|"]
     for r in payload["stages"]:
         detail = r["detail"].replace("|", "/").replace("\n", " ")
@@ -546,12 +550,34 @@ def summary_table(payload: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def export(ctx: Context, dest: Path, since: float) -> list[str]:
+    """Copy what this run wrote (files of the results folder changed since ``since``, epoch s)
+    and the README with the generated tables to ``dest``, keeping paths relative to the
+    repository (``bench/results/<device>/...``, ``bench/README.md``); for a machine that only
+    returns what lands in one folder."""
+    readme = ctx.out_root / "README.md" if ctx.smoke else ROOT / "bench" / "README.md"
+    copied = []
+    for src in [*sorted(ctx.folder.rglob("*")), readme]:
+        if not src.is_file() or src.stat().st_mtime < since:
+            continue
+        try:
+            rel = src.resolve().relative_to(ROOT)
+        except ValueError:
+            rel = Path("results") / src.resolve().relative_to(ctx.out_root)
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dest / rel)
+        copied.append(str(rel))
+    return copied
+
+
 def write_summary(ctx: Context, budget: float, start: float) -> tuple[Path, Path]:
     payload = summary_payload(ctx, budget, ctx.clock() - start)
     json_path = ctx.path("gpu-check").with_suffix(".json")
     md_path = json_path.with_suffix(".md")
     json_path.write_text(json.dumps(payload, indent=1) + "\n")
     md_path.write_text(summary_table(payload))
+    if ctx.args.export:
+        export(ctx, Path(ctx.args.export), ctx.started_epoch)
     return json_path, md_path
 
 
@@ -564,6 +590,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="tiny shapes, eager only, few repetitions (CI; implies a temp --out)")
     p.add_argument("--out", help="results root (default: bench/results; --smoke: a new "
                                  "temporary folder)")
+    p.add_argument("--export", metavar="DIR",
+                   help="after every stage, copy what this run wrote (and the README with the "
+                        "generated tables) to DIR, paths relative to the repository, e.g. $OUT "
+                        "on a machine that returns only one folder")
     p.add_argument("--skip", nargs="*", default=[], choices=[s.name for s in STAGES],
                    help="stages not to run (recorded as skipped)")
     p.add_argument("--python", default=sys.executable,

@@ -37,7 +37,8 @@ def smoke(tmp_path_factory):
     """One CPU smoke run, in process, as ``make gpu-check DEVICE=cpu`` runs it."""
     out = tmp_path_factory.mktemp("gpu-check")
     threads = torch.get_num_threads()
-    rc = gpu_check.main(["--device", "cpu", "--smoke", "--out", str(out)])
+    rc = gpu_check.main(["--device", "cpu", "--smoke", "--out", str(out), "--export",
+                         str(out.parent / (out.name + "-export"))])
     assert torch.get_num_threads() == threads  # the benches' --threads 1 did not leak
     (folder,) = [p for p in out.iterdir() if p.is_dir()]
     (summary,) = folder.glob("gpu-check-*.json")
@@ -67,6 +68,10 @@ def test_smoke_passes_and_writes_the_summary(smoke):
     table = (folder / Path(next(folder.glob("gpu-check-*.md"))).name).read_text()
     assert table.startswith("gpu-check PASSED") and "| entropy | ok |" in table
     assert (folder.parent / "README.md").read_text().count(plot.BEGIN) == 1
+    exported = folder.parent.parent / (folder.parent.name + "-export")
+    assert (exported / "results" / "README.md").exists()
+    mine = sorted(p.name for p in folder.iterdir())
+    assert sorted(p.name for p in (exported / "results" / folder.name).iterdir()) == mine
 
 
 def test_smoke_entropy_rows_match_numpy(smoke):
