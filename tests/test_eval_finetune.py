@@ -113,3 +113,11 @@ def test_bad_arguments_name_the_argument(tmp_path, extra, match):
     mae_checkpoint(tmp_path / "ck.pt")
     with pytest.raises(ValueError, match=match):
         finetune.run(_args(tmp_path / "ck.pt", tmp_path / "o", *extra))
+
+
+def test_a_missing_val_folder_is_a_clear_error(tmp_path):
+    mae_checkpoint(tmp_path / "ck.pt")
+    (tmp_path / "imgs" / "train" / "a").mkdir(parents=True)
+    with pytest.raises(ValueError, match="has no val/ folder"):
+        finetune.run(_args(tmp_path / "ck.pt", tmp_path / "o", "--data", "imagefolder",
+                           "--data-path", str(tmp_path / "imgs")))
