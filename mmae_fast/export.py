@@ -14,10 +14,10 @@ into one Linear) or a fine-tuned head is included unless ``--no-head``. Loading:
     import mmae_fast._timm_compat  # only where torchvision does not match torch (see module)
     import timm
     cfg = json.load(open("vitb.json"))
-    model = timm.create_model(cfg["timm_name"], pretrained=True,
+    kw = cfg["timm_kwargs"]
+    model = timm.create_model(cfg["timm_name"], pretrained=True, **kw,
                               pretrained_cfg_overlay=dict(file="vitb.safetensors",
-                                                          num_classes=cfg["timm_kwargs"]["num_classes"]),
-                              **cfg["timm_kwargs"])
+                                                          num_classes=kw["num_classes"]))
 """
 from __future__ import annotations
 

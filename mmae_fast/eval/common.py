@@ -58,7 +58,8 @@ class Env:
 def resolve_device(device: str | None, local_rank: int = 0) -> torch.device:
     """``None``/"auto": ``cuda:LOCAL_RANK`` when CUDA is available, else the CPU."""
     if device in (None, "auto"):
-        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+        cuda = torch.cuda.is_available()
+        return torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: no CUDA device here; use --device cpu")

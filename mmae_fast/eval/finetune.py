@@ -9,7 +9,8 @@ truncated). Layer decay as MAE's ``param_groups_lrd`` (group lr scale
 ``0.65^(depth + 1 - layer)``: patch embedding / CLS / position layer 0, block i layer i + 1,
 final norm and head scale 1; timm's grouping differs for the final norm, see
 :func:`param_groups`) handed to timm's ``create_optimizer_v2``; timm's ``Mixup``,
-``create_transform``, ``SoftTargetCrossEntropy``, optional ``ModelEmaV3``. Top-1 / top-5 (and of the EMA model) on the validation split every epoch.
+``create_transform``, ``SoftTargetCrossEntropy``, optional ``ModelEmaV3``. Top-1 / top-5 (and
+of the EMA model) on the validation split every epoch.
 """
 from __future__ import annotations
 
@@ -66,7 +67,8 @@ def optimizer(model: nn.Module, lr: float, weight_decay: float, layer_decay: flo
 
 
 def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    p = p or argparse.ArgumentParser(prog="mmae-eval finetune", description=__doc__.split("\n\n")[0])
+    p = p or argparse.ArgumentParser(prog="mmae-eval finetune",
+                                     description=__doc__.split("\n\n")[0])
     common.add_common_args(p, epochs=100, batch=2048, blr=5e-4, warmup=5, min_lr=1e-6,
                            weight_decay=0.05, source=SOURCE)
     s = SOURCE
