@@ -118,6 +118,10 @@ def test_image_folder_and_a_missing_val_folder(tmp_path, capsys):
                              "--data-path", str(root), "--epochs", "1", "--batch", "6"))
     assert res["history"][0]["n"] == 6  # 3 classes x 2 val images, each counted once
     import shutil
+    shutil.rmtree(root / "val" / "eel")
+    with pytest.raises(ValueError, match="same class folders"):
+        linprobe.run(_args(tmp_path / "ck.pt", tmp_path / "lp2", "--data", "imagefolder",
+                           "--data-path", str(root)))
     shutil.rmtree(root / "val")
     with pytest.raises(ValueError, match="no val/ folder"):
         linprobe.run(_args(tmp_path / "ck.pt", tmp_path / "lp2", "--data", "imagefolder",

@@ -89,6 +89,16 @@ def num_classes(ds) -> int:
     return len(ds.classes)
 
 
+def same_classes(train, val) -> int:
+    """The class count, after checking that val/ has train/'s class folders (ImageFolder numbers
+    classes by sorted folder name per split: a missing one would shift every label)."""
+    if list(train.classes) != list(val.classes):
+        missing = sorted(set(train.classes) ^ set(val.classes))
+        raise ValueError(f"--data-path: train/ and val/ must hold the same class folders; they "
+                         f"differ in {missing[:10]}")
+    return len(train.classes)
+
+
 def evenly(ds, max_images: int | None):
     """``ds`` itself, or ``max_images`` evenly spaced items of it (an explicit cap)."""
     if max_images is None or max_images >= len(ds):

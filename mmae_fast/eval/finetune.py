@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> dict:
         args.max_images)
     val_ds = edata.evenly(edata.dataset(args.data, "val", edata.eval_transform(size),
                                         args.data_path), args.max_images)
-    classes = edata.num_classes(train_ds)
+    classes = edata.same_classes(train_ds, val_ds)
     new = ("head.",)
     if args.global_pool == "avg":  # MAE: the final norm is replaced by a new fc_norm
         state = {k: v for k, v in state.items() if not k.startswith("norm.")}

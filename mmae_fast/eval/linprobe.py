@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> dict:
                                           args.data_path), args.max_images)
     val_ds = edata.evenly(edata.dataset(args.data, "val", edata.eval_transform(size),
                                         args.data_path), args.max_images)
-    classes = edata.num_classes(train_ds)
+    classes = edata.same_classes(train_ds, val_ds)
     loader = edata.train_loader(train_ds, args.batch_per_rank, seed=args.seed, rank=env.rank,
                                 world=env.world, workers=args.workers)
     val_loader = edata.eval_loader(val_ds, args.batch_per_rank, rank=env.rank, world=env.world,

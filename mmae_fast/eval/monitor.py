@@ -161,7 +161,7 @@ def evaluate_model(model, *, data: str = "digits", img_size: int | None = None,
         te = edata.evenly(edata.dataset(data, "val", tf, data_path), max_images)
         train_batches = edata.eval_loader(tr, batch, rank=0, world=1, workers=workers)
         test_batches = edata.eval_loader(te, batch, rank=0, world=1, workers=workers)
-        classes = edata.num_classes(tr)
+        classes = edata.same_classes(tr, te)
     ftr, ytr_d = _collect(model, train_batches, device)
     head = train_probe(ftr, ytr_d, classes=classes, epochs=probe_epochs, seed=seed)
     bank = F.normalize(ftr, dim=1)
