@@ -456,9 +456,9 @@ def stage_train(ctx: Context, seconds: float) -> dict:
 
 def stage_report(ctx: Context, seconds: float) -> dict:
     log = ctx.path("gpu-check-report").with_suffix(".log")
-    argv = []
-    if ctx.smoke:  # only the temporary folder, and a README there
-        argv = [str(ctx.folder), "--readme", str(ctx.out_root / "README.md")]
+    argv = []  # every folder of bench/results, and bench/README.md
+    if ctx.smoke or ctx.out_root != (ROOT / "bench" / "results").resolve():
+        argv = [str(ctx.folder), "--readme", str(ctx.out_root / "README.md")]  # elsewhere: there
     res = ctx.bench("plot", argv, seconds - 1, log)
     status = TIMEOUT if res["timed_out"] else (OK if res["rc"] == 0 else FAILED)
     return {"status": status, "detail": f"plots and tables: rc {res['rc']} in {res['seconds']} s"
@@ -558,7 +558,9 @@ def export(ctx: Context, dest: Path, since: float) -> list[str]:
     and the README with the generated tables to ``dest``, keeping paths relative to the
     repository (``bench/results/<device>/...``, ``bench/README.md``); for a machine that only
     returns what lands in one folder."""
-    readme = ctx.out_root / "README.md" if ctx.smoke else ROOT / "bench" / "README.md"
+    readme = ROOT / "bench" / "README.md"
+    if ctx.smoke or ctx.out_root != (ROOT / "bench" / "results").resolve():
+        readme = ctx.out_root / "README.md"  # where stage_report wrote it
     copied = []
     for src in [*sorted(ctx.folder.rglob("*")), readme]:
         if not src.is_file() or src.stat().st_mtime < since:
