@@ -4,7 +4,8 @@ Runs on CUDA tensors, and on CPU tensors in Triton's interpreter (``TRITON_INTER
 before import; slow, for tests): ``supports`` accepts CPU tensors exactly when the interpreter is
 on, so the tests run the same public path (``tcr_loss(..., backend="triton")``) as a GPU does.
 ``"auto"`` still never picks a kernel backend for CPU tensors (``mmae_fast.backends``).
-Inputs float16 / bfloat16 / float32, computed in float32. The ops: ``mmae_fast.ops.triton_ops``.
+Inputs float16 / bfloat16 / float32, float32 accumulation. The ops: ``mmae_fast.ops.triton_ops``;
+the staged interface ``gram`` / ``grad`` (issue 13) and the old monolithic ``tcr``.
 """
 from __future__ import annotations
 
@@ -44,3 +45,18 @@ def tcr(z: torch.Tensor, *, mu: float, centering: bool, estimator: str, degree: 
     """``-logdet(I + mu/d·ZᵀZ)`` of the normalised (optionally centred) rows; 0-d float32,
     differentiable. Matches ``mmae_fast.reference.tcr``."""
     return triton_ops.tcr(z, mu=mu, centering=centering, estimator=estimator, degree=degree)
+
+
+def gram(h: torch.Tensor, feature: bool, centering: bool):
+    """Stage 1: ``(G, rinv, colsum)`` (float32): ``G = ZᵀZ`` (d, d) if ``feature`` else ``ZZᵀ``
+    (m, m), uncentred, both triangles; ``rinv`` (m,); ``colsum = Σ_i z_i`` (d,) if
+    ``centering`` else (0,). Through ``torch.ops.mmae_fast.triton_gram``."""
+    return torch.ops.mmae_fast.triton_gram(h, bool(feature), bool(centering))
+
+
+def grad(grad: torch.Tensor, h: torch.Tensor, rinv: torch.Tensor, q: torch.Tensor,
+         v: torch.Tensor, feature: bool, scale: float) -> torch.Tensor:
+    """Stage 3: ``dh`` (m, d) in h's dtype, ``rinv_i (gx_i − z_i⟨z_i, gx_i⟩)`` with
+    ``gx = scale·grad·(ZQ − 1vᵀ)`` if ``feature`` else ``scale·grad·(QZ − 1vᵀ)`` (v empty:
+    v = 0). Through ``torch.ops.mmae_fast.triton_grad``."""
+    return torch.ops.mmae_fast.triton_grad(grad, h, rinv, q, v, bool(feature), float(scale))

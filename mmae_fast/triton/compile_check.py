@@ -1,11 +1,12 @@
-"""Compile the TCR kernels for a GPU target on a machine without a GPU (a check for CI).
+"""Compile the staged ops' kernels for a GPU target without a GPU (a check for CI).
 
     python -m mmae_fast.triton.compile_check [--arch 90] [--quick]
 
 The interpreter never compiles a kernel, so errors of the GPU path (tl.dot operand shapes and
 dtypes, layouts, shared memory) stay hidden on a CPU machine. This module runs the real launch
-sequence (``tcr.forward`` and ``tcr.backward_input``, block sizes from ``config.choose``) on
-small CPU tensors with every kernel launch *recorded* instead of run, then compiles each distinct
+code of the staged ops (``stage_gram.gram``, ``stage_grad.grad``, block sizes from
+``config.choose_stage`` / ``choose_grad``) on CPU tensors with every kernel launch *recorded*
+instead of run, then compiles each distinct
 launch (kernel, argument types, constexprs, num_warps, num_stages) with ``triton.compile`` for
 ``GPUTarget("cuda", arch, 32)``: Triton IR -> PTX -> cubin with Triton's bundled ptxas, no driver.
 The recorded values are garbage (nothing runs), so only compilation is checked, not results.
@@ -60,16 +61,18 @@ def _signature(fn, args, kwargs):
 
 
 def record_launches(cases) -> list:
-    """Run forward + backward of every ``(m, d, dtype, centering, estimator, degree,
-    need_grad)`` case with the kernels replaced by recorders; return the launches."""
+    """Run the staged ops' launch code (``stage_gram.gram``, ``stage_grad.grad``) for every
+    ``(m, d, dtype, feature, centering, has_v)`` case with the kernels replaced by recorders;
+    return the launches."""
     import triton.runtime.jit as jit
 
-    from ..ops.plan import make_plan
-    from . import backward, gram, tcr, traces
+    from .. import reference
+    from . import stage_grad, stage_gram
+    from .config import choose_grad, choose_stage
 
     launches: list = []
     saved = {}
-    for mod in (gram, traces, backward):
+    for mod in (stage_gram, stage_grad):
         for name, obj in vars(mod).items():
             if isinstance(obj, jit.JITFunction):
                 saved[(mod, name)] = obj
@@ -77,34 +80,33 @@ def record_launches(cases) -> list:
     if not saved:
         raise RuntimeError("no JITFunction found: unset TRITON_INTERPRET before importing "
                            "mmae_fast")
-    cholesky_inverse = torch.cholesky_inverse  # would reject the never-computed Gram
-    torch.cholesky_inverse = torch.empty_like
     try:
-        for m, d, dtype, centering, estimator, degree, need_grad in cases:
+        for m, d, dtype, feature, centering, has_v in cases:
             h = torch.zeros(m, d, dtype=dtype)
-            plan = make_plan(m, d, mu=1.0, estimator=estimator, degree=degree)
-            _, p, r, zbar = tcr.forward(h, centering, plan, need_grad)
-            if need_grad:
-                tcr.backward_input(torch.tensor(1.0), h, p, r, zbar, centering, plan.scale)
+            n = d if feature else m
+            stage_gram.gram(h, feature, centering, reference.EPS, choose_stage(dtype, n))
+            q = torch.zeros(n, n)
+            v = torch.zeros(d if has_v else 0)
+            stage_grad.grad(torch.ones(()), h, torch.ones(m), q, v, feature, 1.0,
+                            reference.EPS, choose_grad(dtype, m, d))
     finally:
-        torch.cholesky_inverse = cholesky_inverse
         for (mod, name), obj in saved.items():
             setattr(mod, name, obj)
     return launches
 
 
 def cases(quick: bool):
-    """Shapes on both Gram sides (odd sizes), every estimator and degree parity; not quick:
-    every dtype, centring on/off, no-grad forwards and n > 2048 (the 128-wide configuration)."""
+    """Both Gram sides on odd shapes with m > d and m < d, every dtype, centring and v on/off,
+    and half inputs with m·d >= 2**24 (``choose_grad``'s 128 x 128 tiles); quick: two cases."""
     if quick:
-        return [(37, 21, torch.float16, True, "series", 5, True),
-                (21, 37, torch.float16, False, "taylor", 4, True)]
-    out = [(m, d, dt, c, est, deg, g)
-           for (m, d), dt, c, (est, deg), g in itertools.product(
-               [(37, 21), (21, 37)], DTYPE_NAMES, (False, True),
-               [("exact", 0), ("series", 5), ("taylor", 4)], (True, False))]
-    out.append((2100, 2051, torch.float16, True, "series", 5, True))
-    out.append((2051, 2100, torch.float32, False, "series", 6, True))
+        return [(37, 21, torch.float16, True, True, True),
+                (21, 37, torch.bfloat16, False, False, False)]
+    out = [(m, d, dt, feature, c, v)
+           for (m, d), dt, feature, c, v in itertools.product(
+               [(37, 21), (21, 37)], DTYPE_NAMES, (True, False), (False, True), (False, True))]
+    halves = (torch.float16, torch.bfloat16)
+    out += [(4100, 4099, dt, True, c, c) for dt in halves for c in (False, True)]
+    out += [(4099, 4100, dt, False, c, c) for dt in halves for c in (False, True)]
     return out
 
 

@@ -54,3 +54,61 @@ def choose(dtype: torch.dtype, n: int) -> Config:
     block_n = 64 if n <= 2048 else 128
     return Config(block_n, 32 if block_n == 128 else 64, 64, half, "tf32x3" if half else "ieee",
                   8 if block_n == 128 else 4, 3)
+
+
+@dataclasses.dataclass(frozen=True)
+class StageConfig:
+    """Tile sizes of the staged ops (``stage_gram``, ``stage_grad``).
+
+    block_n: square Gram tile, and gx's column block; block_k: contraction step; block_m: rows
+    per program of the row-norm kernel and of gx; half_dot: the dot operands are in the input's
+    half dtype (tensor cores; False in the interpreter for bfloat16, whose tl.dot is wrong there,
+    DESIGN §4: the operands are then the same rounded values held in float32); precision:
+    ``input_precision`` of float32 dots ("ieee": float32 accuracy, see ``Config``);
+    num_warps / num_stages: GPU only.
+    """
+    block_n: int
+    block_k: int
+    block_m: int
+    half_dot: bool
+    emulate_bf16: bool
+    precision: str
+    num_warps: int
+    num_stages: int
+
+
+def choose_stage(dtype: torch.dtype, n: int) -> StageConfig:
+    """Configuration of ``stage_gram`` for an input of ``dtype`` whose Gram side is ``n``.
+
+    Half inputs on a GPU: 128-wide tiles, 64-deep steps, 4 warps, the fastest of five
+    configurations swept on an H100 (bf16, 65536 x 1024: 1.30 ms against 1.67 ms for 64-wide
+    tiles; 4096 x 768: 0.127 ms, equal), ``python -m mmae_fast.triton.stage_bench --sweep``.
+    """
+    half = dtype in (torch.float16, torch.bfloat16)
+    if interpreting():  # large blocks: the interpreter pays per program, not per element
+        bf16 = dtype == torch.bfloat16
+        return StageConfig(32, 32, 32, dtype == torch.float16, bf16, "ieee", 4, 1)
+    if half:
+        return StageConfig(128, 64, 64, True, False, "ieee", 4, 3)
+    return StageConfig(64, 32, 64, False, False, "ieee", 4, 3)
+
+
+#: Elements m·d from which ``choose_grad`` takes 128 x 128 tiles.
+LARGE_GRAD = 1 << 24
+
+
+def choose_grad(dtype: torch.dtype, m: int, d: int) -> StageConfig:
+    """Configuration of ``stage_grad`` (block_m x block_n tiles of dh, block_k deep steps).
+
+    Half inputs on a GPU, swept on an H100 (bf16, seven configurations): 128 x 128 x 32 with 8
+    warps for m·d >= 2**24 (65536 x 1024: 2.38 ms against 3.00 ms for 64 x 64 x 64), else
+    64 x 64 x 64 with 4 warps (4096 x 768: 0.163 ms, the fastest there).
+    """
+    half = dtype in (torch.float16, torch.bfloat16)
+    if interpreting():
+        return choose_stage(dtype, min(m, d))
+    if half and m * d >= LARGE_GRAD:
+        return StageConfig(128, 32, 128, True, False, "ieee", 8, 3)
+    if half:
+        return StageConfig(64, 64, 64, True, False, "ieee", 4, 3)
+    return StageConfig(64, 32, 64, False, False, "ieee", 4, 3)

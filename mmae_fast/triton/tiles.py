@@ -65,3 +65,58 @@ def triangle_pid(pid, n, BLOCK_N: tl.constexpr):
     """``(pa, pb)`` tile coordinates of program ``pid`` on an nt x nt grid of n x n tiles."""
     nt = tl.cdiv(n, BLOCK_N)
     return pid // nt, pid % nt
+
+
+@triton.jit
+def rne_bf16(x):
+    """float32 ``x`` rounded to the nearest bfloat16 (ties to even), held in float32. For the
+    interpreter, whose float32 -> bfloat16 cast truncates (finite values only)."""
+    b = x.to(tl.int32, bitcast=True)
+    b = (b + 0x7FFF + ((b >> 16) & 1)) & -65536
+    return b.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def rounded_operand(x, like_ptr, HALF_DOT: tl.constexpr, EMU_BF16: tl.constexpr):
+    """float32 tile ``x`` rounded to the element type of ``like_ptr`` (the input's dtype), as a
+    tl.dot operand: in that dtype (tensor cores) when HALF_DOT, else the same rounded values
+    held in float32 (a no-op for float32 inputs). EMU_BF16 (interpreter, bfloat16 input, whose
+    tl.dot and cast are wrong there, DESIGN §4): round to nearest in float32 arithmetic."""
+    if EMU_BF16:
+        y = rne_bf16(x)
+    else:
+        y = x.to(like_ptr.dtype.element_ty)
+        if not HALF_DOT:
+            y = y.to(tl.float32)
+    return y
+
+
+@triton.jit
+def split3_dot(a, b, acc, like_ptr, SPLIT: tl.constexpr, HALF_DOT: tl.constexpr,
+               EMU_BF16: tl.constexpr, PREC: tl.constexpr):
+    """``acc + a·b`` for float32 tiles. SPLIT: a = ahi + alo, b = bhi + blo with
+    hi = round(x), lo = round(x - hi) in the element type of ``like_ptr`` (split in registers),
+    and ``a·b ≈ alo·bhi + ahi·blo + ahi·bhi`` (three half products, float32 accumulation);
+    else one float32 dot with ``input_precision=PREC``."""
+    if SPLIT:
+        ahi = rounded_operand(a, like_ptr, HALF_DOT, EMU_BF16)
+        alo = rounded_operand(a - ahi.to(tl.float32), like_ptr, HALF_DOT, EMU_BF16)
+        bhi = rounded_operand(b, like_ptr, HALF_DOT, EMU_BF16)
+        blo = rounded_operand(b - bhi.to(tl.float32), like_ptr, HALF_DOT, EMU_BF16)
+        acc = tl.dot(alo, bhi, acc, input_precision="ieee")
+        acc = tl.dot(ahi, blo, acc, input_precision="ieee")
+        acc = tl.dot(ahi, bhi, acc, input_precision="ieee")
+    else:
+        acc = tl.dot(a, b, acc, input_precision=PREC)
+    return acc
+
+
+@triton.jit
+def sym_store_upper(ptr, val, offs_a, offs_b, n, pa, pb):
+    """Store tile ``val`` (block row pa <= block column pb) at ``[offs_a, offs_b]`` of an n x n
+    matrix and its transpose at ``[offs_b, offs_a]``; on a diagonal tile (pa == pb) only the
+    entries on and above the diagonal are stored, both ways, so the result is exactly symmetric."""
+    msk = (offs_a[:, None] < n) & (offs_b[None, :] < n)
+    msk = msk & (offs_a[:, None] <= offs_b[None, :] + (pb - pa) * n)  # all of an off-diagonal tile
+    tl.store(ptr + offs_a[:, None] * n + offs_b[None, :], val, mask=msk)
+    tl.store(ptr + offs_b[None, :] * n + offs_a[:, None], val, mask=msk)
