@@ -24,9 +24,10 @@ mutants:  # plant ~15 typical bugs in a temporary copy, report which tests catch
 	$(PYTHON) scripts/mutants.py
 
 # On a GPU machine: build for its arch, run the whole suite, bench, profile, plot, within BUDGET s
-# (scripts/gpu_check.py; results in bench/results/<device>/; EXPORT=dir also copies them there).
+# (scripts/gpu_check.py; results in bench/results/<device>/; EXPORT=dir also copies them there;
+# GPU_CHECK_ARGS="--skip build" etc. are passed on).
 # DEVICE=cpu: the CI smoke (tiny, temp dir).
 DEVICE ?= cuda
 BUDGET ?= 420
 gpu-check:
-	$(PYTHON) scripts/gpu_check.py --budget $(BUDGET) $(if $(filter cpu,$(DEVICE)),--device cpu --smoke,) $(if $(EXPORT),--export $(EXPORT),)
+	$(PYTHON) scripts/gpu_check.py --budget $(BUDGET) $(if $(filter cpu,$(DEVICE)),--device cpu --smoke,) $(if $(EXPORT),--export $(EXPORT),) $(GPU_CHECK_ARGS)
