@@ -312,3 +312,22 @@ def test_small_side_graph_replay_equals_eager(estimator, monkeypatch):
         for a, b in zip(graphed, eager):
             assert torch.equal(a, b), call
     assert any(v is not None for v in small_side._GRAPHS.values())
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("feature,centering", [(True, False), (True, True), (False, True)])
+def test_small_side_fake_matches_real(gen, estimator, feature, centering):
+    """The op's fake kernel gives the real outputs' shapes, dtypes AND strides (inductor asserts
+    them: cholesky_inverse's column-major result broke the exact path under torch.compile)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    h = _features(gen, 30 if feature else 12, 12 if feature else 30, dtype=torch.float32)
+    g, rinv, colsum = torch_stages.gram(h, feature, centering)
+    args = (g, colsum, torch.tensor(float(h.shape[0])), 2.0, h.shape[0], h.shape[1], feature,
+            centering, estimator, 5, 1e-4, True)
+    real = torch.ops.mmae_fast.small_side(*args)
+    with FakeTensorMode() as mode:
+        fake_args = tuple(mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args)
+        fake = torch.ops.mmae_fast.small_side(*fake_args)
+    for r, f in zip(real, fake):
+        assert (r.shape, r.dtype, r.stride()) == (f.shape, f.dtype, f.stride())

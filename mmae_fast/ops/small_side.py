@@ -167,7 +167,9 @@ def small_side(g: Tensor, colsum: Tensor, count: Tensor, *, mu: float, m: int, d
     q = q - (q.diagonal().sum() / n) * torch.eye(n, dtype=F64, device=g.device)
     v = 2.0 * (p @ zbar) if (centering and feature) else None
     qscale = q.abs().amax().clamp_min(torch.finfo(torch.float32).tiny)
-    q = (q / qscale).to(out_dtype)
+    # contiguous: cholesky_inverse returns a column-major matrix, and the op's fake kernel (and
+    # the backward kernels) promise row-major
+    q = (q / qscale).to(out_dtype).contiguous()
     v = (v / qscale).to(out_dtype) if v is not None else g.new_empty((0,))
     return value, q, v, qscale.to(out_dtype)
 
@@ -208,11 +210,17 @@ def run_graphed(fn, inputs: tuple, key) -> tuple:
     The small side is 20 to 60 small kernels (n×n products, traces, a Cholesky): as one graph
     its CPU cost is one replay plus the copies in and out. Eager where the graph cannot help or
     cannot be made: CPU tensors, while an outer CUDA graph is being captured (the kernels join
-    that graph), with MMAE_FAST_SMALL_SIDE_GRAPH=0, or after a failed capture (warned once).
+    that graph), on a stream other than the default one (torch.compile's cudagraph trees warm up
+    on a side stream into their own pool), with MMAE_FAST_SMALL_SIDE_GRAPH=0, or after a failed
+    capture (warned once).
     Outputs are fresh tensors (cloned from the graph's static outputs).
     """
     if (not inputs[0].is_cuda or os.environ.get(GRAPH_ENV, "1") == "0"
-            or torch.cuda.is_current_stream_capturing()):
+            or torch.cuda.is_current_stream_capturing()
+            or torch.cuda.current_stream(inputs[0].device)
+            != torch.cuda.default_stream(inputs[0].device)):
+        # a side stream: e.g. torch.compile's cudagraph trees warming up into their own memory
+        # pool, which must not end up holding our graph's static buffers (seen on an H100)
         return fn(*inputs)
     if key not in _GRAPHS:
         try:
