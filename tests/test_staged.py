@@ -331,3 +331,19 @@ def test_small_side_fake_matches_real(gen, estimator, feature, centering):
         fake = torch.ops.mmae_fast.small_side(*fake_args)
     for r, f in zip(real, fake):
         assert (r.shape, r.dtype, r.stride()) == (f.shape, f.dtype, f.stride())
+
+
+@pytest.mark.parametrize("estimator", ["series", "taylor"])
+def test_small_side_loop_fallback_equals_fused(gen, estimator, monkeypatch):
+    """While a CUDA graph is captured and the weight vectors are not on the device yet, the
+    small side combines the basis with a loop of axpys instead of one fused product: same
+    numbers."""
+    h = _features(gen, 40, 16, dtype=torch.float32)
+    g, rinv, colsum = torch_stages.gram(h, True, True)
+    args = dict(mu=3.0, m=40, d=16, feature=True, centering=True, estimator=estimator,
+                degree=9, need_grad=True)
+    fused = small_side.small_side(g, colsum, torch.tensor(40.0), **args)
+    monkeypatch.setattr(small_side, "_constant", lambda values, like: None)
+    loop = small_side.small_side(g, colsum, torch.tensor(40.0), **args)
+    for a, b in zip(fused, loop):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)

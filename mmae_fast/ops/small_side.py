@@ -2,9 +2,10 @@
 
 Input: the uncentred Gram ``G`` (n, n) of the normalised rows on one side ("feature": ``ZᵀZ``,
 n = d; "sample": ``ZZᵀ``, n = m), the column sums ``s = 1ᵀZ`` (d,) when centring and the row count.
-Everything here runs in float64 (on an H100 the float64 tensor-core rate is about the float32
-SIMT rate, and float64 keeps every estimator's accuracy contract: the series' terms cancel by
-~10³ at large kappa, which float32 cannot afford; cuSOLVER's float32 Cholesky is 8e-5 off).
+Everything here runs in float64: on an H100 a 1024² float64 product took 44 µs, a float32
+(non-TF32) one 58 µs (bench/NOTES.md), and float64 keeps every estimator's accuracy contract
+(the series' terms cancel by ~10³ at large kappa, which float32 cannot afford; cuSOLVER's
+float32 Cholesky is 8e-5 off).
 
 Output, for ``R = -logdet(I + c·G_c)``, ``c = mu/d`` and ``P = dR/dG_c`` (symmetric)::
 
@@ -27,7 +28,10 @@ Estimators (``mmae_fast.series`` holds the coefficients and bounds):
 
 Traces of high terms come from ``tr(B_j B_l)`` Frobenius products of the basis kept up to
 ``q = ceil(D/2)``; the derivative polynomial needs one more product (``T_(q+r) = 2 T_q T_r -
-T_(q-r)``, ``Y^(q+r) = Y^q Y^r``). No host synchronisation: a failed Cholesky or a non-finite
+T_(q-r)``, ``Y^(q+r) = Y^q Y^r``). The basis lives in one (q+1, n, n) buffer and every linear
+combination (traces, log-determinant, derivative) is one fused product with host-computed
+weights (``_Weights``): the float64 element-wise passes over n² numbers, not the products, were
+most of the small side's time on an H100 (bench/NOTES.md). No host synchronisation: a failed Cholesky or a non-finite
 input gives R = NaN, never an exception, so the op can be captured in a CUDA graph.
 """
 from __future__ import annotations
@@ -53,74 +57,160 @@ def _series_coefficients(kappa: float, degree: int) -> tuple[tuple[float, ...], 
     return p, series.chebyshev_derivative(p)
 
 
-def _basis(first: Tensor, q: int, chebyshev: bool) -> list[Tensor]:
-    """``[B_0 = I, B_1, ..., B_q]``: Chebyshev ``T_k(M)`` (first = M) or powers ``Y^k``."""
-    eye = torch.eye(first.shape[0], dtype=first.dtype, device=first.device)
-    basis = [eye, first]
-    for _ in range(2, q + 1):
-        if chebyshev:  # T_k = 2 M T_(k-1) - T_(k-2)
-            basis.append(torch.addmm(basis[-2], first, basis[-1], beta=-1.0, alpha=2.0))
-        else:
-            basis.append(first @ basis[-1])
-    return basis
+@dataclasses.dataclass(frozen=True)
+class _Weights:
+    """Host-side weights that turn the basis ``B_0..B_q`` (Chebyshev ``T_k(M)`` or powers
+    ``Y^k``) into the log-determinant and its derivative with a few fused reductions::
+
+        logdet = Σ_k w_diag[k] tr B_k + Σ_a w_self[a] <B_a, B_a> + Σ_a w_cross[a] <B_a, B_(a+1)>
+        deriv  = Σ_k w_inner[k] B_k + B_q · Σ_k w_outer[k] B_k
+
+    (traces of terms above q from ``tr T_(j+l) = 2<T_j, T_l> - tr T_|l-j|`` / ``<Y^j, Y^l>``;
+    terms above q of the derivative from ``T_(q+r) = 2 T_q T_r - T_(q-r)`` / ``Y^q Y^r``).
+    ``a`` runs over ``self_lo.. self_lo + len(w_self) - 1`` (and ``cross_lo..``).
+    """
+    q: int
+    w_diag: tuple
+    self_lo: int
+    w_self: tuple
+    cross_lo: int
+    w_cross: tuple
+    w_inner: tuple
+    w_outer: tuple
+
+    @property
+    def has_outer(self) -> bool:
+        return any(self.w_outer)
 
 
-def _traces(basis: list[Tensor], degree: int, chebyshev: bool) -> list[Tensor]:
-    """``[tr B_0, ..., tr B_D]`` from the basis up to q = ceil(D/2) (symmetric B_k)."""
-    q = len(basis) - 1
-    tr = [b.diagonal().sum() for b in basis]
-    for k in range(q + 1, degree + 1):
-        j, l = k // 2, k - k // 2
-        frob = (basis[j] * basis[l]).sum()
-        tr.append(2.0 * frob - tr[l - j] if chebyshev else frob)  # T_(j+l) = 2 T_j T_l - T_|l-j|
-    return tr[: degree + 1]
-
-
-def _poly(basis: list[Tensor], coeffs, chebyshev: bool) -> Tensor:
-    """``Σ_k coeffs[k] B_k`` for k up to 2q with one matrix product beyond the basis."""
-    q = len(basis) - 1
-    inner = torch.zeros_like(basis[0])
-    outer = torch.zeros_like(basis[0])
-    has_outer = False
-    for k, w in enumerate(coeffs):
-        if w == 0.0:
-            continue
+@functools.lru_cache(maxsize=512)
+def _weights(estimator: str, kappa: float, degree: int, deriv_factor: float) -> _Weights:
+    """The ``_Weights`` of "series" / "taylor" at (kappa, degree); the derivative weights are
+    multiplied by ``deriv_factor`` (so that the caller gets 2·dR/dG directly)."""
+    chebyshev = estimator == "series"
+    q = max(1, math.ceil(degree / 2))
+    if chebyshev:
+        log_c, der_c = _series_coefficients(kappa, degree)  # in t = 2y/(kappa-1) - 1
+        der_c = tuple(x * 2.0 / (kappa - 1.0) for x in der_c)  # d/dy = 2/(kappa-1) · d/dt
+    else:
+        log_c = (0.0,) + series.taylor_coefficients(degree)
+        der_c = tuple(k * log_c[k] for k in range(1, degree + 1))  # Σ k a_k y^(k-1)
+    w_diag = [0.0] * (q + 1)
+    pairs: dict = {}
+    for k, w in enumerate(log_c):
         if k <= q:
-            inner = inner + w * basis[k]
-        elif chebyshev:  # T_(q+r) = 2 T_q T_r - T_(q-r)
-            r = k - q
-            outer = outer + (2.0 * w) * basis[r]
-            inner = inner - w * basis[q - r]
-            has_outer = True
-        else:            # Y^(q+r) = Y^q Y^r
-            outer = outer + w * basis[k - q]
-            has_outer = True
-    return torch.addmm(inner, basis[q], outer) if has_outer else inner
+            w_diag[k] += w
+            continue
+        j, l = k // 2, k - k // 2
+        pairs[(j, l)] = pairs.get((j, l), 0.0) + (2.0 * w if chebyshev else w)
+        if chebyshev:
+            w_diag[l - j] -= w
+    selfs = sorted(j for j, l in pairs if j == l)
+    crosses = sorted(j for j, l in pairs if j != l)
+    inner, outer = [0.0] * (q + 1), [0.0] * (q + 1)
+    for k, w in enumerate(der_c):
+        w *= deriv_factor
+        if k <= q:
+            inner[k] += w
+        elif chebyshev:
+            outer[k - q] += 2.0 * w
+            inner[2 * q - k] -= w
+        else:
+            outer[k - q] += w
+    lo_s = selfs[0] if selfs else 0
+    lo_c = crosses[0] if crosses else 0
+    w_self = [0.0] * (selfs[-1] - lo_s + 1 if selfs else 0)
+    w_cross = [0.0] * (crosses[-1] - lo_c + 1 if crosses else 0)
+    for (j, l), w in pairs.items():
+        if j == l:
+            w_self[j - lo_s] += w
+        else:
+            w_cross[j - lo_c] += w
+    return _Weights(q, tuple(w_diag), lo_s, tuple(w_self), lo_c, tuple(w_cross), tuple(inner),
+                    tuple(outer))
 
 
-def _logdet_and_derivative(y: Tensor, c: float, kappa: float, estimator: str, degree: int,
+#: (values, device, dtype) -> a device tensor of the values; filled outside CUDA-graph capture
+_CONSTANTS: dict = {}
+
+
+def _constant(values, like: Tensor) -> Tensor | None:
+    """``values`` as a tensor on ``like``'s device (cached; None while a CUDA graph is being
+    captured and it is not cached yet — a host-to-device copy cannot be captured)."""
+    key = (tuple(values), like.device, like.dtype)
+    t = _CONSTANTS.get(key)
+    if t is None:
+        if like.is_cuda and torch.cuda.is_current_stream_capturing():
+            return None
+        t = torch.tensor(values, dtype=like.dtype, device=like.device)
+        if len(_CONSTANTS) < 4096:
+            _CONSTANTS[key] = t
+    return t
+
+
+def _combine(weights, mats: Tensor) -> Tensor:
+    """``Σ_k weights[k] mats[k]`` for a (K, ...) tensor: one fused product when the weights are
+    on the device, else a loop of in-place axpys."""
+    w = _constant(weights, mats)
+    if w is not None:
+        return torch.tensordot(w, mats, dims=1)
+    out = torch.zeros_like(mats[0])
+    for k, wk in enumerate(weights):
+        if wk != 0.0:
+            out.add_(mats[k], alpha=wk)
+    return out
+
+
+def _polynomial(first: Tensor, w: _Weights, chebyshev: bool, need_grad: bool):
+    """``(logdet, deriv or None)`` of the basis built on ``first`` (M or Y), see ``_Weights``."""
+    n, q = first.shape[0], w.q
+    buf = first.new_empty((q + 1, n, n))  # B_0 .. B_q
+    buf[0].zero_()
+    buf[0].diagonal().fill_(1.0)
+    buf[1].copy_(first)
+    for k in range(2, q + 1):
+        if chebyshev:  # T_k = 2 M T_(k-1) - T_(k-2)
+            torch.addmm(buf[k - 2], first, buf[k - 1], beta=-1.0, alpha=2.0, out=buf[k])
+        else:
+            torch.mm(first, buf[k - 1], out=buf[k])
+    parts, weights = [buf.diagonal(dim1=1, dim2=2).sum(-1)], list(w.w_diag)
+    if w.w_self:
+        a = buf[w.self_lo: w.self_lo + len(w.w_self)]
+        parts.append(torch.linalg.vector_norm(a, dim=(1, 2)).square())
+        weights += w.w_self
+    if w.w_cross:
+        a = buf[w.cross_lo: w.cross_lo + len(w.w_cross)]
+        b = buf[w.cross_lo + 1: w.cross_lo + 1 + len(w.w_cross)]
+        parts.append((a * b).sum(dim=(1, 2)))
+        weights += w.w_cross
+    logdet = _combine(weights, torch.cat(parts))
+    if not need_grad:
+        return logdet, None
+    deriv = _combine(w.w_inner, buf)
+    if w.has_outer:
+        deriv = torch.addmm(deriv, buf[q], _combine(w.w_outer, buf))
+    return logdet, deriv
+
+
+def _logdet_and_derivative(gc: Tensor, c: float, kappa: float, estimator: str, degree: int,
                            need_grad: bool) -> tuple[Tensor, Tensor | None]:
-    """``(logdet(I + y), d logdet / d y)`` for symmetric PSD y = c·G_c (float64)."""
-    n = y.shape[0]
-    eye = torch.eye(n, dtype=y.dtype, device=y.device)
+    """``(logdet(I + y), -2c · d logdet / d y)`` for y = c·G_c, G_c symmetric PSD (float64;
+    ``gc`` is overwritten)."""
     if estimator == "exact":
-        chol, info = torch.linalg.cholesky_ex(eye + y)
+        y = gc.mul_(c)
+        y.diagonal().add_(1.0)
+        chol, info = torch.linalg.cholesky_ex(y)
         logdet = 2.0 * chol.diagonal().log().sum()
         logdet = torch.where(info == 0, logdet, torch.full_like(logdet, math.nan))
-        return logdet, (torch.cholesky_inverse(chol) if need_grad else None)
-    q = max(1, math.ceil(degree / 2))
+        return logdet, (torch.cholesky_inverse(chol).mul_(-2.0 * c) if need_grad else None)
     if estimator == "series":
-        scale = 2.0 / (kappa - 1.0)
-        basis = _basis(y * scale - eye, q, chebyshev=True)
-        p, b = _series_coefficients(float(kappa), int(degree))
-        logdet = sum(pk * t for pk, t in zip(p, _traces(basis, degree, True)))
-        return logdet, (scale * _poly(basis, b, True) if need_grad else None)
+        y = gc.mul_(c * 2.0 / (kappa - 1.0))  # M = 2y/(kappa-1) - I
+        y.diagonal().sub_(1.0)
+        return _polynomial(y, _weights("series", float(kappa), int(degree), -2.0 * c), True,
+                           need_grad)
     if estimator == "taylor":
-        a = (0.0,) + series.taylor_coefficients(degree)  # log(1+y) ≈ Σ a_k y^k
-        basis = _basis(y, q, chebyshev=False)
-        logdet = sum(ak * t for ak, t in zip(a, _traces(basis, degree, False)))
-        deriv = [k * a[k] for k in range(1, degree + 1)]  # Σ k a_k y^(k-1)
-        return logdet, (_poly(basis, deriv, False) if need_grad else None)
+        return _polynomial(gc.mul_(c), _weights("taylor", 0.0, int(degree), -2.0 * c), False,
+                           need_grad)
     raise ValueError(f"estimator must be 'exact', 'series' or 'taylor', got {estimator!r}")
 
 
@@ -139,38 +229,37 @@ def small_side(g: Tensor, colsum: Tensor, count: Tensor, *, mu: float, m: int, d
     out_dtype = g.dtype
     n = g.shape[0]
     c = float(mu) / d
-    gc = g.to(F64)
+    gc = g.to(F64, copy=True)  # overwritten in place below
     zbar = None
     if centering:
         cnt = count.to(F64)
         zbar = colsum.to(F64) / cnt
         if feature:  # G - s sᵀ/m = G - m z̄ z̄ᵀ
-            gc = gc - torch.outer(zbar, zbar) * cnt
+            gc.sub_(torch.outer(zbar * cnt, zbar))
         else:        # J G J without a dense J
             row = gc.mean(dim=1, keepdim=True)
             gc = gc - row - row.mT + row.mean()
     kappa = series.kappa(mu, m, d)
-    logdet, deriv = _logdet_and_derivative(c * gc, c, kappa, estimator, int(degree), need_grad)
+    logdet, q = _logdet_and_derivative(gc, c, kappa, estimator, int(degree), need_grad)
     value = (-logdet).to(out_dtype)
     if estimator == "series":  # the only estimator whose polynomial depends on kappa
         # more rows than the kappa bound assumed (a distributed run with unequal shards) would put
         # the spectrum outside the series' interval: NaN, never a silently wrong value
         value = torch.where(count.to(F64) <= m, value, torch.full_like(value, math.nan))
     if not need_grad:
-        empty = g.new_empty((0, 0))
-        return value, empty, g.new_empty((0,)), g.new_ones(())
-    p = -c * deriv  # dR/dG_c (symmetric)
+        return value, g.new_empty((0, 0)), g.new_empty((0,)), g.new_ones(())
+    # q = 2·dR/dG_c (symmetric); cholesky_inverse's result is column-major: its transpose (the
+    # same matrix) is row-major, as the op's fake kernel and the backward kernels promise
+    if not q.is_contiguous() and q.mT.is_contiguous():
+        q = q.mT
     if centering and not feature:
-        row = p.mean(dim=1, keepdim=True)
-        p = p - row - row.mT + row.mean()  # J P J
-    q = 2.0 * p
-    q = q - (q.diagonal().sum() / n) * torch.eye(n, dtype=F64, device=g.device)
-    v = 2.0 * (p @ zbar) if (centering and feature) else None
-    qscale = q.abs().amax().clamp_min(torch.finfo(torch.float32).tiny)
-    # contiguous: cholesky_inverse returns a column-major matrix, and the op's fake kernel (and
-    # the backward kernels) promise row-major
-    q = (q / qscale).to(out_dtype).contiguous()
-    v = (v / qscale).to(out_dtype) if v is not None else g.new_empty((0,))
+        row = q.mean(dim=1, keepdim=True)
+        q = q - row - row.mT + row.mean()  # J (2P) J
+    v = q @ zbar if (centering and feature) else None  # 2 P z̄, before the shift
+    q.diagonal().sub_(q.diagonal().sum() / n)  # the radial shift (see the module docstring)
+    qscale = torch.linalg.vector_norm(q, ord=math.inf).clamp_min(torch.finfo(torch.float32).tiny)
+    q = q.div_(qscale).to(out_dtype).contiguous()
+    v = v.div_(qscale).to(out_dtype) if v is not None else g.new_empty((0,))
     return value, q, v, qscale.to(out_dtype)
 
 
