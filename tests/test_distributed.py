@@ -100,6 +100,8 @@ def test_distributed_value_and_gradient_semantics(rank_results, case):
         g_closed = torch.from_numpy(ind.tcr_exact_grad(x, 0.3, centering))
         assert torch.allclose(g_full, g_closed, rtol=1e-10, atol=1e-13)
     k = 2
+    # every rank holds the same all-reduced Gram, so the same value, bit for bit
+    assert torch.equal(rank_results[0][case][0], rank_results[1][case][0])
     for rank in range(k):
         value, grad = rank_results[rank][case]
         assert value.item() == pytest.approx(expected, rel=rtol)
