@@ -369,14 +369,37 @@ def test_torch_compile_fullgraph(gen, dynamic, monkeypatch):
     assert ran.count("gram") == 4
 
 
-# ----------------------------------------------------------------------------- old path
-def test_public_api_uses_the_kernels(gen):
-    """The monolithic op (until the staged layer replaces it) still matches the reference."""
+# ----------------------------------------------------------------------------- staged layer
+@pytest.mark.parametrize("shape", [(70, 37), (37, 70)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("centering", [False, True])
+def test_staged_layer_runs_on_these_ops(gen, shape, dtype, centering):
+    """The shared staged op (``mmae_fast.ops.staged``) with backend="triton": value and input
+    gradient of the exact estimator against ``reference.tcr`` in float64 (half gradients after a
+    2**10 loss scale, as AMP does)."""
+    from mmae_fast.ops import staged
+    h = _features(gen, *shape, dtype, zero_row=False)
+    x = h.to(DEVICE, copy=True).requires_grad_()
+    value = staged.tcr(x, backend="triton", mu=2.0, centering=centering, estimator="exact")
+    value.backward(torch.tensor(2.0 ** 10, device=DEVICE))
+    x64 = h.double().requires_grad_()
+    ref = reference.tcr(x64, 2.0, centering=centering)
+    ref.backward(torch.tensor(2.0 ** 10, dtype=torch.float64))
+    assert_close(value, ref, dtype, kind="value")
+    assert_close(x.grad, x64.grad, dtype, kind="grad")
+
+
+def test_public_api_uses_the_kernels(gen, monkeypatch):
+    """``tcr_loss(..., backend="triton")`` runs these ops (counted) and matches the reference."""
+    ran = []
+    real = stage_gram.gram
+    monkeypatch.setattr(stage_gram, "gram", lambda *a: (ran.append("gram"), real(*a))[1])
     h = _features(gen, 40, 27, torch.float32, zero_row=False).to(DEVICE)
     got = mmae_fast.tcr_loss(h, 3.0, centering=True, estimator="series", backend="triton")
     want = mmae_fast.tcr_loss(h.double(), 3.0, centering=True, estimator="series",
                               backend="reference")
     assert_close(got, want, torch.float32, kind="value")
+    assert ran == ["gram"]
 
 
 # ----------------------------------------------------------------------------- GPU compilation

@@ -1,11 +1,12 @@
-"""The "triton" backend: the TCR regulariser from the Triton kernels in ``mmae_fast.triton``.
+"""The "triton" backend: the TCR stages from the Triton kernels in ``mmae_fast.triton``.
 
 Runs on CUDA tensors, and on CPU tensors in Triton's interpreter (``TRITON_INTERPRET=1`` set
 before import; slow, for tests): ``supports`` accepts CPU tensors exactly when the interpreter is
 on, so the tests run the same public path (``tcr_loss(..., backend="triton")``) as a GPU does.
 ``"auto"`` still never picks a kernel backend for CPU tensors (``mmae_fast.backends``).
-Inputs float16 / bfloat16 / float32, float32 accumulation. The ops: ``mmae_fast.ops.triton_ops``;
-the staged interface ``gram`` / ``grad`` (issue 13) and the old monolithic ``tcr``.
+Inputs float16 / bfloat16 / float32, float32 accumulation. Stages 1 and 3 of the staged TCR
+(``mmae_fast.ops.staged``, issue 13): ``gram`` / ``grad``, the custom ops of
+``mmae_fast.ops.triton_ops``.
 """
 from __future__ import annotations
 
@@ -39,12 +40,6 @@ def supports(z: torch.Tensor) -> str | None:
     return input_reason(z, "triton", DTYPES, cpu_ok=interpreting(),
                         cpu_hint=" (or a CPU tensor with TRITON_INTERPRET=1)",
                         dtype_hint="; use backend='cuda' or 'reference' for float64")
-
-
-def tcr(z: torch.Tensor, *, mu: float, centering: bool, estimator: str, degree: int) -> torch.Tensor:
-    """``-logdet(I + mu/d·ZᵀZ)`` of the normalised (optionally centred) rows; 0-d float32,
-    differentiable. Matches ``mmae_fast.reference.tcr``."""
-    return triton_ops.tcr(z, mu=mu, centering=centering, estimator=estimator, degree=degree)
 
 
 def gram(h: torch.Tensor, feature: bool, centering: bool):

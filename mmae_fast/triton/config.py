@@ -1,7 +1,8 @@
-"""Launch choices shared by the TCR kernels: interpreter detection, block sizes, dot precision.
+"""Launch choices of the staged kernels: interpreter detection, block sizes, dot precision.
 
-No autotuning: a small heuristic picks one configuration per problem size (autotune's
-``do_bench`` needs a GPU, and the TCR shapes are few and known: n = min(m, d) <= ~16k).
+No autotuning: a small heuristic picks one configuration per dtype and size (autotune's
+``do_bench`` needs a GPU, and the TCR shapes are few and known), from a sweep on an H100
+(``python -m mmae_fast.triton.stage_bench --sweep``).
 """
 from __future__ import annotations
 
@@ -21,50 +22,16 @@ def interpreting() -> bool:
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    """Tile sizes and dot settings of one launch family.
-
-    block_n: square output tile of the n x n matrices (Gram, basis, P) and of dZ's columns;
-    block_k: contraction step; block_m: rows per program of the row kernels;
-    half_dot: feed the Gram's tl.dot with operands in the input's half dtype (tensor cores);
-    precision: ``input_precision`` of the fp32 dots (basis recurrence, P, the backward GEMM):
-    "ieee" for float32 input; "tf32x3" (three tf32 tensor-core products, about fp32 accuracy)
-    for half inputs. Plain "tf32" is NOT enough even for the half tolerances: with tf32 operand
-    rounding emulated in the interpreter, series values miss 2e-3 (up to 1e-2) and uncentred
-    gradients miss 5e-3 (up to 2e-2; the normalisation projection cancels a large radial part),
-    see tests/test_triton_backend.py::test_plain_tf32_misses_the_half_tolerance.
-    num_warps / num_stages: GPU only.
-    """
-    block_n: int
-    block_k: int
-    block_m: int
-    half_dot: bool
-    precision: str
-    num_warps: int
-    num_stages: int
-
-
-def choose(dtype: torch.dtype, n: int) -> Config:
-    """Configuration for an input of ``dtype`` whose smaller Gram side is ``n``."""
-    if interpreting():
-        # Large blocks: the interpreter pays per program, not per element. tl.dot on bfloat16
-        # is wrong in the interpreter (DESIGN §4): bf16 operands are cast to float32 there.
-        return Config(32, 32, 32, dtype == torch.float16, "ieee", 4, 1)
-    half = dtype in (torch.float16, torch.bfloat16)
-    block_n = 64 if n <= 2048 else 128
-    return Config(block_n, 32 if block_n == 128 else 64, 64, half, "tf32x3" if half else "ieee",
-                  8 if block_n == 128 else 4, 3)
-
-
-@dataclasses.dataclass(frozen=True)
 class StageConfig:
-    """Tile sizes of the staged ops (``stage_gram``, ``stage_grad``).
+    """Tile sizes and dot settings of the staged ops (``stage_gram``, ``stage_grad``).
 
-    block_n: square Gram tile, and gx's column block; block_k: contraction step; block_m: rows
-    per program of the row-norm kernel and of gx; half_dot: the dot operands are in the input's
-    half dtype (tensor cores; False in the interpreter for bfloat16, whose tl.dot is wrong there,
-    DESIGN §4: the operands are then the same rounded values held in float32); precision:
-    ``input_precision`` of float32 dots ("ieee": float32 accuracy, see ``Config``);
+    block_n: square Gram tile, and dh's column block; block_k: contraction step; block_m: rows
+    per program of the row-norm kernel and of dh; half_dot: dot operands in the input's half
+    dtype (tensor cores, float32 accumulation); emulate_bf16: the interpreter with bfloat16
+    input, whose tl.dot is wrong there (DESIGN §4) and whose float32 -> bfloat16 cast truncates:
+    operands are the same rounded values held in float32, rounded to nearest in float32
+    arithmetic (``tiles.rne_bf16``); precision: ``input_precision`` of float32 dots ("ieee":
+    float32 accuracy; tf32x3 was not measured against the float32 contract);
     num_warps / num_stages: GPU only.
     """
     block_n: int

@@ -1,4 +1,5 @@
-"""Triton helpers shared by the TCR kernels: on-the-fly normalised tiles and symmetric stores.
+"""Triton helpers shared by the staged kernels: on-the-fly normalised tiles, rounded and split
+dot operands, symmetric stores.
 
 Matrices are row-major; ``n x n`` matrices are contiguous (row stride n).
 """
@@ -35,29 +36,6 @@ def dot_operand(x, like_ptr, HALF_DOT: tl.constexpr):
     else:
         y = x.to(tl.float32)
     return y
-
-
-@triton.jit
-def square_tile(ptr, offs_a, offs_b, n):
-    """Tile ``A[offs_a, offs_b]`` of a contiguous n x n float32 matrix, zero outside."""
-    msk = (offs_a[:, None] < n) & (offs_b[None, :] < n)
-    return tl.load(ptr + offs_a[:, None] * n + offs_b[None, :], mask=msk, other=0.0)
-
-
-@triton.jit
-def sym_store(ptr, val, offs_a, offs_b, n, mirror):
-    """Store tile ``val`` at ``[offs_a, offs_b]`` of an n x n matrix and, if ``mirror``, its
-    transpose at ``[offs_b, offs_a]`` (the programs of a symmetric result cover one triangle)."""
-    msk = (offs_a[:, None] < n) & (offs_b[None, :] < n)
-    tl.store(ptr + offs_a[:, None] * n + offs_b[None, :], val, mask=msk)
-    if mirror:
-        tl.store(ptr + offs_b[None, :] * n + offs_a[:, None], val, mask=msk)
-
-
-@triton.jit
-def tile_sum(x):
-    """Sum of all elements of a 2-D tile (float32 scalar)."""
-    return tl.sum(tl.sum(x, axis=1), axis=0)
 
 
 @triton.jit
