@@ -76,6 +76,14 @@ def _f_chebyshev(kappa_: float) -> np.ndarray:
         n *= 2
 
 
+def _check_interval(kappa_: float) -> None:
+    """The series needs a non-empty interval [0, kappa - 1]."""
+    if not kappa_ > 1.0:
+        raise ValueError(
+            f"mu·m/d = {kappa_ - 1.0:g} is below float64 resolution (kappa = 1): the series' "
+            f"interval is empty; use a larger mu or estimator='taylor' / 'exact'")
+
+
 def chebyshev_error(kappa_: float, degree: int) -> float:
     """eps_q: bound on sup |f - q| for the degree-``degree`` P (q has degree ``degree - 1``)."""
     a = _f_chebyshev(float(kappa_))
@@ -92,6 +100,7 @@ def series_degree(kappa_: float, tol: float) -> int:
     """Smallest degree D >= 1 whose a-priori relative error bound is <= ``tol``."""
     if not tol > 0:
         raise ValueError(f"tol must be > 0, got {tol}")
+    _check_interval(kappa_)
     for degree in range(1, MAX_DEGREE + 1):
         if relative_error_bound(kappa_, degree) <= tol:
             return degree
@@ -109,6 +118,7 @@ def chebyshev_coefficients(kappa_: float, degree: int) -> tuple[float, ...]:
     degree = int(degree)
     if degree < 1:
         raise ValueError(f"series degree must be >= 1, got {degree}")
+    _check_interval(float(kappa_))
     a = _f_chebyshev(float(kappa_))[:degree]
     h = (float(kappa_) - 1.0) / 2.0
     p = np.zeros(degree + 1)

@@ -347,3 +347,14 @@ def test_small_side_loop_fallback_equals_fused(gen, estimator, monkeypatch):
     loop = small_side.small_side(g, colsum, torch.tensor(40.0), **args)
     for a, b in zip(fused, loop):
         assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("order", [None, 5])
+def test_series_with_an_empty_interval_is_a_clear_error(gen, order):
+    """mu·m/d below float64 resolution (kappa = 1): a ValueError naming the fix, not a
+    ZeroDivisionError from inside the series."""
+    import mmae_fast
+
+    h = _features(gen, 50, 20, dtype=torch.float32)
+    with pytest.raises(ValueError, match="kappa = 1"):
+        mmae_fast.tcr_loss(h, 1e-20, estimator="series", order=order)
