@@ -143,10 +143,12 @@ def test_other_configurations_run(tmp_path, extra):
     assert (row["loss_ce"] is None) == ("synthetic" in extra)
 
 
-def test_ddp_two_processes_match_one(tmp_path):
+@pytest.mark.parametrize("reg", ["tcr", "uniformity"])
+def test_ddp_two_processes_match_one(tmp_path, reg):
     """torchrun, 2 gloo ranks x 8 images = 1 process x 16 images: same loss sequence (the
-    Gram all-reduce makes R the global-batch R; exact gradient semantics)."""
-    common = ["--steps", "3", "--reg", "tcr", "--lamb", "2", "--no-online-head",
+    Gram all-reduce makes R the global-batch R, tcr_loss(group=...) and the gathered U-MAE
+    uniformity; exact gradient semantics)."""
+    common = ["--steps", "3", "--reg", reg, "--lamb", "2", "--no-online-head",
               "--no-export", "--no-plot", "--threads", "1"]
     single = run(tmp_path, "single", *common)
     argv = [a if a != "16" else "8" for a in BASE] + ["--output-dir", str(tmp_path / "ddp"),

@@ -119,8 +119,10 @@ def train(args) -> dict:
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     run_dir, ckpt_path = args.output_dir, os.path.join(args.output_dir, checkpoint.LAST)
     start, last_good = _resume(args, model, opt, scaler, ckpt_path, total)
+    unused = args.cls_norm == "separate" and (args.reg == "none" or not args.lamb)  # its norm
     net = model if world == 1 else torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None)
+        model, device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=unused)
     fwd = _make_forward(args, net, regularisers.build(args, env.group, world), amp_dtype, world)
     metrics_path = os.path.join(run_dir, "metrics.jsonl")
     if rank == 0:
