@@ -1,17 +1,18 @@
-"""Backend registry and dispatch for the fused TCR op.
+"""Backend registry and dispatch for the TCR regulariser.
 
-A backend is a module that exposes three functions:
+A backend is a module that exposes:
 
     availability() -> str | None
         None when the backend can run in this process, else a one-line reason
         ("triton is not installed", "the CUDA extension mmae_fast._C was not built", ...).
     supports(z: Tensor) -> str | None
         None when this input (device, dtype, layout) is supported, else a one-line reason.
-    tcr(z, *, mu: float, centering: bool, estimator: str, degree: int) -> Tensor
-        Differentiable ``-logdet(I + mu/d * Z^T Z)`` on the L2-normalised (optionally centred)
-        rows of ``z`` (m, d); a 0-d float32 tensor (float64 for float64 input). ``degree`` is the
-        Taylor order (estimator "taylor"), the polynomial degree (estimator "series", see
-        ``mmae_fast.series``) or unused ("exact"). Must match ``mmae_fast.reference.tcr``.
+    gram(h, feature: bool, centering: bool) -> (G, rinv, colsum)
+    grad(grad, h, rinv, q, v, feature: bool, scale: float) -> dh
+        Stages 1 and 3 of the staged op (``mmae_fast.ops.staged``; the contract is stated in
+        ``mmae_fast.ops.torch_stages`` and docs/staged.md). ``tcr_loss`` runs them around the
+        shared small side; the "reference" backend runs ``reference.tcr`` directly for one
+        process and its torch stages with ``group=`` or under ``torch.compile``.
 
 ``"auto"`` takes the first of ``AUTO_ORDER`` that is available and supports the input (kernel
 backends only for CUDA tensors; CPU tensors always get "reference"); the
