@@ -71,6 +71,11 @@ def test_gpu_pipeline_fallback_is_a_function_of_seed_and_step(tmp_path, fmt):
     other = data.build("imagefolder", batch_per_rank=4, **(kw | {"seed": 4})).batch(1)
     assert not torch.equal(other[0], b1[0])
     assert math.isclose(float(b1[0].mean()), 0.0, abs_tol=1.0)  # normalised
+    # the workers' augmentation (the CPU fallback) = the device path's batched augment()
+    reader = FileReader(seq._device_pipe.samples, raw_jpeg=False)
+    pixels = [reader[(i, 0)][1] for i in seq.indices(1).tolist()]
+    torch.testing.assert_close(b1[0], augment(pixels, seq.sample_seeds(1), 16, data.MEAN,
+                                              data.STD))
 
 
 def test_reader_sends_jpeg_bytes_and_decodes_the_rest(tmp_path):
@@ -127,3 +132,19 @@ def test_bench_data_runs_and_writes_rows(tmp_path, capsys):
     assert all(r["status"] == "ok" and r["img_per_s"] > 0 for r in rows)
     assert len(list((tmp_path / "jpeg").glob("train/*/*.jpg"))) == 8
     assert "img/s" in capsys.readouterr().out
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_nvjpeg_pipeline_matches_the_cpu_fallback(tmp_path):
+    """Same crops and flips on the GPU (nvJPEG decode, batched augmentation); pixels may differ
+    by the decoders' rounding (IDCT), so compare loosely, and exactly across two GPU runs."""
+    root = _folder(tmp_path / "imgs")
+    kw = dict(img_size=16, seed=3, data_path=str(root), workers=0, pipeline="gpu",
+              batch_per_rank=4)
+    gpu = data.build("imagefolder", device="cuda", **kw).batch(1)
+    again = data.build("imagefolder", device="cuda", **kw).batch(1)
+    cpu = data.build("imagefolder", device="cpu", **kw).batch(1)
+    assert gpu[0].is_cuda and torch.equal(gpu[0], again[0])
+    assert torch.equal(gpu[1], cpu[1])
+    assert (gpu[0].cpu() - cpu[0]).abs().mean() < 0.05

@@ -79,23 +79,28 @@ def _pil_pixels(path: str) -> torch.Tensor:
 
 class FileReader(torch.utils.data.Dataset):
     """Item ``(index, seed)`` -> ``(kind, payload, label, path)``: kind "jpeg" (raw bytes, uint8
-    1-D), "pixels" (uint8 (3, H, W)) or "error" (payload: the reason)."""
+    1-D), "pixels" (uint8 (3, H, W)), "ready" (already augmented: float32 (3, S, S), when
+    ``augment_args = (size, mean, std)`` is given: the CPU fallback augments in the workers, in
+    parallel) or "error" (payload: the reason)."""
 
-    def __init__(self, samples, raw_jpeg: bool):
-        self.samples, self.raw_jpeg = samples, raw_jpeg
+    def __init__(self, samples, raw_jpeg: bool, augment_args=None):
+        self.samples, self.raw_jpeg, self.augment_args = samples, raw_jpeg, augment_args
 
     def __len__(self):
         return len(self.samples)
 
     def __getitem__(self, item):
-        index, _seed = item
+        index, seed = item
         path, label = self.samples[index]
         try:
             with open(path, "rb") as f:
                 raw = f.read()
             if self.raw_jpeg and raw.startswith(JPEG_MAGIC):
                 return "jpeg", torch.frombuffer(bytearray(raw), dtype=torch.uint8), label, path
-            return "pixels", _pil_pixels(path), label, path
+            pixels = _pil_pixels(path)
+            if self.augment_args is not None:
+                return "ready", augment([pixels], [seed], *self.augment_args)[0], label, path
+            return "pixels", pixels, label, path
         except Exception as exc:  # noqa: BLE001 - reported by the main process, naming the file
             return "error", f"{type(exc).__name__}: {exc}".splitlines()[0][:200], label, path
 
@@ -139,7 +144,9 @@ class DeviceImageFolder:
     def __init__(self, samples, steps, img_size: int, device, workers: int, mean, std):
         self.samples, self.steps, self.img_size = samples, steps, img_size
         self.device, self.workers, self.mean, self.std = torch.device(device), workers, mean, std
-        self.reader = FileReader(samples, raw_jpeg=self.device.type == "cuda")
+        on_cpu = self.device.type == "cpu"
+        self.reader = FileReader(samples, raw_jpeg=self.device.type == "cuda",
+                                 augment_args=(img_size, mean, std) if on_cpu else None)
         self._iter, self._next_step = None, None
 
     def _batches(self, start: int):
@@ -153,7 +160,9 @@ class DeviceImageFolder:
                 collate_fn=_collate, pin_memory=self.device.type == "cuda"))
         self._next_step = step + 1
         items = next(self._iter)
+        labels = torch.tensor([it[2] for it in items], dtype=torch.int64)
+        if all(it[0] == "ready" for it in items):  # the CPU fallback: augmented by the workers
+            return torch.stack([it[1] for it in items]), labels
         images = decode(items, self.device)
         seeds = self.steps.sample_seeds(step)
-        labels = torch.tensor([it[2] for it in items], dtype=torch.int64)
         return augment(images, seeds, self.img_size, self.mean, self.std), labels
