@@ -53,7 +53,7 @@ def _build(args, source, device, world):
                          drop_path=args.drop_path).to(device)
     if world > 1 and device.type == "cuda" and args.online_head == "bn-linear":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    # fused AdamW: one kernel per step, and its found_inf skips a step on the device
+    # fused AdamW: multi-tensor kernels, and its found_inf skips a step on the device
     opt = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=1.0, betas=(0.9, 0.95),
                             fused=True)
     return model, opt
