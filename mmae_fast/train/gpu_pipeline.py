@@ -64,8 +64,8 @@ def augment(images, seeds, size: int, mean, std) -> torch.Tensor:
             crop = crop.flip(-1)
         out[i] = F.interpolate(crop[None].float(), size=(size, size), mode="bicubic",
                                antialias=True, align_corners=False)[0]
-    m = torch.tensor(mean, device="cpu").view(1, 3, 1, 1).to(device, non_blocking=True)
-    s = torch.tensor(std, device="cpu").view(1, 3, 1, 1).to(device, non_blocking=True)
+    m = torch.as_tensor(mean, dtype=torch.float32).view(1, 3, 1, 1).to(device)
+    s = torch.as_tensor(std, dtype=torch.float32).view(1, 3, 1, 1).to(device)
     return (out.clamp_(0, 255) / 255 - m) / s
 
 
@@ -165,4 +165,7 @@ class DeviceImageFolder:
             return torch.stack([it[1] for it in items]), labels
         images = decode(items, self.device)
         seeds = self.steps.sample_seeds(step)
+        if not torch.is_tensor(self.mean):  # once: the constants live on the device
+            self.mean, self.std = (torch.tensor(v, device=self.device) for v in (self.mean,
+                                                                               self.std))
         return augment(images, seeds, self.img_size, self.mean, self.std), labels
