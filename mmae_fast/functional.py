@@ -6,12 +6,12 @@ Formulas: ``mmae_fast.reference`` (the single source of truth); DESIGN §1.
 """
 from __future__ import annotations
 
-import warnings
 
 import torch
 
 from . import _checks, backends, distributed, reference, series
 from .ops import staged
+from .ops.small_side import warn_if_taylor_diverges
 
 
 def _bool(value, name: str) -> bool:
@@ -25,15 +25,6 @@ def _reference_only(backend: str, fn: str) -> None:
     _checks.choice(backend, "backend", backends.BACKENDS)
     if backend not in ("auto", "reference"):
         raise ValueError(f"{fn} has no {backend!r} kernel yet; use backend='auto' or 'reference'")
-
-
-def _warn_taylor(estimator: str, mu: float, m: int, d: int) -> None:
-    """Warn when the Taylor series may diverge (mu·m/d >= 1); the staged op warns at run time."""
-    if estimator == "taylor" and not series.taylor_converges(mu, m, d):
-        warnings.warn(
-            f"estimator='taylor' may diverge: the spectral radius of mu/d·ZᵀZ can reach "
-            f"mu·m/d = {mu * m / d:.3g} >= 1; use estimator='series' (converges for every input) "
-            f"or a smaller mu", RuntimeWarning, stacklevel=3)
 
 
 def tcr_loss(z: torch.Tensor, mu: float = 1.0, *, centering: bool = False,
@@ -84,7 +75,7 @@ def tcr_loss(z: torch.Tensor, mu: float = 1.0, *, centering: bool = False,
                                tol=tol, group=group, grad_semantics=grad_semantics, backend=name)
     if name == "reference" and not compiling:
         m, d = z.shape
-        _warn_taylor(estimator, mu, m, d)
+        warn_if_taylor_diverges(estimator, mu, m, d, stacklevel=3)
         return reference.tcr(z, mu, centering=centering, estimator=estimator,
                              degree=degree or reference.default_degree(
                                  estimator, series.kappa(mu, m, d), tol) or None)

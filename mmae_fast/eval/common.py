@@ -13,11 +13,12 @@ import json
 import math
 import os
 import random
-import tempfile
 import time
 
 import numpy as np
 import torch
+
+from .. import checkpoint
 
 LAST = "checkpoint-last.pt"
 
@@ -103,20 +104,7 @@ def seed_epoch(seed: int, epoch: int, rank: int) -> None:
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def save_atomic(obj: dict, path: str) -> str:
-    """``torch.save`` to a temporary file beside ``path``, then rename: never a partial file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+save_atomic = checkpoint.save_atomic  # one implementation: torch.save, fsync, rename
 
 
 def resume_path(resume: str | None, output_dir: str) -> str | None:

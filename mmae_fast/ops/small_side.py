@@ -327,10 +327,10 @@ def run_graphed(fn, inputs: tuple, key) -> tuple:
     return tuple(out.clone() for out in entry.static_out)
 
 
-def warn_if_taylor_diverges(estimator: str, mu: float, m: int, d: int) -> None:
-    """Warn (at run time, not while tracing) when the Taylor series may diverge."""
+def warn_if_taylor_diverges(estimator: str, mu: float, m: int, d: int, stacklevel: int = 4) -> None:
+    """Warn (at run time, not while tracing) when the Taylor series may diverge (mu·m/d >= 1)."""
     if estimator == "taylor" and not series.taylor_converges(mu, m, d):
         warnings.warn(
             f"estimator='taylor' may diverge: the spectral radius of mu/d·ZᵀZ can reach "
             f"mu·m/d = {mu * m / d:.3g} >= 1; use estimator='series' (converges for every input) "
-            f"or a smaller mu", RuntimeWarning, stacklevel=4)
+            f"or a smaller mu", RuntimeWarning, stacklevel=stacklevel)
