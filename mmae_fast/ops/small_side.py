@@ -21,7 +21,7 @@ its incoming gradient by ``qscale``.
 
 Estimators (``mmae_fast.series`` holds the coefficients and bounds):
 
-    exact:  L = chol(I + cG_c):  R = -2 Σ log diag L,  P = -c (I + cG_c)⁻¹
+    exact:  L = chol(I + cG_c):  R = -2 Σ log diag L,  P = -c (I + cG_c)⁻¹ = -c L⁻ᵀ L⁻¹
     series: M = s_k·G_c - I, s_k = 2c/(kappa - 1):  R = -Σ_k p_k tr T_k(M),
             P = -s_k Σ_j b_j T_j(M)  (b = the Chebyshev derivative of p)
     taylor: Y = cG_c:  R = -Σ_k a_k tr Y^k,  P = -c Σ_k k a_k Y^(k-1)
@@ -202,7 +202,13 @@ def _logdet_and_derivative(gc: Tensor, c: float, kappa: float, estimator: str, d
         chol, info = torch.linalg.cholesky_ex(y)
         logdet = 2.0 * chol.diagonal().log().sum()
         logdet = torch.where(info == 0, logdet, torch.full_like(logdet, math.nan))
-        return logdet, (torch.cholesky_inverse(chol).mul_(-2.0 * c) if need_grad else None)
+        if not need_grad:
+            return logdet, None
+        # (L Lᵀ)⁻¹ = L⁻ᵀ L⁻¹ from one triangular solve and one product: 0.55 ms at n = 1024 in
+        # float64 on an H100 against 0.84 ms for cholesky_inverse (bench/primitives.py)
+        eye = torch.eye(y.shape[0], dtype=y.dtype, device=y.device)
+        inv_l = torch.linalg.solve_triangular(chol, eye, upper=False)
+        return logdet, (inv_l.mT @ inv_l).mul_(-2.0 * c)
     if estimator == "series":
         y = gc.mul_(c * 2.0 / (kappa - 1.0))  # M = 2y/(kappa-1) - I
         y.diagonal().sub_(1.0)
@@ -248,8 +254,8 @@ def small_side(g: Tensor, colsum: Tensor, count: Tensor, *, mu: float, m: int, d
         value = torch.where(count.to(F64) <= m, value, torch.full_like(value, math.nan))
     if not need_grad:
         return value, g.new_empty((0, 0)), g.new_empty((0,)), g.new_ones(())
-    # q = 2·dR/dG_c (symmetric); cholesky_inverse's result is column-major: its transpose (the
-    # same matrix) is row-major, as the op's fake kernel and the backward kernels promise
+    # q = 2·dR/dG_c (symmetric), row-major as the op's fake kernel and the backward kernels
+    # promise (a column-major result, e.g. from cholesky_inverse, broke inductor's stride check)
     if not q.is_contiguous() and q.mT.is_contiguous():
         q = q.mT
     if centering and not feature:
