@@ -358,3 +358,31 @@ def test_series_with_an_empty_interval_is_a_clear_error(gen, order):
     h = _features(gen, 50, 20, dtype=torch.float32)
     with pytest.raises(ValueError, match="kappa = 1"):
         mmae_fast.tcr_loss(h, 1e-20, estimator="series", order=order)
+
+
+def test_graph_cache_is_lru_bounded_and_remembers_failures(monkeypatch):
+    """At most MAX_GRAPHS captured small sides are kept (each holds its basis buffers); the least
+    recently used goes first; a failed capture is warned once and the key stays eager."""
+    import collections
+
+    monkeypatch.setattr(small_side, "_GRAPHS", collections.OrderedDict())
+    monkeypatch.setattr(small_side, "MAX_GRAPHS", 3)
+    made = []
+
+    def capture(k):
+        made.append(k)
+        return f"graph{k}"
+
+    for k in (1, 2, 3):
+        assert small_side._cached(k, lambda k=k: capture(k)) == f"graph{k}"
+    small_side._cached(1, lambda: capture(1))  # a hit: 1 becomes the most recent
+    small_side._cached(4, lambda: capture(4))  # evicts 2, the least recently used
+    assert list(small_side._GRAPHS) == [3, 1, 4] and made == [1, 2, 3, 4]
+
+    def broken():
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    with pytest.warns(RuntimeWarning, match="runs eagerly"):
+        assert small_side._cached(5, broken) is None
+    assert small_side._cached(5, lambda: capture(5)) is None  # remembered: no second try
+    assert made == [1, 2, 3, 4]

@@ -36,6 +36,7 @@ input gives R = NaN, never an exception, so the op can be captured in a CUDA gra
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import math
@@ -281,8 +282,10 @@ class _Captured:
     static_out: tuple
 
 
-#: key -> the captured small side, or None where capturing failed (then it runs eagerly)
-_GRAPHS: dict = {}
+#: key -> the captured small side, or None where capturing failed (then it runs eagerly); the
+#: most recently used MAX_GRAPHS are kept (each holds its basis buffers: up to ~0.2 GB at n = 1024)
+_GRAPHS: "collections.OrderedDict" = collections.OrderedDict()
+MAX_GRAPHS = 8
 
 
 def _capture(fn, inputs):
@@ -297,6 +300,22 @@ def _capture(fn, inputs):
     with torch.cuda.graph(graph):
         static_out = fn(*static_in)
     return _Captured(graph, static_in, tuple(static_out))
+
+
+def _cached(key, capture):
+    """The graph of ``key`` from the LRU cache, captured by ``capture()`` on a miss; None when
+    capturing failed (warned once; the key then stays eager)."""
+    if key not in _GRAPHS:
+        while len(_GRAPHS) >= MAX_GRAPHS:
+            _GRAPHS.popitem(last=False)  # the least recently used graph and its memory
+        try:
+            _GRAPHS[key] = capture()
+        except Exception as exc:  # noqa: BLE001 - any capture failure: run eagerly from now on
+            _GRAPHS[key] = None
+            warnings.warn(f"mmae_fast: the small side could not be captured as a CUDA graph "
+                          f"({type(exc).__name__}: {exc}); it runs eagerly", RuntimeWarning)
+    _GRAPHS.move_to_end(key)
+    return _GRAPHS[key]
 
 
 def run_graphed(fn, inputs: tuple, key) -> tuple:
@@ -317,14 +336,7 @@ def run_graphed(fn, inputs: tuple, key) -> tuple:
         # a side stream: e.g. torch.compile's cudagraph trees warming up into their own memory
         # pool, which must not end up holding our graph's static buffers (seen on an H100)
         return fn(*inputs)
-    if key not in _GRAPHS:
-        try:
-            _GRAPHS[key] = _capture(fn, inputs)
-        except Exception as exc:  # noqa: BLE001 - any capture failure: run eagerly from now on
-            _GRAPHS[key] = None
-            warnings.warn(f"mmae_fast: the small side could not be captured as a CUDA graph "
-                          f"({type(exc).__name__}: {exc}); it runs eagerly", RuntimeWarning)
-    entry = _GRAPHS[key]
+    entry = _cached(key, lambda: _capture(fn, inputs))
     if entry is None:
         return fn(*inputs)
     for static, x in zip(entry.static_in, inputs):
