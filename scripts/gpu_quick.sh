@@ -19,6 +19,7 @@ timeout ${BENCH_S:-70} $PY bench/entropy.py --device cuda --dtype bf16 --mode fw
   --reps 15 --warmup 3 --time-limit $(( ${BENCH_S:-70} - 15 )) --out "$R" --no-progress \
   > "$OUT/entropy.log" 2>&1; echo "entropy rc=$?"; tail -n 25 "$OUT/entropy.log"
 timeout ${STAGES_S:-40} $PY -m bench.stages --reps 10 --out "$R" 2>&1 | tee "$OUT/stages.log"
-timeout ${TESTS_S:-60} $PY -m pytest -q -p no:cacheprovider --maxfail=10 \
+XDIST=$($PY -c "import xdist" 2>/dev/null && echo "-n 8")  # Triton JIT compiles: use the cores
+timeout ${TESTS_S:-60} $PY -m pytest -q -p no:cacheprovider --maxfail=10 $XDIST \
   tests/test_staged_backends.py tests/test_staged.py -k "cuda or graph_replay or reduce" \
   > "$OUT/tests.log" 2>&1; echo "tests rc=$?"; tail -n 30 "$OUT/tests.log"

@@ -4,6 +4,7 @@ the next), the subprocess deadline, CUDA-graph timing guarded on the CPU, the ti
 benches, the targets table, and the MMAE_FAST_REQUIRE_GPU hook of tests/conftest.py."""
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -436,10 +437,24 @@ def test_tests_stage_runs_the_suite_gpu_first(fake_gpu):
     res = gpu_check.stage_tests(ctx, 60)
     assert res["status"] == "failed" and res["counts"] == {"failed": 1, "passed": 1}
     assert res["failures"] == ["FAILED tests/test_cuda_backend.py::test_b - AssertionError"]
-    (argv,) = calls()
+    (argv,) = [a for a in calls() if a[:2] == ["-m", "pytest"]]
     assert argv[:3] == ["-m", "pytest", "-v"] and argv[-len(gpu_check.test_files()):] == \
         gpu_check.test_files()
     assert Path(res["files"][0]).name == "gpu-tests-T.log"
+
+
+def test_xdist_workers_only_where_xdist_imports(tmp_path):
+    """The GPU suite runs on several pytest-xdist workers where the interpreter has xdist (the
+    GPU image), on one process elsewhere."""
+    has = tmp_path / "has-xdist"
+    has.write_text("#!/bin/sh\nexit 0\n")
+    has.chmod(0o755)
+    lacks = tmp_path / "no-xdist"
+    lacks.write_text("#!/bin/sh\nexit 1\n")
+    lacks.chmod(0o755)
+    assert gpu_check.xdist_workers(str(has)) == min(8, os.cpu_count() or 1)
+    assert gpu_check.xdist_workers(str(lacks)) == 0
+    assert gpu_check.xdist_workers(str(tmp_path / "missing")) == 0
 
 
 def test_entropy_stage_gpu_runs(fake_gpu):
