@@ -7,6 +7,8 @@ import numbers
 import torch
 
 ESTIMATORS = ("exact", "series", "taylor")
+#: Largest polynomial degree / Taylor order accepted (the series' own cap, series.MAX_DEGREE).
+MAX_ORDER = 512
 GRAD_SEMANTICS = ("exact", "per_rank")
 
 
@@ -18,6 +20,9 @@ def features(z, name: str = "z", *, check_finite: bool = False) -> torch.Tensor:
         raise ValueError(
             f"{name} must be 2-D (m samples, d features), got shape {tuple(z.shape)}; "
             f"flatten extra dimensions first, e.g. {name}.flatten(0, -2) or {name}.flatten(1)")
+    if z.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense (strided) tensor, got layout {z.layout}; "
+                        f"convert with {name}.to_dense()")
     if not z.is_floating_point():
         raise TypeError(f"{name} must have a floating dtype, got {z.dtype}; "
                         f"convert with {name}.float()")
@@ -65,6 +70,9 @@ def order(value, name: str = "order") -> int:
         raise TypeError(f"{name} must be an int >= 1, got {value!r}")
     if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")
+    if value > MAX_ORDER:
+        raise ValueError(f"{name} must be <= {MAX_ORDER}, got {value} (the polynomial keeps "
+                         f"about {name}/2 n×n matrices); use estimator='exact' or a larger tol")
     return int(value)
 
 

@@ -2,11 +2,14 @@
 
 Each of the K ranks holds ``m_r`` rows. Instead of all-gathering the (M, d) features (the official
 code), every rank runs the staged op (``mmae_fast.ops.staged``) with an all-reduce of one buffer
-``[Z_rᵀZ_r, 1ᵀZ_r, m_r]`` between its first two stages (d² + d + 1 numbers; the column sums
-only when centring, so d² + 1 otherwise) and so holds the global ``S = Σ_r Z_rᵀZ_r`` (centred:
-``S - s sᵀ/M``): it computes the same R as one process would on the concatenated batch, on the
-same fused kernels, with no host synchronisation. The backward needs no communication: the
-gradient w.r.t. the local rows is ``-2c·(Z_r - [z̄]) · A⁻¹`` through the local normalisation.
+``[G_r, 1ᵀZ_r, m_r]`` between its first two stages (d² + d + 1 numbers; the column sums only
+when centring, so d² + 1 otherwise) and so holds the global ``S = Σ_r Z_rᵀZ_r``. Centred, each
+``G_r`` is centred on the rank's own mean and the between-rank scatter
+``Σ_r m_r (z̄_r - z̄)(z̄_r - z̄)ᵀ`` comes from an all-gather of the ranks' (column sums, count),
+K·(d + 1) numbers: no cancellation of large terms. Every rank computes the same R as one process
+would on the concatenated batch, on the same fused kernels, with no host synchronisation. The
+backward needs no communication: the gradient w.r.t. the local rows is ``-2c·(Z_r - [z̄]) · A⁻¹``
+through the local normalisation.
 
 The series and Taylor degrees and the Chebyshev interval come from ``M = K·m_r`` (equal shards,
 as DistributedSampler with drop_last gives); if the all-reduced row count is larger, R is NaN

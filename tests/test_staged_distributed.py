@@ -97,5 +97,7 @@ def test_unequal_shards(tmp_path):
             value, _ = results[rank][(centering, "exact", "exact")]
             assert abs(value.item() - expected) <= 1e-12 * abs(expected)
         assert np.isnan(results[0][(centering, "series", "exact")][0].item())
+        # ... and its gradient too: never a finite, silently wrong one
+        assert torch.isnan(results[0][(centering, "series", "exact")][1]).all()
         value = results[1][(centering, "series", "exact")][0].item()
         assert abs(value - expected) <= 1e-4 * abs(expected)

@@ -1,23 +1,25 @@
 """Stage 2 of the staged TCR op: the n×n side, the only code that knows the estimators.
 
-Input: the uncentred Gram ``G`` (n, n) of the normalised rows on one side ("feature": ``ZᵀZ``,
-n = d; "sample": ``ZZᵀ``, n = m), the column sums ``s = 1ᵀZ`` (d,) when centring and the row count.
-Everything here runs in float64: on an H100 a 1024² float64 product took 44 µs, a float32
+Input: the Gram ``G_c`` (n, n) of the normalised rows on one side ("feature": ``ZᵀZ``, n = d;
+"sample": ``ZZᵀ``, n = m) — of the centred rows ``Z - 1z̄ᵀ`` when centring (stage 1 centres the
+operand, ``torch_stages.centred_gram``: centring the product afterwards cancels catastrophically
+for rows close to one direction) —, the column sums ``s = 1ᵀZ`` (d,) when centring and the row
+count. Everything here runs in float64: on an H100 a 1024² float64 product took 44 µs, a float32
 (non-TF32) one 58 µs (bench/NOTES.md), and float64 keeps every estimator's accuracy contract
 (the series' terms cancel by ~10³ at large kappa, which float32 cannot afford; cuSOLVER's
 float32 Cholesky is 8e-5 off).
 
 Output, for ``R = -logdet(I + c·G_c)``, ``c = mu/d`` and ``P = dR/dG_c`` (symmetric)::
 
-    feature:  G_c = G - s sᵀ/m                 dR/dZ = 2 (Z - 1 z̄ᵀ) P = Z Q' - 1 vᵀ
-    sample:   G_c = J G J  (J = I - 11ᵀ/m)      dR/dZ = 2 (J P J) Z      = Q' Z
+    feature:  dR/dZ = 2 (Z - 1 z̄ᵀ) P = Z Q' - 1 vᵀ
+    sample:   dR/dZ = 2 (J P J) Z      = Q' Z          (J = I - 11ᵀ/m, never dense)
 
 with ``z̄ = s/m``, ``Q' = 2P + alpha·I`` (feature) or ``2 JPJ + alpha·I`` (sample) and
 ``v = 2 P z̄``. The shift ``alpha = -tr(2P)/n`` changes nothing after the normalisation Jacobian
 (``alpha·z_i`` is radial) but removes the radial bulk of ``Z Q'`` that a half-precision product
-would otherwise round (tests/test_staged.py shows the error). ``Q = Q'/qscale`` with
-``qscale = max|Q'|`` (so fp16 operands neither underflow nor overflow); the backward multiplies
-its incoming gradient by ``qscale``.
+would otherwise round (tests/test_staged.py shows the error). ``Q = Q'/qscale``, ``v/qscale``
+with ``qscale = max(|Q'|, |v|)`` (so fp16 operands neither underflow nor overflow); the backward
+multiplies its incoming gradient by ``qscale``.
 
 Estimators (``mmae_fast.series`` holds the coefficients and bounds):
 
@@ -226,8 +228,9 @@ def small_side(g: Tensor, colsum: Tensor, count: Tensor, *, mu: float, m: int, d
                need_grad: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(R, Q, v, qscale)`` from the Gram stage's outputs; see the module docstring.
 
-    g: (n, n) uncentred Gram; colsum: (d,) or (0,); count: 0-d row count (a tensor, so that
-    the distributed path needs no host sync); m: the row count used for kappa (an int upper
+    g: (n, n) Gram of the (centred, with ``centering``) rows; colsum: (d,) column sums of the
+    uncentred rows, or (0,); count: 0-d row count (a tensor, so that the distributed path needs
+    no host sync); m: the row count used for kappa (an int upper
     bound: the series degree and Chebyshev interval come from it); d: feature width.
     R is a 0-d tensor in g's dtype; Q (n, n) and v (d,) or (0,) also in g's dtype (float32 for
     half and float32 inputs: the operands of the backward GEMM); qscale 0-d in g's dtype.
@@ -237,22 +240,16 @@ def small_side(g: Tensor, colsum: Tensor, count: Tensor, *, mu: float, m: int, d
     n = g.shape[0]
     c = float(mu) / d
     gc = g.to(F64, copy=True)  # overwritten in place below
-    zbar = None
-    if centering:
-        cnt = count.to(F64)
-        zbar = colsum.to(F64) / cnt
-        if feature:  # G - s sᵀ/m = G - m z̄ z̄ᵀ
-            gc.sub_(torch.outer(zbar * cnt, zbar))
-        else:        # J G J without a dense J
-            row = gc.mean(dim=1, keepdim=True)
-            gc = gc - row - row.mT + row.mean()
     kappa = series.kappa(mu, m, d)
     logdet, q = _logdet_and_derivative(gc, c, kappa, estimator, int(degree), need_grad)
     value = (-logdet).to(out_dtype)
+    ok = None
     if estimator == "series":  # the only estimator whose polynomial depends on kappa
         # more rows than the kappa bound assumed (a distributed run with unequal shards) would put
-        # the spectrum outside the series' interval: NaN, never a silently wrong value
-        value = torch.where(count.to(F64) <= m, value, torch.full_like(value, math.nan))
+        # the spectrum outside the series' interval: NaN value and gradient, never a silently
+        # wrong one
+        ok = count.to(F64) <= m
+        value = torch.where(ok, value, torch.full_like(value, math.nan))
     if not need_grad:
         return value, g.new_empty((0, 0)), g.new_empty((0,)), g.new_ones(())
     # q = 2·dR/dG_c (symmetric), row-major as the op's fake kernel and the backward kernels
@@ -262,9 +259,14 @@ def small_side(g: Tensor, colsum: Tensor, count: Tensor, *, mu: float, m: int, d
     if centering and not feature:
         row = q.mean(dim=1, keepdim=True)
         q = q - row - row.mT + row.mean()  # J (2P) J
-    v = q @ zbar if (centering and feature) else None  # 2 P z̄, before the shift
+    v = q @ (colsum.to(F64) / count.to(F64)) if (centering and feature) else None  # 2P z̄
     q.diagonal().sub_(q.diagonal().sum() / n)  # the radial shift (see the module docstring)
-    qscale = torch.linalg.vector_norm(q, ord=math.inf).clamp_min(torch.finfo(torch.float32).tiny)
+    qscale = torch.linalg.vector_norm(q, ord=math.inf)
+    if v is not None:  # v shares the scale: it must not overflow either
+        qscale = torch.maximum(qscale, torch.linalg.vector_norm(v, ord=math.inf))
+    qscale = qscale.clamp_min(torch.finfo(torch.float32).tiny)
+    if ok is not None:
+        qscale = torch.where(ok, qscale, torch.full_like(qscale, math.nan))
     q = q.div_(qscale).to(out_dtype).contiguous()
     v = v.div_(qscale).to(out_dtype) if v is not None else g.new_empty((0,))
     return value, q, v, qscale.to(out_dtype)
@@ -289,31 +291,41 @@ MAX_GRAPHS = 8
 
 
 def _capture(fn, inputs):
+    """Warm ``fn`` up on a side stream, then capture it (on the inputs' device: a capture on
+    another device's stream would record an empty graph)."""
+    device = inputs[0].device
     static_in = tuple(x.clone() for x in inputs)
-    side = torch.cuda.Stream(device=inputs[0].device)
-    side.wait_stream(torch.cuda.current_stream())
+    side = torch.cuda.Stream(device=device)
+    side.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(side):  # warm-up (cuSOLVER / cuBLAS handles and workspaces)
         for _ in range(2):
             fn(*static_in)
-    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.current_stream(device).wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, stream=torch.cuda.Stream(device=device)):
         static_out = fn(*static_in)
     return _Captured(graph, static_in, tuple(static_out))
+
+
+#: keys whose capture failed: they run eagerly, and the failure is warned once
+_FAILED: set = set()
 
 
 def _cached(key, capture):
     """The graph of ``key`` from the LRU cache, captured by ``capture()`` on a miss; None when
     capturing failed (warned once; the key then stays eager)."""
+    if key in _FAILED:
+        return None
     if key not in _GRAPHS:
         while len(_GRAPHS) >= MAX_GRAPHS:
             _GRAPHS.popitem(last=False)  # the least recently used graph and its memory
         try:
             _GRAPHS[key] = capture()
         except Exception as exc:  # noqa: BLE001 - any capture failure: run eagerly from now on
-            _GRAPHS[key] = None
+            _FAILED.add(key)
             warnings.warn(f"mmae_fast: the small side could not be captured as a CUDA graph "
                           f"({type(exc).__name__}: {exc}); it runs eagerly", RuntimeWarning)
+            return None
     _GRAPHS.move_to_end(key)
     return _GRAPHS[key]
 
@@ -326,23 +338,25 @@ def run_graphed(fn, inputs: tuple, key) -> tuple:
     cannot be made: CPU tensors, while an outer CUDA graph is being captured (the kernels join
     that graph), on a stream other than the default one (torch.compile's cudagraph trees warm up
     on a side stream into their own pool), with MMAE_FAST_SMALL_SIDE_GRAPH=0, or after a failed
-    capture (warned once).
-    Outputs are fresh tensors (cloned from the graph's static outputs).
+    capture (warned once). Capturing a new key synchronises the device once (as every CUDA-graph
+    capture does); replays never do. Outputs are fresh tensors (cloned from the graph's static
+    outputs).
     """
+    device = inputs[0].device
     if (not inputs[0].is_cuda or os.environ.get(GRAPH_ENV, "1") == "0"
             or torch.cuda.is_current_stream_capturing()
-            or torch.cuda.current_stream(inputs[0].device)
-            != torch.cuda.default_stream(inputs[0].device)):
+            or torch.cuda.current_stream(device) != torch.cuda.default_stream(device)):
         # a side stream: e.g. torch.compile's cudagraph trees warming up into their own memory
         # pool, which must not end up holding our graph's static buffers (seen on an H100)
         return fn(*inputs)
-    entry = _cached(key, lambda: _capture(fn, inputs))
-    if entry is None:
-        return fn(*inputs)
-    for static, x in zip(entry.static_in, inputs):
-        static.copy_(x)
-    entry.graph.replay()
-    return tuple(out.clone() for out in entry.static_out)
+    with torch.cuda.device(device):
+        entry = _cached(key, lambda: _capture(fn, inputs))
+        if entry is None:
+            return fn(*inputs)
+        for static, x in zip(entry.static_in, inputs):
+            static.copy_(x)
+        entry.graph.replay()
+        return tuple(out.clone() for out in entry.static_out)
 
 
 def warn_if_taylor_diverges(estimator: str, mu: float, m: int, d: int, stacklevel: int = 4) -> None:

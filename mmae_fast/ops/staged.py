@@ -14,12 +14,21 @@ gram and small side in the forward, grad in the backward (plus the all-reduce wi
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
 from .. import backends, reference, series
 from . import small_side as _small
+from . import torch_stages
+
+
+@functools.lru_cache(maxsize=256)
+def _default_degree(estimator: str, kappa: float, tol: float) -> int:
+    """``reference.default_degree``, cached (it scans degrees: ~0.1 ms per call at kappa 65)."""
+    return reference.default_degree(estimator, kappa, tol)
 
 
 @torch.library.custom_op("mmae_fast::small_side", mutates_args=())
@@ -29,7 +38,7 @@ def small_side_op(g: Tensor, colsum: Tensor, count: Tensor, mu: float, m: int, d
     """``(R, Q, v, qscale)``: ``mmae_fast.ops.small_side.small_side`` as one op; ``degree`` 0
     means the estimator's default (series: from ``tol`` and kappa = 1 + mu·m/d)."""
     _small.warn_if_taylor_diverges(estimator, mu, m, d)
-    degree = degree or reference.default_degree(estimator, series.kappa(mu, m, d), tol)
+    degree = degree or _default_degree(estimator, series.kappa(mu, m, d), tol)
 
     def run(g_, colsum_, count_):
         return _small.small_side(g_, colsum_, count_, mu=mu, m=m, d=d, feature=feature,
@@ -54,40 +63,65 @@ def _module(backend: str):
     return backends._MODULES[backend]
 
 
+def _gram(h, backend, feature, centering, group):
+    """Stage 1 (and, with a group, the all-reduce): ``(G, rinv, colsum, count, m_bound)`` with G
+    of the centred rows when ``centering`` (``torch_stages.centred_gram``, every backend)."""
+    m, d = h.shape
+    if centering:
+        g, rinv, colsum = torch_stages.centred_gram(h, feature)
+    else:
+        g, rinv, colsum = _module(backend).gram(h, feature, False)
+    count = torch.full((), m, dtype=g.dtype, device=g.device)
+    if group is None:
+        return g, rinv, colsum, count, m
+    # one buffer [G_r, s_r, m_r] summed over the ranks; with centring G_r is centred on the
+    # rank's own mean and the between-rank scatter Σ_r m_r (z̄_r - z̄)(z̄_r - z̄)ᵀ is added from
+    # the gathered (s_r, m_r) (d + 1 numbers per rank; no cancellation)
+    local = torch.cat([colsum, count.reshape(1)])
+    buf = torch.cat([g.reshape(-1), local])
+    dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=group)
+    g = buf[: d * d].view(d, d)
+    colsum, count = buf[d * d: -1], buf[-1]
+    if centering:
+        parts = [torch.empty_like(local) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(parts, local, group=group)  # (gloo has no all_gather_into_tensor)
+        gathered = torch.stack(parts).double()
+        sums, counts = gathered[:, :d], gathered[:, d:]
+        dev = sums / counts - colsum.double() / count.double()
+        g = g + ((dev * counts).mT @ dev).to(g.dtype)
+    return g, rinv, colsum, count, m * dist.get_world_size(group)  # equal shards assumed
+
+
 class _StagedTCR(torch.autograd.Function):
-    """R of the rows of h (and, with a group, of every rank's rows); backward through stage 3."""
+    """R of the rows of h (and, with a group, of every rank's rows); backward through stage 3.
+    Autocast is off inside (the Gram and the small side keep their precision in an AMP step)."""
 
     @staticmethod
     def forward(ctx, h, backend, mu, estimator, degree, tol, centering, need_grad, group,
                 grad_scale):
-        mod = _module(backend)
-        m, d = h.shape
-        feature = group is not None or d <= m
-        g, rinv, colsum = mod.gram(h, feature, centering)
-        count = torch.full((), m, dtype=g.dtype, device=g.device)
-        m_bound = m
-        if group is not None:  # one buffer: [G, colsum, count], summed over the ranks
-            buf = torch.cat([g.reshape(-1), colsum, count.reshape(1)])
-            dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=group)
-            nc = colsum.numel()
-            g = buf[: d * d].view(d, d)
-            colsum, count = buf[d * d: d * d + nc], buf[-1]
-            m_bound = m * dist.get_world_size(group)  # equal shards assumed; else R = NaN
-        value, q, v, qscale = torch.ops.mmae_fast.small_side(
-            g, colsum, count, mu, m_bound, d, feature, centering, estimator, degree, tol, need_grad)
+        d = h.shape[1]
+        feature = group is not None or d <= h.shape[0]
+        with torch.autocast(h.device.type, enabled=False):
+            g, rinv, colsum, count, m_bound = _gram(h, backend, feature, centering, group)
+            value, q, v, qscale = torch.ops.mmae_fast.small_side(
+                g, colsum, count, mu, m_bound, d, feature, centering, estimator, degree, tol,
+                need_grad)
         ctx.save_for_backward(h, rinv, q, v, qscale)
         ctx.backend, ctx.feature, ctx.grad_scale = backend, feature, grad_scale
         return value
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_value):
         h, rinv, q, v, qscale = ctx.saved_tensors
         if q.numel() == 0:
             raise RuntimeError("the staged TCR forward ran without need_grad; call it with "
                                "requires_grad inputs under grad mode to differentiate")
-        dh = _module(ctx.backend).grad(grad_value * qscale, h, rinv, q, v, ctx.feature,
-                                       ctx.grad_scale)
+        if torch.is_grad_enabled():  # backward(create_graph=True): a gradient penalty
+            raise RuntimeError("the fused TCR kernels have no double backward (create_graph="
+                               "True); use backend='reference' without group= or torch.compile")
+        with torch.autocast(h.device.type, enabled=False):
+            dh = _module(ctx.backend).grad(grad_value * qscale, h, rinv, q, v, ctx.feature,
+                                           ctx.grad_scale)
         return dh, None, None, None, None, None, None, None, None, None
 
 

@@ -8,6 +8,8 @@ float64 for float64 input, else float32 (no half rounding: this path is for the 
         rinv_i = 1/max(||h_i||, EPS), z_i = h_i·rinv_i                     (m,)
         G = ZᵀZ (d, d) if feature else ZZᵀ (m, m), uncentred               (n, n)
         colsum = 1ᵀZ (d,) if centering else (0,)
+    centred_gram(h, feature) -> (G_c, rinv, colsum)   the Gram of Z - 1z̄ᵀ (every backend's
+                                                      stage 1 when centring)
     grad(grad, h, rinv, q, v, feature, scale) -> dh                         (m, d), h.dtype
         gx = scale·grad·(Z q - 1vᵀ)  (feature)  or  scale·grad·(q Z - 1vᵀ)  (v empty: 0)
         dh_i = rinv_i (gx_i - z_i <z_i, gx_i>)  if ||h_i|| > EPS,  else rinv_i·gx_i
@@ -35,6 +37,31 @@ def gram(h: Tensor, feature: bool, centering: bool) -> tuple[Tensor, Tensor, Ten
     g = z.mT @ z if feature else z @ z.mT
     colsum = z.sum(dim=0) if centering else z.new_empty((0,))
     return g, rinv, colsum
+
+
+def centred_gram(h: Tensor, feature: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """``(G_c, rinv, colsum)`` with G_c the Gram of the centred rows ``Z - 1 z̄ᵀ`` (n, n): the
+    staged op's stage 1 whenever it centres, on every backend.
+
+    Centring the operand, not the product: ``G - s sᵀ/m`` from a float32 G loses everything
+    when the rows are close to one direction (a relative error of 4e-4 at a spread of 1e-2,
+    5e-2 at 1e-3, against 1e-8 here; tests/test_staged.py). For half inputs on CUDA the centred
+    rows are rounded to the input dtype and multiplied on tensor cores with float32 output.
+    Costs two float32 copies of h (this option only).
+    """
+    rinv = _rinv(h)
+    z = h.to(rinv.dtype) * rinv[:, None]
+    colsum = z.sum(dim=0)
+    zc = z - colsum / z.shape[0]
+    if h.is_cuda and h.dtype in (torch.float16, torch.bfloat16):
+        op = zc.to(h.dtype)
+        try:
+            g = (torch.mm(op.mT, op, out_dtype=torch.float32) if feature
+                 else torch.mm(op, op.mT, out_dtype=torch.float32))
+            return g, rinv, colsum
+        except (TypeError, RuntimeError):  # a torch without mm(..., out_dtype)
+            pass
+    return (zc.mT @ zc if feature else zc @ zc.mT), rinv, colsum
 
 
 def grad(grad_out: Tensor, h: Tensor, rinv: Tensor, q: Tensor, v: Tensor, feature: bool,
