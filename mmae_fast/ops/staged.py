@@ -45,8 +45,10 @@ def small_side_op(g: Tensor, colsum: Tensor, count: Tensor, mu: float, m: int, d
                                  centering=centering, estimator=estimator, degree=degree,
                                  need_grad=need_grad)
 
-    key = (g.shape, g.dtype, g.device, colsum.shape, mu, m, d, feature, centering, estimator,
-           degree, need_grad)
+    # m enters the numbers only through the series' kappa: exact / Taylor graphs on the feature
+    # side are shared by every batch size (no new capture, and its one sync, per batch size)
+    key = (g.shape, g.dtype, g.device, colsum.shape, mu, m if estimator == "series" else 0, d,
+           feature, centering, estimator, degree, need_grad)
     return _small.run_graphed(run, (g, colsum, count), key)
 
 
