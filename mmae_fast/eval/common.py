@@ -274,3 +274,18 @@ def check_common(args, env: Env) -> None:
                                 f"--accum-iter = {per}")
     args.batch_per_rank = args.batch // per
     args.lr = args.lr or args.blr * args.batch / 256
+
+
+def cli_main(kind: str, build_parser, run, argv=None) -> int:
+    """``mmae-eval <kind>``: parse, run, a usage error for a ValueError, one summary line."""
+    p = build_parser()
+    args = p.parse_args(argv)
+    try:
+        res = run(args)
+    except ValueError as exc:
+        p.error(str(exc))
+    f = res["final"] or {}
+    print(f"{kind} epochs {res['start_epoch']}->{res['end_epoch']} of {args.epochs}: "
+          f"top-1 {f.get('top1', float('nan')):.2f}  top-5 {f.get('top5', float('nan')):.2f}  "
+          f"({args.output_dir})")
+    return 0

@@ -194,14 +194,4 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv=None) -> int:
-    p = build_parser()
-    args = p.parse_args(argv)
-    try:
-        res = run(args)
-    except ValueError as exc:
-        p.error(str(exc))
-    f = res["final"] or {}
-    print(f"finetune epochs {res['start_epoch']}->{res['end_epoch']} of {args.epochs}: "
-          f"top-1 {f.get('top1', float('nan')):.2f}  top-5 {f.get('top5', float('nan')):.2f}  "
-          f"({args.output_dir})")
-    return 0
+    return common.cli_main("finetune", build_parser, run, argv)
