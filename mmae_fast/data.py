@@ -165,9 +165,14 @@ class ImageFolderData(StepBatches):
 
     def __init__(self, root: str, img_size: int, batch_per_rank: int, *, workers: int = 8,
                  pipeline: str = "pil", device="cpu", **kw):
+        from . import _timm_compat  # noqa: F401 - torchvision beside a CPU-only torch
         from torchvision import datasets, transforms
         train = os.path.join(root, "train")
-        folder = datasets.ImageFolder(train if os.path.isdir(train) else root)
+        try:
+            folder = datasets.ImageFolder(train if os.path.isdir(train) else root)
+        except FileNotFoundError as exc:
+            raise ValueError(f"--data-path {root!r}: {exc} (an ImageNet layout: "
+                             f"DIR/train/<class>/<image>)") from None
         if pipeline not in PIPELINES:
             raise ValueError(f"--data-pipeline must be one of {PIPELINES}, got {pipeline!r}")
         device = torch.device(device)
@@ -239,6 +244,7 @@ def eval_arrays(name: str, img_size: int, data_path: str | None = None, max_imag
     if not data_path or not os.path.isdir(os.path.join(data_path, "val")):
         raise ValueError("--data imagefolder evaluation needs --data-path DIR with DIR/train and "
                          "DIR/val")
+    from . import _timm_compat  # noqa: F401 - torchvision beside a CPU-only torch
     from torchvision import datasets, transforms
     tf = transforms.Compose([transforms.Resize(int(img_size * 256 / 224)),
                              transforms.CenterCrop(img_size), transforms.ToTensor(),

@@ -85,8 +85,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.steps < 1:
         p.error(f"--steps must be >= 1, got {args.steps}")
-    if args.lamb < 0:
-        p.error(f"--lamb must be >= 0, got {args.lamb}")
+    if not 0 <= args.lamb < float("inf"):
+        p.error(f"--lamb must be a finite number >= 0, got {args.lamb}")
+    if not 0 < args.mu < float("inf"):
+        p.error(f"--mu must be a finite number > 0, got {args.mu}")
     if args.probe_epochs < 1:
         p.error(f"--probe-epochs must be >= 1, got {args.probe_epochs}")
     jobs = args.jobs or (2 if (os.cpu_count() or 1) >= 2 else 1)

@@ -148,3 +148,36 @@ def test_nvjpeg_pipeline_matches_the_cpu_fallback(tmp_path):
     assert gpu[0].is_cuda and torch.equal(gpu[0], again[0])
     assert torch.equal(gpu[1], cpu[1])
     assert (gpu[0].cpu() - cpu[0]).abs().mean() < 0.05
+
+
+def test_a_jpeg_the_device_decoder_rejects_goes_through_pil(tmp_path, monkeypatch):
+    """nvJPEG rejects some valid JPEGs (CMYK/YCCK, unusual chroma subsampling): such a file is
+    decoded by PIL instead of stopping the run; a file PIL cannot read either is still named."""
+    import torchvision.io
+
+    from mmae_fast.train import gpu_pipeline
+
+    jpg = _folder(tmp_path / "j")
+    samples = [(str(jpg / "train/a/0.jpg"), 0), (str(jpg / "train/a/1.jpg"), 0)]
+    items = [FileReader(samples, raw_jpeg=True)[(i, 1)] for i in range(2)]
+    def real(data):  # a stand-in decoder (torchvision's image extension needs a matching torch)
+        import io
+
+        import numpy as np
+        from PIL import Image
+        return [torch.from_numpy(np.asarray(Image.open(io.BytesIO(bytes(d.tolist())))
+                                            .convert("RGB")).copy()).permute(2, 0, 1)
+                for d in data]
+
+    def picky(data, *args, **kwargs):  # rejects any batch holding the first file
+        if any(torch.equal(d, items[0][1]) for d in data):
+            raise RuntimeError("unsupported chroma subsampling")
+        return real(data)
+
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", picky)
+    images = gpu_pipeline.decode(items, torch.device("cpu"))
+    assert [tuple(im.shape) for im in images] == [(3, 20, 28), (3, 23, 26)]
+    assert torch.equal(images[1], real([items[1][1]])[0])
+    broken = ("jpeg", items[0][1], 0, str(tmp_path / "gone.jpg"))  # PIL cannot open it either
+    with pytest.raises(BadImage, match="gone.jpg"):
+        gpu_pipeline.decode([broken, items[1]], torch.device("cpu"))

@@ -50,7 +50,8 @@ def test_recipe_is_stored_in_args_json(tmp_path, capsys):
     is too big for a CPU test): args.json holds the recipe and what overrode it."""
     out = tmp_path / "run"
     train.main(["--recipe", "mmae-vitl", "--model", "tiny", "--img-size", "16", "--data",
-                "digits", "--batch", "8", "--steps", "1", "--precision", "fp32", "--device",
+                "digits", "--batch", "8", "--steps", "1", "--warmup-steps", "0", "--precision",
+                "fp32", "--device",
                 "cpu", "--no-progress", "--no-plot", "--no-export", "--output-dir", str(out)])
     stdout = capsys.readouterr().out
     assert "--recipe mmae-vitl:" in stdout and "WARNING" in stdout  # 8 images != 1024
@@ -58,4 +59,15 @@ def test_recipe_is_stored_in_args_json(tmp_path, capsys):
     assert stored["recipe"] == "mmae-vitl" and stored["cls_norm"] == "shared"
     assert stored["mu"] == 3.0 and stored["grad_semantics"] == "per_rank"
     assert sorted(stored["recipe_overrides"]) == ["batch", "data", "img_size", "model",
-                                                  "precision"]
+                                                  "precision", "warmup_steps"]
+
+
+def test_warmup_longer_than_the_run_is_loud(tmp_path, capsys):
+    """A recipe's 40 warmup epochs with a short --steps keep the lr in warmup for the whole
+    run: a warning naming --warmup-steps (not fatal: smoke runs do it on purpose)."""
+    rc = train.main(["--recipe", "mmae-vitl", "--model", "tiny", "--img-size", "16", "--data",
+                     "digits", "--batch", "8", "--steps", "2", "--precision", "fp32",
+                     "--device", "cpu", "--no-progress", "--no-plot", "--no-export",
+                     "--output-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert rc == 0 and "WARNING the warmup" in err and "--warmup-steps" in err

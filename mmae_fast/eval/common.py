@@ -163,9 +163,14 @@ def fit(args, env: Env, *, kind: str, loader, opt, train_step, after_step, evalu
     start, history = 0, []
     path = resume_path(args.resume, args.output_dir)
     if path:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if state.get("kind") != kind:
-            raise ValueError(f"--resume {path}: a {state.get('kind')!r} checkpoint, not {kind!r}")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - truncated or foreign file
+            raise ValueError(f"--resume {path}: cannot be read ({type(exc).__name__}); pass this "
+                             f"command's own checkpoint-last.pt") from None
+        if not isinstance(state, dict) or state.get("kind") != kind:
+            got = state.get("kind") if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"--resume {path}: a {got!r} checkpoint, not {kind!r}")
         set_state(state)
         opt.load_state_dict(state["optimizer"])
         start, history = int(state["epoch"]), list(state["history"])

@@ -100,10 +100,20 @@ def fold_online_head(state: dict) -> dict:
 def _read_any(path: str):
     if not os.path.isfile(path):
         raise ValueError(f"checkpoint: no file at {path!r}")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-        return load_file(path)
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+            raw = load_file(path)
+        else:
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated, foreign or not a checkpoint at all
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise ValueError(f"checkpoint {path!r} cannot be read ({type(exc).__name__}: {first}); "
+                         f"pass an mmae-train checkpoint or an mmae-export file") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"checkpoint {path!r} holds a {type(raw).__name__}, not a state dict; "
+                         f"pass an mmae-train checkpoint or an mmae-export file")
+    return raw
 
 
 def load_encoder(path: str, *, num_heads: int | None = None, head: bool = False):

@@ -154,10 +154,20 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
     for name in ("rank_every", "ckpt_every", "weight_decay", "min_lr", "drop_path", "workers"):
         v = getattr(args, name)
         _need(v >= 0, f"--{name.replace('_', '-')} must be >= 0, got {v}")
-    _need(args.epochs > 0, f"--epochs must be > 0, got {args.epochs}")
+    _need(math.isfinite(args.epochs) and args.epochs > 0,
+          f"--epochs must be a finite number > 0, got {args.epochs}")
+    _need(args.device is None or args.device.split(":")[0] in ("auto", "cpu", "cuda"),
+          f"--device must be auto, cpu, cuda or cuda:N, got {args.device!r}")
+    _need(args.output_dir is None or not os.path.isfile(args.output_dir),
+          f"--output-dir {args.output_dir!r} is a file; give a directory")
+    _need(args.backend != "official-eager" or (not args.centering and args.estimator == "exact"),
+          "--backend official-eager is the official exact, uncentred loss: drop --centering / "
+          "--estimator, or use --backend auto")
     _need(args.data != "synthetic" or args.steps is not None,
           "--data synthetic has no epochs; give --steps N")
-    _need(args.blr > 0 and (args.lr is None or args.lr > 0), "--blr / --lr must be > 0")
+    _need(math.isfinite(args.blr) and args.blr > 0
+          and (args.lr is None or (math.isfinite(args.lr) and args.lr > 0)),
+          "--blr / --lr must be finite numbers > 0")
     _need(args.warmup_steps is None or args.warmup_steps >= 0,
           f"--warmup-steps must be >= 0, got {args.warmup_steps}")
     _need(args.warmup_epochs is None or args.warmup_epochs >= 0,

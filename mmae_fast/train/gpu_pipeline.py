@@ -119,12 +119,15 @@ def decode(items, device: torch.device) -> list[torch.Tensor]:
                                   device=device)
         except RuntimeError:
             decoded = []
-            for i in jpeg:  # find the culprit
-                try:
+            for i in jpeg:  # one by one: nvJPEG rejects some valid files (CMYK/YCCK, unusual
+                try:        # chroma subsampling): those go through PIL; only PIL's failure is bad
                     decoded += decode_jpeg([items[i][1]], mode=ImageReadMode.RGB, device=device)
                 except RuntimeError as exc:
-                    raise BadImage(f"{items[i][3]}: not a decodable JPEG ({str(exc)[:120]}); "
-                                   f"remove or replace it") from None
+                    try:
+                        decoded.append(_pil_pixels(items[i][3]).to(device))
+                    except Exception:  # noqa: BLE001 - any PIL failure: the file is bad
+                        raise BadImage(f"{items[i][3]}: not a decodable JPEG "
+                                       f"({str(exc)[:120]}); remove or replace it") from None
         for i, img in zip(jpeg, decoded):
             images[i] = img
     for i, (kind, payload, _, _) in enumerate(items):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 
 import torch
@@ -39,6 +40,12 @@ def _schedule(args, source, world: int):
     else:
         warmup = args.warmup_steps if args.warmup_steps is not None else total // 10
     peak = args.lr or args.blr * args.batch * world * args.accum_iter / 256
+    if warmup >= total:  # loud, not fatal: short smoke runs do this on purpose
+        print(f"mmae-train: WARNING the warmup ({warmup} steps) is not shorter than the run "
+              f"({total} steps): the lr never leaves it; pass --warmup-steps (or "
+              f"--warmup-epochs) below the run's length"
+              + (" (a --recipe's warmup is in epochs of the full data set)"
+                 if args.recipe else ""), file=sys.stderr)
     return total, warmup, peak
 
 
@@ -59,6 +66,11 @@ def _build(args, source, device, world):
     return model, opt
 
 
+#: flags a resumed run must share with the checkpoint's (schedule, data order, model, numerics)
+RUN_DEFINING = ("model", "steps", "epochs", "batch", "accum_iter", "seed", "cls_norm", "reg",
+                "precision", "data", "img_size", "mask_ratio")
+
+
 def _resume(args, model, opt, scaler, ckpt_path, total):
     """-> (start step, last good checkpoint or None)."""
     path = ckpt_path if args.resume == "auto" else args.resume
@@ -72,7 +84,17 @@ def _resume(args, model, opt, scaler, ckpt_path, total):
         first = str(exc).strip().splitlines()[0][:160]
         raise ValueError(f"--resume {path!r}: its weights do not fit --model {args.model} with "
                          f"these flags ({first}); resume with the run's own flags") from None
-    scaler.load_state_dict(state["scaler"])
+    saved = state.get("args") or {}
+    for key in RUN_DEFINING:
+        if key in saved and saved[key] != getattr(args, key, None):
+            raise ValueError(f"--resume {path!r}: the run used --{key.replace('_', '-')} "
+                             f"{saved[key]!r}, now {getattr(args, key, None)!r}; resume with the "
+                             f"run's own flags (or start a new --output-dir)")
+    if state["scaler"]:
+        scaler.load_state_dict(state["scaler"])
+    elif scaler.is_enabled():
+        raise ValueError(f"--resume {path!r}: the run had no fp16 loss scaling; resume with its "
+                         f"own --precision")
     checkpoint.set_rng_state(state["rng"])
     start = int(state["step"])
     if start > total:
@@ -113,7 +135,8 @@ def train(args) -> dict:
     global_batch = args.batch * world * args.accum_iter
     if args.recipe and global_batch != recipes.RECIPE_GLOBAL_BATCH and rank == 0:
         print(f"mmae-train: WARNING --recipe {args.recipe} is {recipes.RECIPE_WORLD} GPUs x "
-              f"{args.batch} = {recipes.RECIPE_GLOBAL_BATCH} images per step; here {global_batch}"
+              f"{recipes.RECIPE_GLOBAL_BATCH // recipes.RECIPE_WORLD} = "
+              f"{recipes.RECIPE_GLOBAL_BATCH} images per step; here {global_batch}"
               f" (the lr scales with it, R's batch m does not): use --accum-iter to match")
     model, opt = _build(args, source, device, world)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
