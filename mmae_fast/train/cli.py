@@ -160,6 +160,11 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
           f"--device must be auto, cpu, cuda or cuda:N, got {args.device!r}")
     _need(args.output_dir is None or not os.path.isfile(args.output_dir),
           f"--output-dir {args.output_dir!r} is a file; give a directory")
+    if args.backend in ("cuda", "triton"):
+        from .. import backends
+        reason = backends.availability(args.backend)
+        _need(reason is None, f"--backend {args.backend} is not available here ({reason}); use "
+                              f"--backend auto")
     _need(args.backend != "official-eager" or (not args.centering and args.estimator == "exact"),
           "--backend official-eager is the official exact, uncentred loss: drop --centering / "
           "--estimator, or use --backend auto")
