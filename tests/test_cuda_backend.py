@@ -3,7 +3,7 @@
 CPU (no extension): availability messages; the C++ sources (schemas, EPS) agree with Python;
 every csrc/*.cu compiles with nvcc; the host-side launch arithmetic and split layouts
 (csrc/launch.h) pass a compiled C++ harness; an emulation of the half-input product roundings
-shows its error against float64; the Python half (fakes, ``tcr`` through the staged op) runs
+shows its error against float64; the Python half (fakes, the staged op on emulated ops) runs
 on an eager emulation of the two ops. GPU (marked ``gpu``): the real ops against float64 computed here.
 """
 import math
@@ -17,7 +17,7 @@ import torch
 
 import mmae_fast
 from mmae_fast import backends, reference
-from mmae_fast.ops import cuda_backend, reference_backend
+from mmae_fast.ops import cuda_backend, reference_backend, staged
 from tests.tolerances import CUDA_STAGE_TOLERANCES, TOLERANCES, assert_close, rel_err
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -256,12 +256,13 @@ def _grad_float64(grad, h, rinv, q, v, feature, scale):
 @pytest.mark.parametrize("centering", [False, True])
 @pytest.mark.parametrize("estimator,degree", [("exact", 0), ("series", 9), ("taylor", 4)])
 def test_tcr_through_staged_matches_reference(emulated_ops, gen, shape, centering, estimator, degree):
-    """cuda_backend.tcr -> the shared staged op on (emulated) cuda_gram / cuda_grad: colsum, v,
+    """staged.tcr(backend="cuda") -> the shared staged op on (emulated) cuda_gram / cuda_grad: colsum, v,
     q and its pre-scaling as the contract defines them, against reference.tcr in float64."""
     m, d = shape
     mu = min(2.0, 0.7 * d / m) if estimator == "taylor" else 2.0
     h = features(m, d, gen).requires_grad_(True)
-    got = cuda_backend.tcr(h, mu=mu, centering=centering, estimator=estimator, degree=degree)
+    got = staged.tcr(h, backend="cuda", mu=mu, centering=centering, estimator=estimator,
+                     degree=degree)
     want = reference.tcr(h, mu, centering=centering, estimator=estimator, degree=degree or None)
     (g_got,), (g_want,) = torch.autograd.grad(got, h), torch.autograd.grad(want, h)
     if m == 1:  # one unit row (or its centred 0): R constant, gradient 0

@@ -116,11 +116,3 @@ def grad(grad: torch.Tensor, h: torch.Tensor, rinv: torch.Tensor, q: torch.Tenso
     _check(h, "grad")
     return torch.ops.mmae_fast.cuda_grad(grad, h, rinv, q, v, bool(feature), float(scale))
 
-
-def tcr(z: torch.Tensor, *, mu: float, centering: bool, estimator: str, degree: int) -> torch.Tensor:
-    """``-logdet(I + mu/d·ZᵀZ)`` of the normalised (optionally centred) rows through the shared
-    staged op on this backend's stages (``mmae_fast.ops.staged``); matches ``reference.tcr``."""
-    from . import staged  # imported here: staged imports the backend registry, which imports us
-
-    return staged.tcr(z, backend="cuda", mu=float(mu), centering=bool(centering),
-                      estimator=estimator, degree=int(degree or 0))

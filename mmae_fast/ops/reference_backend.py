@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import torch
 
-from .. import reference
 from . import torch_stages
 
 
@@ -19,11 +18,6 @@ def availability() -> str | None:
 def supports(z: torch.Tensor) -> str | None:
     """Every floating tensor on every device."""
     return None
-
-
-def tcr(z: torch.Tensor, *, mu: float, centering: bool, estimator: str, degree: int) -> torch.Tensor:
-    """``reference.tcr`` (autograd through PyTorch ops)."""
-    return reference.tcr(z, mu, centering=centering, estimator=estimator, degree=degree or None)
 
 
 # The staged path (mmae_fast.ops.staged; used with group=): stages 1 and 3 in plain PyTorch.
