@@ -41,9 +41,8 @@ def run_case(backend, estimator, m, d, mu, dtype, device, reps):
     h = _features(m, d, dtype, device)
     degree = reference.default_degree(estimator, series.kappa(mu, m, d))
     g, rinv, colsum = mod.gram(h, feature, False)
-    count = torch.tensor(float(m), dtype=g.dtype, device=device)
-    args = (g, colsum, count, mu, m, d, feature, False, estimator, degree, 1e-4, True)
-    _, q, v, qscale = torch.ops.mmae_fast.small_side(*args)
+    args = (g, colsum, None, mu, m, d, feature, False, estimator, degree, 1e-4, True)  # one rank
+    _, q, v, qinfo = torch.ops.mmae_fast.small_side(*args)
     one = torch.ones((), device=device)
     row = {"backend": backend, "estimator": estimator, "m": m, "d": d, "mu": mu,
            "dtype": str(dtype).removeprefix("torch."), "degree": degree}
@@ -63,7 +62,7 @@ def run_case(backend, estimator, m, d, mu, dtype, device, reps):
     os.environ["MMAE_FAST_SMALL_SIDE_GRAPH"] = "0"
     timed("small_eager", lambda: torch.ops.mmae_fast.small_side(*args))
     os.environ.pop("MMAE_FAST_SMALL_SIDE_GRAPH")
-    timed("grad", lambda: mod.grad(one * qscale, h, rinv, q, v, feature, 1.0))
+    timed("grad", lambda: mod.grad(one * qinfo, h, rinv, q, v, feature, 1.0))
     x = h.clone().requires_grad_(True)
 
     def fwd_bwd():

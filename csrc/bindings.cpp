@@ -117,13 +117,14 @@ at::Tensor cuda_grad(const at::Tensor& grad, const at::Tensor& h_in, const at::T
     TORCH_CHECK(v_in.dim() == 1, op, ": v must be (d,) or an empty (0,) tensor, got shape ",
                 v_in.sizes());
   }
-  TORCH_CHECK(grad.numel() == 1 && grad.device() == h.device() && at::isFloatingType(grad.scalar_type()),
-              op, ": grad must be a one-element float tensor on h's device, got shape ",
-              grad.sizes(), " on ", grad.device());
+  TORCH_CHECK((grad.numel() == 1 || grad.numel() == 2) && grad.dim() <= 1 &&
+                  grad.device() == h.device() && at::isFloatingType(grad.scalar_type()),
+              op, ": grad must be a float tensor of one or two numbers ([scale] or [scale, "
+              "shift]) on h's device, got shape ", grad.sizes(), " on ", grad.device());
   const at::Tensor rinv = rinv_in.contiguous();
   const at::Tensor q = q_in.contiguous();
   const at::Tensor v = has_v ? v_in.contiguous() : v_in;
-  const at::Tensor g = grad.to(h.options().dtype(acc)).reshape({}).contiguous();
+  const at::Tensor g = grad.to(h.options().dtype(acc)).reshape({-1}).contiguous();
 
   // gx: the (m, d) product z q (feature) or q z (sample side), in acc, laid out as gx_ld-strided
   // rows; part2 > 0: a second part to add at that column offset; row_scaled: still to be scaled
@@ -162,7 +163,8 @@ at::Tensor cuda_grad(const at::Tensor& grad, const at::Tensor& h_in, const at::T
   at::Tensor dh = at::empty_like(h, at::MemoryFormat::Contiguous);
   C10_CUDA_CHECK(k::grad_epilogue(dt, gx.data_ptr(), gx_ld, part2, row_scaled,
                                   has_v ? v.data_ptr() : nullptr, h.data_ptr(), rinv.data_ptr(),
-                                  g.data_ptr(), scale, kEps, m, d, dh.data_ptr(), stream()));
+                                  g.data_ptr(), g.numel() == 2, scale, kEps, m, d,
+                                  dh.data_ptr(), stream()));
   return dh;
 }
 

@@ -47,14 +47,15 @@ cudaError_t split_hi_lo(DType t, const void* src, bool src_is_acc, const float* 
 //! The normalisation Jacobian on the product gx (acc(t); row i at gx + i * gx_ld):
 //!   y_i  = s_i (gx_i + gx_i[part2_offset:])      (second part only when part2_offset > 0;
 //!                                                  s_i = rinv_i if row_scaled else 1)
-//!   g_i  = scale * grad[0] * (y_i - v)            (v nullptr: v = 0; grad: one acc value)
+//!   g_i  = scale * grad[0] * (y_i - v)            (v nullptr: v = 0)
 //!   dh_i = rinv_i (g_i - z_i <z_i, g_i>),  z_i = h_i rinv_i in acc,
-//!          or rinv_i g_i when rinv_i >= 1/eps (a zero-norm row).
-//! h, dh: (m, d) of type t; rinv (m,), v (d,), grad: acc(t).
+//!          or rinv_i (g_i - scale * grad[1] * z_i) when rinv_i >= 1/eps (||h_i|| <= eps: not
+//!          projected, so q's radial shift grad[1] is removed here; only when has_shift).
+//! h, dh: (m, d) of type t; rinv (m,), v (d,), grad (1 or 2 values): acc(t).
 cudaError_t grad_epilogue(DType t, const void* gx, int64_t gx_ld, int64_t part2_offset,
                           bool row_scaled, const void* v, const void* h, const void* rinv,
-                          const void* grad, double scale, double eps, int64_t m, int64_t d,
-                          void* dh, cudaStream_t stream);
+                          const void* grad, bool has_shift, double scale, double eps, int64_t m,
+                          int64_t d, void* dh, cudaStream_t stream);
 
 }  // namespace kernels
 }  // namespace mmae_fast

@@ -18,7 +18,8 @@ import torch
 import mmae_fast
 from mmae_fast import backends, reference
 from mmae_fast.ops import cuda_backend, reference_backend, staged
-from tests.tolerances import CUDA_STAGE_TOLERANCES, TOLERANCES, assert_close, rel_err
+from tests.tolerances import (CUDA_STAGE_TOLERANCES, STAGED_BACKEND, TOLERANCES, assert_close,
+                              rel_err)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
@@ -44,8 +45,15 @@ def gram64(h, feature, centering):
     return g, rinv, colsum
 
 
+def _coef(grad):
+    """``(s, t)`` of the ops' ``grad`` argument: ``[s]`` or ``[s, t]`` (t = 0 when absent)."""
+    vals = [float(x) for x in grad.detach().reshape(-1).cpu()]
+    return vals[0], (vals[1] if len(vals) == 2 else 0.0)
+
+
 def grad64(grad, h, q, v, feature, scale):
     """dh of the contract in float64 from h's values (rinv computed here too)."""
+    s, t = _coef(grad)
     h64 = h.detach().double().cpu()
     norm = h64.norm(dim=1)
     rinv = 1.0 / norm.clamp_min(reference.EPS)
@@ -54,8 +62,8 @@ def grad64(grad, h, q, v, feature, scale):
     gx = z @ q64 if feature else q64 @ z
     if v64.numel():
         gx = gx - v64[None, :]
-    gx = scale * float(grad) * gx
-    dot = torch.where(norm > reference.EPS, (z * gx).sum(1), 0.0)
+    gx = scale * s * gx
+    dot = torch.where(norm > reference.EPS, (z * gx).sum(1), scale * t)
     return rinv[:, None] * (gx - z * dot[:, None])
 
 
@@ -66,7 +74,7 @@ def grad_scale(grad, h, q, v, feature, scale):
     gx = z @ q.double().cpu() if feature else q.double().cpu() @ z
     if v.numel():
         gx = gx - v.double().cpu()[None, :]
-    return abs(scale * float(grad)) * float(gx.norm() / h64.norm(dim=1).max())
+    return abs(scale * _coef(grad)[0]) * float(gx.norm() / h64.norm(dim=1).max())
 
 
 def features(m, d, gen, *, zero_row=False, collapsed=False):
@@ -179,10 +187,10 @@ def emulate_grad(grad, h, rinv, q, v, feature, scale, *, single=False):
         zhi = _round(z, t)
         zlo = _round(z - zhi, t)
         gx = qhi @ zhi + qhi @ zlo + qlo @ zhi
-    s = scale * float(grad)
-    g = s * (gx - (v.float() if v.numel() else 0.0))
+    s, t = _coef(grad)
+    g = scale * s * (gx - (v.float() if v.numel() else 0.0))
     clamped = ~(rinv < 1.0 / torch.tensor(reference.EPS, dtype=torch.float32))
-    dot = torch.where(clamped, 0.0, (z * g).sum(1))
+    dot = torch.where(clamped, scale * t, (z * g).sum(1))
     return rinv[:, None] * (g - z * dot[:, None])
 
 
@@ -270,6 +278,66 @@ def test_tcr_through_staged_matches_reference(emulated_ops, gen, shape, centerin
         return
     assert_close(got, want, torch.float64)
     assert_close(g_got, g_want, torch.float64, kind="grad")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(29, 11), (11, 29)])
+@pytest.mark.parametrize("centering", [False, True])
+@pytest.mark.parametrize("estimator", ["exact", "series"])
+def test_tcr_through_staged_each_dtype(emulated_ops, gen, dtype, shape, centering, estimator):
+    """The staged op on the emulated ops in every input dtype (half: the rounded Gram operand
+    and the split backward, as on the GPU): value and gradient vs float64 on the same rounded
+    input within the kernel backends' end-to-end tolerances."""
+    h = features(*shape, gen).to(dtype)
+    x = h.clone().requires_grad_(True)
+    got = staged.tcr(x, backend="cuda", mu=2.0, centering=centering, estimator=estimator)
+    (got * 1024.0).backward()  # an AMP-style loss scale (fp16 gradients would be subnormal)
+    ref_x = h.double().clone().requires_grad_(True)
+    degree = reference.default_degree(estimator, mmae_fast.series.kappa(2.0, *shape))
+    want = reference.tcr(ref_x, 2.0, centering=centering, estimator=estimator,
+                         degree=degree or None)
+    (want * 1024.0).backward()
+    vtol, gtol = STAGED_BACKEND[dtype]
+    assert rel_err(got, want) <= vtol
+    assert rel_err(x.grad, ref_x.grad.to(dtype)) <= gtol
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(29, 11), (11, 29)])
+def test_rows_at_the_norm_floor_through_staged(emulated_ops, gen, dtype, shape):
+    """Rows with 0 < ||h_i|| <= EPS are not projected: the epilogue must remove Q's radial
+    shift from them (``grad = [s, t]``); a zero row beside it."""
+    h = features(*shape, gen)
+    h[3] = 0.5 * reference.EPS * h[3] / h[3].norm()
+    h[4] = 0.0
+    h = h.to(dtype)
+    for centering in (False, True):
+        x = h.clone().requires_grad_(True)
+        staged.tcr(x, backend="cuda", mu=2.0, centering=centering, estimator="exact").backward()
+        ref_x = h.double().clone().requires_grad_(True)
+        reference.tcr(ref_x, 2.0, centering=centering).backward()
+        gtol = STAGED_BACKEND[dtype][1]
+        assert rel_err(x.grad[3], ref_x.grad[3].to(dtype)) <= gtol, "the floor row"
+        assert rel_err(x.grad[5:], ref_x.grad[5:].to(dtype)) <= gtol
+
+
+@pytest.mark.parametrize("estimator", ["exact", "series", "taylor"])
+@pytest.mark.parametrize("centering", [False, True])
+def test_staged_cuda_compiles_fullgraph(emulated_ops, gen, estimator, centering):
+    """tcr_loss-style staged.tcr(backend="cuda") under torch.compile(fullgraph=True) (aot_eager,
+    through the ops' fakes) at two batch sizes: values and gradients as eager."""
+    torch._dynamo.reset()
+    fn = torch.compile(lambda x: staged.tcr(x, backend="cuda", mu=0.5, centering=centering,
+                                            estimator=estimator),
+                       fullgraph=True, backend="aot_eager")
+    for m in (40, 47):
+        h = features(m, 24, gen).float()
+        x, y = h.clone().requires_grad_(True), h.clone().requires_grad_(True)
+        got = fn(x)
+        got.backward()
+        want = staged.tcr(y, backend="cuda", mu=0.5, centering=centering, estimator=estimator)
+        want.backward()
+        assert rel_err(got, want) <= 1e-6 and rel_err(x.grad, y.grad) <= 1e-5
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -96,16 +96,110 @@ def test_taylor5_at_300x129(backend, dtype):
     assert _rel(x.grad, ref_x.grad.to(dtype)) <= gtol
 
 
+@pytest.fixture
+def nan_filled_empty():
+    """Every torch.empty / new_empty NaN-filled (deterministic mode, warn-only): a read of
+    memory nobody wrote shows as NaN instead of passing on whatever the allocator held."""
+    import torch.utils.deterministic as det
+
+    was_on, was_warn = (torch.are_deterministic_algorithms_enabled(),
+                        torch.is_deterministic_algorithms_warn_only_enabled())
+    was_fill = det.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    det.fill_uninitialized_memory = True
+    assert torch.empty(3, device=DEVICE).isnan().all()
+    yield
+    det.fill_uninitialized_memory = was_fill
+    torch.use_deterministic_algorithms(was_on, warn_only=was_warn)
+
+
+@pytest.mark.parametrize("backend", ["reference"] + KERNEL_BACKENDS)
+@pytest.mark.parametrize("n", [128, 129])
+@pytest.mark.parametrize("estimator,degree", [("taylor", 4), ("taylor", 5), ("series", 9)])
+def test_no_uninitialised_reads(nan_filled_empty, backend, n, estimator, degree):
+    """The cause of the old CUDA path's NaN at (300, 129), Taylor 5 (3c0e1f0): a GEMM into a
+    torch.empty slot of the basis with beta = -0.0, which cuBLAS may read as beta·C. With every
+    fresh buffer NaN, each stage must still give the reference value (n = 128 and one more than
+    a 128-wide tile; both Gram sides)."""
+    import warnings
+
+    from mmae_fast.ops import staged
+
+    dtype = torch.float32
+    for m, d in ((300, n), (n, 300)):
+        h = _features(m, d, dtype)
+        x = h.to(DEVICE, copy=True).requires_grad_(True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # deterministic-mode and Taylor-divergence notes
+            value = staged.tcr(x, backend=backend, mu=0.301, centering=False,
+                               estimator=estimator, degree=degree)
+            (value * 1024.0).backward()
+        ref_x = h.double().requires_grad_(True)
+        ref = reference.tcr(ref_x, 0.301, estimator=estimator, degree=degree)
+        (ref * 1024.0).backward()
+        vtol, gtol = STAGED_BACKEND[dtype]
+        assert _rel(value, ref) <= vtol, (m, d)
+        assert _rel(x.grad, ref_x.grad.to(dtype)) <= gtol, (m, d)
+
+
+@pytest.mark.skipif(not CASES, reason="no kernel backend is available (triton not installed?)")
+@pytest.mark.parametrize("backend,dtype", CASES or [(None, None)])
+@pytest.mark.parametrize("feature", [True, False])
+def test_rows_at_the_norm_floor(backend, dtype, feature):
+    """Rows with 0 < ||h_i|| <= EPS (z_i = h_i/EPS, norm 0.5 here) are not projected by the
+    normalisation Jacobian, so the kernels must remove Q's radial shift from them themselves
+    (they did not: ~1.0 relative error on such a row); a zero row alongside."""
+    if dtype == torch.float16:
+        pytest.skip("fp16 cannot hold such a row (0.5·EPS underflows) nor its gradient (~1e12)")
+    m, d = (37, 21) if feature else (21, 37)
+    h = _features(m, d, torch.float64)
+    h[3] = 0.5 * reference.EPS * h[3] / h[3].norm()
+    h[4] = 0.0
+    h = h.to(dtype)
+    for centering in (False, True):
+        x = h.to(DEVICE, copy=True).requires_grad_(True)
+        value = mmae_fast.tcr_loss(x, 2.0, centering=centering, backend=backend)
+        (value * 1024.0).backward()
+        ref_x = h.detach().double().requires_grad_(True)
+        ref = reference.tcr(ref_x, 2.0, centering=centering)
+        (ref * 1024.0).backward()
+        vtol, gtol = STAGED_BACKEND[dtype]
+        assert _rel(value, ref) <= vtol
+        assert _rel(x.grad[3], ref_x.grad[3].to(dtype)) <= gtol, "the floor row"
+        assert _rel(x.grad[5:], ref_x.grad[5:].to(dtype)) <= gtol
+
+
+@pytest.mark.skipif(not CASES, reason="no kernel backend is available (triton not installed?)")
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS or [None])
+@pytest.mark.parametrize("estimator", ["exact", "series"])
+def test_four_op_calls_from_python(backend, estimator):
+    """One staged fwd+bwd without a group or centring is four op calls from Python: the
+    backend's gram, the small side, grad·qinfo, the backend's grad (views aside)."""
+    x = _features(40, 24, torch.float32).to(DEVICE).requires_grad_(True)
+    mmae_fast.tcr_loss(x, 2.0, estimator=estimator, backend=backend).backward()  # warm caches
+    x.grad = None
+    with _Ops() as ops:
+        mmae_fast.tcr_loss(x, 2.0, estimator=estimator, backend=backend).backward()
+    views = ("aten.view", "aten.select", "aten.detach", "aten.alias", "aten._unsafe_view")
+    calls = [n for n in ops.names if not n.startswith(views)]
+    # the autograd engine's seed gradient (ones_like) and its accumulation into x.grad are not
+    # ours; everything else is
+    calls = [n for n in calls if not n.startswith(("aten.ones_like", "aten.detach"))]
+    assert calls == [f"mmae_fast.{backend}_gram.default", "mmae_fast.small_side.default",
+                     "aten.mul.Tensor", f"mmae_fast.{backend}_grad.default"], calls
+
+
 @pytest.mark.skipif(not CASES, reason="no kernel backend is available (triton not installed?)")
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS or [None])
 @pytest.mark.parametrize("estimator", ["exact", "series", "taylor"])
-def test_backend_compiles_fullgraph(backend, estimator):
+@pytest.mark.parametrize("centering", [False, True])
+def test_backend_compiles_fullgraph(backend, estimator, centering):
     """tcr_loss on the kernel backend under torch.compile(fullgraph=True) at two batch sizes
     (aot_eager on the CPU: no C compiler needed; inductor on a GPU)."""
     torch._dynamo.reset()
     compile_backend = "inductor" if DEVICE == "cuda" else "aot_eager"
     fn = torch.compile(lambda x: mmae_fast.tcr_loss(x, 0.5, estimator=estimator,
-                                                    backend=backend),
+                                                    centering=centering, backend=backend),
                        fullgraph=True, backend=compile_backend)
     for m in (40, 47):
         h = _features(m, 24, torch.float32)
@@ -114,7 +208,8 @@ def test_backend_compiles_fullgraph(backend, estimator):
         value.backward()
         degree = reference.default_degree(estimator, series.kappa(0.5, m, 24))
         ref_x = h.detach().double().requires_grad_(True)
-        ref = reference.tcr(ref_x, 0.5, estimator=estimator, degree=degree or None)
+        ref = reference.tcr(ref_x, 0.5, estimator=estimator, centering=centering,
+                            degree=degree or None)
         ref.backward()
         assert _rel(value, ref) <= 1e-5
         assert _rel(x.grad, ref_x.grad) <= 1e-4

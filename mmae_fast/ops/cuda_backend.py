@@ -12,9 +12,10 @@ else m, EPS = ``mmae_fast.reference.EPS``, acc = float64 for float64 h, else flo
         colsum = Σ_i z_i (d,) acc if centering else an empty (0,) tensor
 
     grad(grad, h, rinv, q, v, feature, scale) -> dh        (m, d) h.dtype, contiguous
-        gx   = scale·grad·(Z q − 1vᵀ) if feature else scale·grad·(q Z − 1vᵀ)
-        dh_i = rinv_i (gx_i − z_i ⟨z_i, gx_i⟩) if ||h_i|| > EPS, else rinv_i gx_i
-        q: (n, n) acc, symmetric; v: (d,) acc or an empty (0,) tensor (v = 0); grad: 0-d tensor.
+        gx   = scale·s·(Z q − 1vᵀ) if feature else scale·s·(q Z − 1vᵀ)
+        dh_i = rinv_i (gx_i − z_i ⟨z_i, gx_i⟩) if ||h_i|| > EPS, else rinv_i (gx_i − scale·t·z_i)
+        q: (n, n) acc, symmetric; v: (d,) acc or an empty (0,) tensor (v = 0); grad: [s] or
+        [s, t] (0-d, (1,) or (2,); t, q's radial shift, is 0 when absent).
 
 Precision. Gram: half h multiplies z rounded to h's dtype on tensor cores (fp32 accumulation);
 float32 / float64 h multiply z in acc (cuBLAS fp32 / fp64; fp32 follows

@@ -18,8 +18,10 @@ with ``z̄ = s/m``, ``Q' = 2P + alpha·I`` (feature) or ``2 JPJ + alpha·I`` (sa
 ``v = 2 P z̄``. The shift ``alpha = -tr(2P)/n`` changes nothing after the normalisation Jacobian
 (``alpha·z_i`` is radial) but removes the radial bulk of ``Z Q'`` that a half-precision product
 would otherwise round (tests/test_staged.py shows the error). ``Q = Q'/qscale``, ``v/qscale``
-with ``qscale = max(|Q'|, |v|)`` (so fp16 operands neither underflow nor overflow); the backward
-multiplies its incoming gradient by ``qscale``.
+with ``qscale = max(|Q'|, |v|)`` (so fp16 operands neither underflow nor overflow). The op returns
+``qinfo = [qscale, alpha]``; the backward multiplies it by its incoming gradient and hands the
+pair to the grad stage, which scales by the first and removes ``alpha·z_i`` from the rows it does
+not project (``||h_i|| <= EPS``: there the shift is not radial-and-removed).
 
 Estimators (``mmae_fast.series`` holds the coefficients and bounds):
 
@@ -223,18 +225,18 @@ def _logdet_and_derivative(gc: Tensor, c: float, kappa: float, estimator: str, d
     raise ValueError(f"estimator must be 'exact', 'series' or 'taylor', got {estimator!r}")
 
 
-def small_side(g: Tensor, colsum: Tensor, count: Tensor, *, mu: float, m: int, d: int,
+def small_side(g: Tensor, colsum: Tensor, count: Tensor | None, *, mu: float, m: int, d: int,
                feature: bool, centering: bool, estimator: str, degree: int,
                need_grad: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(R, Q, v, qscale)`` from the Gram stage's outputs; see the module docstring.
+    """``(R, Q, v, qinfo)`` from the Gram stage's outputs; see the module docstring.
 
     g: (n, n) Gram of the (centred, with ``centering``) rows; colsum: (d,) column sums of the
-    uncentred rows, or (0,); count: 0-d row count (a tensor, so that the distributed path needs
-    no host sync); m: the row count used for kappa (an int upper
-    bound: the series degree and Chebyshev interval come from it); d: feature width.
-    R is a 0-d tensor in g's dtype; Q (n, n) and v (d,) or (0,) also in g's dtype (float32 for
-    half and float32 inputs: the operands of the backward GEMM); qscale 0-d in g's dtype.
-    Without ``need_grad`` Q, v are empty and qscale is 1.
+    uncentred rows, or (0,); count: 0-d row count summed over the ranks (a tensor, so that the
+    distributed path needs no host sync), or None: exactly ``m``; m: the row count used for
+    kappa (an int upper bound: the series degree and Chebyshev interval come from it); d: feature
+    width. R is a 0-d tensor in g's dtype; Q (n, n) and v (d,) or (0,) also in g's dtype (float32
+    for half and float32 inputs: the operands of the backward GEMM); qinfo (2,) in g's dtype:
+    ``[qscale, alpha]``. Without ``need_grad`` Q, v are empty and qinfo is ``[1, 0]``.
     """
     out_dtype = g.dtype
     n = g.shape[0]
@@ -244,14 +246,16 @@ def small_side(g: Tensor, colsum: Tensor, count: Tensor, *, mu: float, m: int, d
     logdet, q = _logdet_and_derivative(gc, c, kappa, estimator, int(degree), need_grad)
     value = (-logdet).to(out_dtype)
     ok = None
-    if estimator == "series":  # the only estimator whose polynomial depends on kappa
+    if estimator == "series" and count is not None:  # the only kappa-dependent estimator
         # more rows than the kappa bound assumed (a distributed run with unequal shards) would put
         # the spectrum outside the series' interval: NaN value and gradient, never a silently
         # wrong one
         ok = count.to(F64) <= m
         value = torch.where(ok, value, torch.full_like(value, math.nan))
     if not need_grad:
-        return value, g.new_empty((0, 0)), g.new_empty((0,)), g.new_ones(())
+        qinfo = g.new_zeros(2)
+        qinfo[0] = 1.0  # a fill, not a host-to-device copy (the op may be captured)
+        return value, g.new_empty((0, 0)), g.new_empty((0,)), qinfo
     # q = 2·dR/dG_c (symmetric), row-major as the op's fake kernel and the backward kernels
     # promise (a column-major result, e.g. from cholesky_inverse, broke inductor's stride check)
     if not q.is_contiguous() and q.mT.is_contiguous():
@@ -259,8 +263,12 @@ def small_side(g: Tensor, colsum: Tensor, count: Tensor, *, mu: float, m: int, d
     if centering and not feature:
         row = q.mean(dim=1, keepdim=True)
         q = q - row - row.mT + row.mean()  # J (2P) J
-    v = q @ (colsum.to(F64) / count.to(F64)) if (centering and feature) else None  # 2P z̄
-    q.diagonal().sub_(q.diagonal().sum() / n)  # the radial shift (see the module docstring)
+    if centering and feature:  # v = 2P z̄
+        v = q @ (colsum.to(F64) / (count.to(F64) if count is not None else float(m)))
+    else:
+        v = None
+    alpha = q.diagonal().sum() / -n  # the radial shift (see the module docstring)
+    q.diagonal().add_(alpha)
     qscale = torch.linalg.vector_norm(q, ord=math.inf)
     if v is not None:  # v shares the scale: it must not overflow either
         qscale = torch.maximum(qscale, torch.linalg.vector_norm(v, ord=math.inf))
@@ -269,7 +277,7 @@ def small_side(g: Tensor, colsum: Tensor, count: Tensor, *, mu: float, m: int, d
         qscale = torch.where(ok, qscale, torch.full_like(qscale, math.nan))
     q = q.div_(qscale).to(out_dtype).contiguous()
     v = v.div_(qscale).to(out_dtype) if v is not None else g.new_empty((0,))
-    return value, q, v, qscale.to(out_dtype)
+    return value, q, v, torch.stack([qscale, alpha]).to(out_dtype)
 
 
 # ----------------------------------------------------------------------------- CUDA graphs

@@ -3,14 +3,16 @@ the distributed path (docs/staged.md).
 
     stage 1  gram   (backend)  h (m, d) -> G (n, n), rinv (m,), colsum (d,) | (0,)
              [group: all-reduce of [G, colsum, count] — d×d + d + 1 numbers, no host sync]
-    stage 2  small side (shared, float64; mmae_fast.ops.small_side) -> R, Q, v, qscale
-    stage 3  grad   (backend)  (grad·qscale, h, rinv, Q, v) -> dh (m, d)      [backward only]
+    stage 2  small side (shared, float64; mmae_fast.ops.small_side) -> R, Q, v, qinfo
+    stage 3  grad   (backend)  (grad·qinfo, h, rinv, Q, v) -> dh (m, d)      [backward only]
 
 Stage 2 is the custom op ``torch.ops.mmae_fast.small_side`` so that ``torch.compile`` sees one
 opaque call whose Python (degree, coefficients, warnings) runs at run time, not while tracing.
 Stages 1 and 3 are the backend's ops (``torch.ops.mmae_fast.<backend>_gram`` / ``_grad``; the
-"reference" backend runs ``mmae_fast.ops.torch_stages``). Four op calls from Python per step:
-gram and small side in the forward, grad in the backward (plus the all-reduce with a group).
+"reference" backend runs ``mmae_fast.ops.torch_stages``). Four op calls from Python per step
+without a group (tests/test_staged.py counts them): gram and small side in the forward, the
+product ``grad·qinfo`` and grad in the backward; with a group also the row count, the buffer
+for the all-reduce and the all-reduce (and with centring the all-gather of the ranks' means).
 """
 from __future__ import annotations
 
@@ -32,24 +34,26 @@ def _default_degree(estimator: str, kappa: float, tol: float) -> int:
 
 
 @torch.library.custom_op("mmae_fast::small_side", mutates_args=())
-def small_side_op(g: Tensor, colsum: Tensor, count: Tensor, mu: float, m: int, d: int,
+def small_side_op(g: Tensor, colsum: Tensor, count: Tensor | None, mu: float, m: int, d: int,
                   feature: bool, centering: bool, estimator: str, degree: int, tol: float,
                   need_grad: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(R, Q, v, qscale)``: ``mmae_fast.ops.small_side.small_side`` as one op; ``degree`` 0
-    means the estimator's default (series: from ``tol`` and kappa = 1 + mu·m/d)."""
+    """``(R, Q, v, qinfo)``: ``mmae_fast.ops.small_side.small_side`` as one op; ``degree`` 0
+    means the estimator's default (series: from ``tol`` and kappa = 1 + mu·m/d); ``count``
+    None: the row count is exactly ``m`` (no group)."""
     _small.warn_if_taylor_diverges(estimator, mu, m, d)
     degree = degree or _default_degree(estimator, series.kappa(mu, m, d), tol)
 
-    def run(g_, colsum_, count_):
+    def run(g_, colsum_, count_=None):
         return _small.small_side(g_, colsum_, count_, mu=mu, m=m, d=d, feature=feature,
                                  centering=centering, estimator=estimator, degree=degree,
                                  need_grad=need_grad)
 
     # m enters the numbers only through the series' kappa: exact / Taylor graphs on the feature
     # side are shared by every batch size (no new capture, and its one sync, per batch size)
-    key = (g.shape, g.dtype, g.device, colsum.shape, mu, m if estimator == "series" else 0, d,
-           feature, centering, estimator, degree, need_grad)
-    return _small.run_graphed(run, (g, colsum, count), key)
+    key = (g.shape, g.dtype, g.device, colsum.shape, count is None, mu,
+           m if estimator == "series" else 0, d, feature, centering, estimator, degree, need_grad)
+    inputs = (g, colsum) if count is None else (g, colsum, count)
+    return _small.run_graphed(run, inputs, key)
 
 
 @small_side_op.register_fake
@@ -58,7 +62,7 @@ def _small_side_fake(g, colsum, count, mu, m, d, feature, centering, estimator, 
     n = g.shape[0]
     q = g.new_empty((n, n) if need_grad else (0, 0))
     v = g.new_empty((d,) if (need_grad and centering and feature) else (0,))
-    return g.new_empty(()), q, v, g.new_empty(())
+    return g.new_empty(()), q, v, g.new_empty((2,))
 
 
 def _module(backend: str):
@@ -67,15 +71,16 @@ def _module(backend: str):
 
 def _gram(h, backend, feature, centering, group):
     """Stage 1 (and, with a group, the all-reduce): ``(G, rinv, colsum, count, m_bound)`` with G
-    of the centred rows when ``centering`` (``torch_stages.centred_gram``, every backend)."""
+    of the centred rows when ``centering`` (``torch_stages.centred_gram``, every backend);
+    ``count`` is None without a group (exactly m rows), else the summed row count (0-d)."""
     m, d = h.shape
     if centering:
         g, rinv, colsum = torch_stages.centred_gram(h, feature)
     else:
         g, rinv, colsum = _module(backend).gram(h, feature, False)
-    count = torch.full((), m, dtype=g.dtype, device=g.device)
     if group is None:
-        return g, rinv, colsum, count, m
+        return g, rinv, colsum, None, m
+    count = torch.full((), m, dtype=g.dtype, device=g.device)
     # one buffer [G_r, s_r, m_r] summed over the ranks; with centring G_r is centred on the
     # rank's own mean and the between-rank scatter Σ_r m_r (z̄_r - z̄)(z̄_r - z̄)ᵀ is added from
     # the gathered (s_r, m_r) (d + 1 numbers per rank; no cancellation)
@@ -105,16 +110,16 @@ class _StagedTCR(torch.autograd.Function):
         feature = group is not None or d <= h.shape[0]
         with torch.autocast(h.device.type, enabled=False):
             g, rinv, colsum, count, m_bound = _gram(h, backend, feature, centering, group)
-            value, q, v, qscale = torch.ops.mmae_fast.small_side(
+            value, q, v, qinfo = torch.ops.mmae_fast.small_side(
                 g, colsum, count, mu, m_bound, d, feature, centering, estimator, degree, tol,
                 need_grad)
-        ctx.save_for_backward(h, rinv, q, v, qscale)
+        ctx.save_for_backward(h, rinv, q, v, qinfo)
         ctx.backend, ctx.feature, ctx.grad_scale = backend, feature, grad_scale
         return value
 
     @staticmethod
     def backward(ctx, grad_value):
-        h, rinv, q, v, qscale = ctx.saved_tensors
+        h, rinv, q, v, qinfo = ctx.saved_tensors
         if q.numel() == 0:
             raise RuntimeError("the staged TCR forward ran without need_grad; call it with "
                                "requires_grad inputs under grad mode to differentiate")
@@ -122,7 +127,9 @@ class _StagedTCR(torch.autograd.Function):
             raise RuntimeError("the fused TCR kernels have no double backward (create_graph="
                                "True); use backend='reference' without group= or torch.compile")
         with torch.autocast(h.device.type, enabled=False):
-            dh = _module(ctx.backend).grad(grad_value * qscale, h, rinv, q, v, ctx.feature,
+            # [grad·qscale, grad·alpha]: the scale of Q, and the radial shift that rows with
+            # ||h_i|| <= EPS (not projected) must lose (mmae_fast.ops.small_side)
+            dh = _module(ctx.backend).grad(grad_value * qinfo, h, rinv, q, v, ctx.feature,
                                            ctx.grad_scale)
         return dh, None, None, None, None, None, None, None, None, None
 

@@ -11,11 +11,18 @@ float64 for float64 input, else float32 (no half rounding: this path is for the 
     centred_gram(h, feature) -> (G_c, rinv, colsum)   the Gram of Z - 1z̄ᵀ (every backend's
                                                       stage 1 when centring)
     grad(grad, h, rinv, q, v, feature, scale) -> dh                         (m, d), h.dtype
-        gx = scale·grad·(Z q - 1vᵀ)  (feature)  or  scale·grad·(q Z - 1vᵀ)  (v empty: 0)
-        dh_i = rinv_i (gx_i - z_i <z_i, gx_i>)  if ||h_i|| > EPS,  else rinv_i·gx_i
+        grad = [s] or [s, t] (one or two numbers; t = 0 when absent)
+        gx = scale·s·(Z q - 1vᵀ)  (feature)  or  scale·s·(q Z - 1vᵀ)  (v empty: 0)
+        dh_i = rinv_i (gx_i - z_i <z_i, gx_i>)  if ||h_i|| > EPS,
+               rinv_i (gx_i - scale·t·z_i)      else (t: q's radial shift, which the projection
+                                                 removes from every other row)
 """
 from __future__ import annotations
 
+import functools
+import warnings
+
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -24,6 +31,13 @@ from .. import reference
 
 def _acc(dtype: torch.dtype) -> torch.dtype:
     return reference.compute_dtype(dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _inv_floor(dtype: torch.dtype) -> float:
+    """``1/EPS`` rounded as ``_rinv`` rounds it in ``dtype`` (float32 or float64), exactly."""
+    np_dtype = np.float64 if dtype == torch.float64 else np.float32
+    return float(np_dtype(1.0) / np_dtype(reference.EPS))
 
 
 def _rinv(h: Tensor) -> Tensor:
@@ -53,27 +67,40 @@ def centred_gram(h: Tensor, feature: bool) -> tuple[Tensor, Tensor, Tensor]:
     z = h.to(rinv.dtype) * rinv[:, None]
     colsum = z.sum(dim=0)
     zc = z - colsum / z.shape[0]
-    if h.is_cuda and h.dtype in (torch.float16, torch.bfloat16):
+    if h.is_cuda and h.dtype in (torch.float16, torch.bfloat16) and _HALF_MM_OUT_FLOAT32[0]:
         op = zc.to(h.dtype)
         try:
             g = (torch.mm(op.mT, op, out_dtype=torch.float32) if feature
                  else torch.mm(op, op.mT, out_dtype=torch.float32))
             return g, rinv, colsum
-        except (TypeError, RuntimeError):  # a torch without mm(..., out_dtype)
-            pass
+        except (TypeError, RuntimeError) as exc:  # a torch without mm(..., out_dtype)
+            if isinstance(exc, RuntimeError) and "out_dtype" not in str(exc):
+                raise  # an out-of-memory error or a real failure: not ours to hide
+            _HALF_MM_OUT_FLOAT32[0] = False
+            warnings.warn(f"mmae_fast: torch.mm(..., out_dtype=torch.float32) is not available "
+                          f"({exc}); the centred Gram of half inputs runs as a float32 product "
+                          f"(no tensor cores) from now on", RuntimeWarning, stacklevel=2)
     return (zc.mT @ zc if feature else zc @ zc.mT), rinv, colsum
+
+
+#: Whether ``torch.mm(half, half, out_dtype=torch.float32)`` works here (found on first use).
+_HALF_MM_OUT_FLOAT32 = [True]
 
 
 def grad(grad_out: Tensor, h: Tensor, rinv: Tensor, q: Tensor, v: Tensor, feature: bool,
          scale: float) -> Tensor:
     """Stage 3; see the module docstring."""
     acc = rinv.dtype
+    coef = grad_out.to(acc).reshape(-1) * scale
     z = h.to(acc) * rinv[:, None]
     gx = z @ q.to(acc) if feature else q.to(acc) @ z
     if v.numel():
         gx = gx - v.to(acc)[None, :]
-    gx = gx * (grad_out.to(acc) * scale)
+    gx = gx * coef[0]
     radial = (z * gx).sum(dim=1, keepdim=True)
-    project = (rinv.double() * reference.EPS < 1.0)[:, None]  # ||h_i|| > EPS
-    dh = rinv[:, None] * torch.where(project, gx - z * radial, gx)
+    # ||h_i|| > EPS, decided in rinv's own dtype: a clamped row has rinv = 1/EPS rounded to it
+    # exactly (in float32, 1/EPS·EPS computed in float64 is not >= 1: such rows were projected)
+    project = (rinv < _inv_floor(acc))[:, None]
+    kept = gx - z * coef[1] if coef.numel() == 2 else gx
+    dh = rinv[:, None] * torch.where(project, gx - z * radial, kept)
     return dh.to(h.dtype)

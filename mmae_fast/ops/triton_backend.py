@@ -52,6 +52,7 @@ def gram(h: torch.Tensor, feature: bool, centering: bool):
 def grad(grad: torch.Tensor, h: torch.Tensor, rinv: torch.Tensor, q: torch.Tensor,
          v: torch.Tensor, feature: bool, scale: float) -> torch.Tensor:
     """Stage 3: ``dh`` (m, d) in h's dtype, ``rinv_i (gx_i − z_i⟨z_i, gx_i⟩)`` with
-    ``gx = scale·grad·(ZQ − 1vᵀ)`` if ``feature`` else ``scale·grad·(QZ − 1vᵀ)`` (v empty:
-    v = 0). Through ``torch.ops.mmae_fast.triton_grad``."""
+    ``gx = scale·s·(ZQ − 1vᵀ)`` if ``feature`` else ``scale·s·(QZ − 1vᵀ)`` (v empty: v = 0),
+    ``grad = [s]`` or ``[s, t]``; rows with ``||h_i|| <= EPS`` get ``rinv_i (gx_i − scale·t·z_i)``
+    (``mmae_fast.ops.torch_stages``). Through ``torch.ops.mmae_fast.triton_grad``."""
     return torch.ops.mmae_fast.triton_grad(grad, h, rinv, q, v, bool(feature), float(scale))

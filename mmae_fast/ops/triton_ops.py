@@ -7,7 +7,8 @@ else m)::
     mmae_fast::triton_gram(h, feature, centering) -> G (n, n), rinv (m,), colsum (d,) or (0,)
         float32, contiguous
     mmae_fast::triton_grad(grad, h, rinv, q, v, feature, scale) -> dh (m, d) in h's dtype,
-        contiguous; grad 0-d, q (n, n) float32, v (d,) float32 or (0,) meaning v = 0
+        contiguous; grad [s] or [s, t] (0-d, (1,) or (2,)), q (n, n) float32, v (d,) float32
+        or (0,) meaning v = 0
 
 Every input is checked on the host from shapes, dtypes and devices only (no sync), so both ops
 capture in CUDA graphs and trace with ``torch.compile(fullgraph=True)`` as opaque calls.
@@ -47,9 +48,11 @@ def _check_grad_args(grad, h, rinv, q, v, feature) -> None:
     _check_h(h)
     m, d = h.shape
     n = d if feature else m
-    if grad.dim() != 0 or not grad.is_floating_point() or grad.device != h.device:
-        raise ValueError(f"triton_grad: grad must be a 0-d floating tensor on {h.device}, got "
-                         f"shape {tuple(grad.shape)} {grad.dtype} on {grad.device}")
+    if (grad.dim() > 1 or grad.numel() not in (1, 2) or not grad.is_floating_point()
+            or grad.device != h.device):
+        raise ValueError(f"triton_grad: grad must be a floating tensor of one or two numbers "
+                         f"([scale] or [scale, shift]) on {h.device}, got shape "
+                         f"{tuple(grad.shape)} {grad.dtype} on {grad.device}")
     _check_float32("rinv", rinv, [(m,)], h, " (gram's rinv)")
     _check_float32("q", q, [(n, n)], h, f" (n = {'d' if feature else 'm'} for feature={feature})")
     _check_float32("v", v, [(d,), (0,)], h, " ((0,) means v = 0)")
@@ -79,10 +82,12 @@ def _triton_gram_fake(h, feature, centering):
 @torch.library.custom_op("mmae_fast::triton_grad", mutates_args=())
 def triton_grad(grad: Tensor, h: Tensor, rinv: Tensor, q: Tensor, v: Tensor, feature: bool,
                 scale: float) -> Tensor:
-    """``dh_i = rinv_i (gx_i − z_i⟨z_i, gx_i⟩)`` with ``gx = scale·grad·(ZQ − 1vᵀ)`` (feature)
-    or ``scale·grad·(QZ − 1vᵀ)``; (m, d) in h's dtype."""
+    """``dh_i = rinv_i (gx_i − z_i⟨z_i, gx_i⟩)`` with ``gx = scale·s·(ZQ − 1vᵀ)`` (feature)
+    or ``scale·s·(QZ − 1vᵀ)``, ``grad = [s]`` or ``[s, t]``; unprojected rows (``||h_i|| <=
+    EPS``) lose ``scale·t·z_i``; (m, d) in h's dtype."""
     _check_grad_args(grad, h, rinv, q, v, feature)
-    return stage_grad.grad(grad.to(torch.float32), _rows(h), rinv, q.contiguous(), v, feature,
+    return stage_grad.grad(grad.to(torch.float32).reshape(-1), _rows(h), rinv, q.contiguous(), v,
+                           feature,
                            float(scale), reference.EPS, choose_grad(h.dtype, *h.shape))
 
 

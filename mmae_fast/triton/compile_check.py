@@ -87,7 +87,7 @@ def record_launches(cases) -> list:
             stage_gram.gram(h, feature, centering, reference.EPS, choose_stage(dtype, n))
             q = torch.zeros(n, n)
             v = torch.zeros(d if has_v else 0)
-            stage_grad.grad(torch.ones(()), h, torch.ones(m), q, v, feature, 1.0,
+            stage_grad.grad(torch.ones(2), h, torch.ones(m), q, v, feature, 1.0,  # [s, shift]
                             reference.EPS, choose_grad(dtype, m, d))
     finally:
         for (mod, name), obj in saved.items():

@@ -1,10 +1,11 @@
 """Stage 3 of the staged TCR: the input gradient through the Gram and the normalisation.
 
 With z_i = rinv_i·h_i (recomputed in float32 from h and rinv), q (n, n) symmetric, v (d,) or
-empty (v = 0) and s = scale·grad::
+empty (v = 0), grad = [g] or [g, t] (t = 0 when absent) and s = scale·g::
 
     gx  = s·(Z Q − 1 vᵀ)   (feature side, q: (d, d))   or   s·(Q Z − 1 vᵀ)   (sample side, q: (m, m))
-    dh_i = rinv_i·(gx_i − z_i ⟨z_i, gx_i⟩)   if ||h_i|| > eps,   else   rinv_i·gx_i      (m, d)
+    dh_i = rinv_i·(gx_i − z_i ⟨z_i, gx_i⟩)   if ||h_i|| > eps,
+           rinv_i·(gx_i − scale·t·z_i)      else (t: the radial shift of Q)        (m, d)
 
 For half inputs the product is "split3": Z = Zhi + Zlo, Q = Qhi + Qlo (hi = round(x), lo =
 round(x − hi) in h's dtype, split in registers, never stored) and Z·Q ≈ Zlo·Qhi + Zhi·Qlo +
@@ -29,7 +30,8 @@ from .tiles import rne_bf16, split3_dot, x_tile
 
 @triton.jit
 def _grad_kernel(h_ptr, r_ptr, q_ptr, v_ptr, g_ptr, part_ptr, dh_ptr, m, d, stride_h, scale,
-                 eps, nbd, FEATURE: tl.constexpr, HAS_V: tl.constexpr, SPLIT: tl.constexpr,
+                 eps, nbd, FEATURE: tl.constexpr, HAS_V: tl.constexpr, HAS_SHIFT: tl.constexpr,
+                 SPLIT: tl.constexpr,
                  HALF_DOT: tl.constexpr, EMU_BF16: tl.constexpr, PREC: tl.constexpr,
                  PROJECT: tl.constexpr,
                  NBD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -64,8 +66,12 @@ def _grad_kernel(h_ptr, r_ptr, q_ptr, v_ptr, g_ptr, part_ptr, dh_ptr, m, d, stri
                        mask=rmask[:, None] & (js[None, :] < nbd), other=0.0)
         radial = tl.sum(part, axis=1)
         r = tl.load(r_ptr + rows, mask=rmask, other=0.0)
-        keep = r < 1.0 / eps  # ||h_i|| > eps: project; else (r = 1/eps) only scale
-        dh = r[:, None] * tl.where(keep[:, None], gx - z * radial[:, None], gx)
+        keep = r < 1.0 / eps  # ||h_i|| > eps: project; else (r = 1/eps) remove Q's shift only
+        if HAS_SHIFT:
+            kept = gx - z * (tl.load(g_ptr + 1).to(tl.float32) * scale)
+        else:
+            kept = gx
+        dh = r[:, None] * tl.where(keep[:, None], gx - z * radial[:, None], kept)
         if EMU_BF16:
             dh = rne_bf16(dh)
         tl.store(dh_ptr + rows[:, None].to(tl.int64) * d + cols[None, :],
@@ -77,7 +83,8 @@ def _grad_kernel(h_ptr, r_ptr, q_ptr, v_ptr, g_ptr, part_ptr, dh_ptr, m, d, stri
 def grad(grad_out: torch.Tensor, h: torch.Tensor, rinv: torch.Tensor, q: torch.Tensor,
          v: torch.Tensor, feature: bool, scale: float, eps: float,
          cfg: StageConfig) -> torch.Tensor:
-    """dh (m, d), contiguous, in h's dtype (h with unit column stride); see the module docstring."""
+    """dh (m, d), contiguous, in h's dtype (h with unit column stride); ``grad_out`` (1,) or
+    (2,) float32; see the module docstring."""
     m, d = h.shape
     dh = torch.empty((m, d), device=h.device, dtype=h.dtype)
     grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(d, cfg.block_n))
@@ -86,7 +93,8 @@ def grad(grad_out: torch.Tensor, h: torch.Tensor, rinv: torch.Tensor, q: torch.T
     for project in (False, True):
         _grad_kernel[grid](
             h, rinv, q, v, grad_out, part, dh, m, d, h.stride(0), scale, eps, grid[1],
-            FEATURE=feature, HAS_V=v.numel() > 0, SPLIT=split, HALF_DOT=cfg.half_dot,
+            FEATURE=feature, HAS_V=v.numel() > 0, HAS_SHIFT=grad_out.numel() == 2,
+            SPLIT=split, HALF_DOT=cfg.half_dot,
             EMU_BF16=cfg.emulate_bf16, PREC=cfg.precision, PROJECT=project,
             NBD=triton.next_power_of_2(grid[1]),
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
