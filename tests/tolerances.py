@@ -85,6 +85,27 @@ STAGED = {
 }
 
 
+#: The series' small side (float64 arithmetic) alone on a float32 feature Gram at a realistic
+#: n = 768, kappa 65 and 257 (tests/test_staged.py::test_series_contract_in_float32, d = 768
+#: cases): |value - R_poly| / |R|, R_poly the degree-D series' own value from the float64
+#: eigenvalues of that Gram, so the truncation error (up to the 1e-4 contract) is not in it.
+#: Measured worst 5.0e-8 (aniso / collapsed / offset, centred and not, both kappas, seeds 0..4):
+#: the float32 rounding of the returned value (u = 6.0e-8); bound 10x. Float32 arithmetic in the
+#: small side (the regression it guards) measured 3.4e-7 .. 8.8e-4 on those inputs, >= 4.4e-5 on
+#: the test's cases.
+SERIES_SMALL_SIDE_ARITHMETIC = 5e-7
+
+#: The radial shift of Q in the half-input backward product (mmae_fast/ops/small_side.py), by the
+#: CPU emulation of tests/test_staged.py::test_split3_backward_emulation (bf16, 2048x256, mu = 3,
+#: seeds 0..5). SPLIT3_BF16_FLOOR_FRACTION: split3's gradient error / the bf16 output's own
+#: rounding (1.66e-3) measured worst 1.7e-2 (collapsed; aniso 1.2e-3, offset 6.0e-4) -> 0.04
+#: (2.4x); without the shift collapsed features measured 0.071 .. 0.095. SPLIT3_SHIFT_GAIN:
+#: split3 on the unshifted Q (2P) / split3 on the shifted Q measured 5.5 .. 5.8 (collapsed),
+#: 8.7 .. 10.2 (aniso), 14.9 .. 15.4 (offset); required >= 3 (the same Q both times gives 1).
+SPLIT3_BF16_FLOOR_FRACTION = 0.04
+SPLIT3_SHIFT_GAIN = 3.0
+
+
 #: The triton backend's staged ops (``triton_gram`` / ``triton_grad``, issue 13) vs float64
 #: formulas, relative Frobenius errors, by input dtype: "gram": G (half inputs: the operand is z
 #: rounded to the input dtype: ~0.5 of its unit roundoff u measured), "colsum": Σ z_i (float32
