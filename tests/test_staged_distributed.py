@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import mmae_fast as mf
 from mmae_fast import reference
@@ -18,6 +19,21 @@ D = 11
 MU = 0.7
 CASES = [(c, e, s) for c in (False, True) for e in ("exact", "series", "taylor")
          for s in ("exact", "per_rank")]
+
+
+F32_CASES = [(c, e) for c in (False, True) for e in ("exact", "series")]
+
+
+class _Ops(TorchDispatchMode):
+    """The names of the ops called (views and custom ops alike)."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func))
+        return func(*args, **(kwargs or {}))
 
 
 def _batch(rows):
@@ -38,6 +54,16 @@ def _worker(rank, port, out_dir, rows):
                            group=dist.group.WORLD, grad_semantics=semantics)
         loss.backward()
         results[(centering, estimator, semantics)] = (loss.detach(), z.grad)
+    # float32 on the kernel backend where one runs here (Triton's interpreter on the CPU),
+    # recording the ops that ran: the staged path, not a fallback
+    backend = "triton" if "triton" in mf.available_backends() else "reference"
+    for centering, estimator in F32_CASES:
+        z = x[start: start + rows[rank]].float().requires_grad_()
+        with _Ops() as ops:
+            loss = mf.tcr_loss(z, MU, centering=centering, estimator=estimator,
+                               group=dist.group.WORLD, grad_semantics="exact", backend=backend)
+            loss.backward()
+        results[("f32", centering, estimator)] = (loss.detach(), z.grad, backend, ops.names)
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
@@ -84,6 +110,26 @@ def test_equal_shards(equal, centering, estimator, semantics):
         factor = 2.0 if semantics == "exact" else 1.0  # exact: K x the local slice
         want = factor * full.grad[8 * rank: 8 * rank + 8]
         assert torch.allclose(grad, want, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("centering,estimator", F32_CASES)
+def test_equal_shards_float32_on_the_fused_path(equal, centering, estimator):
+    """float32 shards on the kernel backend (Triton's interpreter here): the staged ops ran
+    (gram uncentred, small side, grad) and value and gradients match float64 on the full batch."""
+    x = _batch(16)
+    full = x.clone().requires_grad_()
+    reference.tcr(full, MU, centering=centering, estimator=estimator).backward()
+    expected = _eig_tcr(x.float().double(), centering)
+    for rank in range(2):
+        value, grad, backend, names = equal[rank][("f32", centering, estimator)]
+        assert backend == ("triton" if "triton" in mf.available_backends() else "reference")
+        assert "mmae_fast.small_side.default" in names
+        if backend != "reference":
+            assert (f"mmae_fast.{backend}_gram.default" in names) == (not centering)
+            assert f"mmae_fast.{backend}_grad.default" in names
+        assert abs(value.item() - expected) <= (1e-5 if estimator == "exact" else 1e-4) * abs(expected)
+        want = 2.0 * full.grad[8 * rank: 8 * rank + 8]  # "exact" semantics: K x the local slice
+        assert float((grad.double() - want).norm() / want.norm()) <= 1e-4
 
 
 def test_unequal_shards(tmp_path):
