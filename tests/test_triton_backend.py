@@ -414,3 +414,18 @@ def test_kernels_compile_for_sm90():
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "compiled 7 kernel variants" in proc.stdout, proc.stdout
+
+
+def test_tensor_core_check_names_a_simt_half_product():
+    """compile_check refuses a half-input product whose PTX has no tensor-core instruction (the
+    quick compile above passes it for the real kernels)."""
+    from mmae_fast.triton.compile_check import check_tensor_cores
+
+    sig, consts = {"h_ptr": "*bf16", "m": "i32"}, {"HALF_DOT": True}
+    check_tensor_cores("k", sig, consts, "... wgmma.mma_async.sync.aligned ...", 90)
+    check_tensor_cores("k", sig, consts, "... mma.sync.aligned.m16n8k16 ...", 80)
+    check_tensor_cores("k", {"h_ptr": "*fp32"}, consts, "fma.rn.f32", 90)  # float32: IEEE, SIMT
+    with pytest.raises(RuntimeError, match="no wgmma.mma_async in its PTX for sm_90"):
+        check_tensor_cores("k", sig, consts, "fma.rn.f32 ...", 90)
+    with pytest.raises(RuntimeError, match="no mma.sync"):
+        check_tensor_cores("k", sig, consts, "fma.rn.f32 ...", 80)

@@ -9,7 +9,9 @@ code of the staged ops (``stage_gram.gram``, ``stage_grad.grad``, block sizes fr
 instead of run, then compiles each distinct
 launch (kernel, argument types, constexprs, num_warps, num_stages) with ``triton.compile`` for
 ``GPUTarget("cuda", arch, 32)``: Triton IR -> PTX -> cubin with Triton's bundled ptxas, no driver.
-The recorded values are garbage (nothing runs), so only compilation is checked, not results.
+The recorded values are garbage (nothing runs), so only compilation is checked, not results —
+and that every half-input product compiled to tensor-core instructions (``wgmma`` on sm_90,
+``mma.sync`` below).
 
 Needs ``TRITON_INTERPRET`` unset (the kernels must be real ``JITFunction``s).
 """
@@ -110,8 +112,25 @@ def cases(quick: bool):
     return out
 
 
+#: The PTX instruction of a tensor-core product, per target: Hopper's warpgroup MMA, else mma.sync.
+MMA_INSTRUCTION = {90: "wgmma.mma_async"}
+
+
+def check_tensor_cores(name: str, sig: dict, consts: dict, ptx: str, arch: int) -> None:
+    """Half-input products (the Gram and backward kernels with ``HALF_DOT``) must compile to
+    tensor-core instructions: a RuntimeError naming the kernel otherwise."""
+    half = any(t in ("*fp16", "*bf16") for t in sig.values())
+    if not (half and consts.get("HALF_DOT")):
+        return
+    want = MMA_INSTRUCTION.get(arch, "mma.sync")
+    if want not in ptx:
+        raise RuntimeError(f"{name} {consts}: half inputs but no {want} in its PTX for "
+                           f"sm_{arch} (the product would run on SIMT cores)")
+
+
 def compile_all(launches, arch: int) -> int:
-    """Compile each distinct launch for sm_<arch>; return how many were compiled."""
+    """Compile each distinct launch for sm_<arch> (half products checked for tensor-core
+    instructions); return how many were compiled."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -125,11 +144,12 @@ def compile_all(launches, arch: int) -> int:
             continue
         seen.add(key)
         try:
-            triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=target,
-                           options=options)
+            kernel = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts),
+                                    target=target, options=options)
         except Exception as exc:
             raise RuntimeError(f"{fn.__name__} {consts} {options} does not compile for "
                                f"sm_{arch}: {exc}") from exc
+        check_tensor_cores(fn.__name__, sig, consts, kernel.asm["ptx"], arch)
     return len(seen)
 
 
