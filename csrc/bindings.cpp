@@ -2,6 +2,8 @@
 // stage-1 and stage-3 ops of the staged TCR regulariser (contract: mmae_fast/ops/cuda_backend.py).
 // Element-wise work runs in the torch-free kernels of mmae_kernels.h, the GEMMs in cuBLAS through
 // ATen (aten::mm.dtype: half operands, float32 output). Nothing here synchronises the host.
+#include <algorithm>
+#include <cstdlib>
 #include <tuple>
 
 #include <ATen/ATen.h>
@@ -42,6 +44,19 @@ k::DType dtype_of(const at::Tensor& t, const char* op) {
 }
 
 at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+//! MMAE_FAST_CUDA_GRAD_CHUNK_ROWS as a positive row count, else 0 (the rule of grad_chunk_rows).
+int64_t chunk_rows_override() {
+  const char* s = std::getenv("MMAE_FAST_CUDA_GRAD_CHUNK_ROWS");
+  if (s == nullptr) return 0;
+  const long long v = std::strtoll(s, nullptr, 10);
+  return v > 0 ? static_cast<int64_t>(v) : 0;
+}
+
+//! The address of row r0 of t (any element type, rows r0 * stride(0) elements apart).
+void* row_ptr(const at::Tensor& t, int64_t r0) {
+  return static_cast<char*>(t.data_ptr()) + r0 * t.stride(0) * static_cast<int64_t>(t.element_size());
+}
 
 cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 
@@ -126,29 +141,39 @@ at::Tensor cuda_grad(const at::Tensor& grad, const at::Tensor& h_in, const at::T
   const at::Tensor v = has_v ? v_in.contiguous() : v_in;
   const at::Tensor g = grad.to(h.options().dtype(acc)).reshape({-1}).contiguous();
 
-  // gx: the (m, d) product z q (feature) or q z (sample side), in acc, laid out as gx_ld-strided
-  // rows; part2 > 0: a second part to add at that column offset; row_scaled: still to be scaled
-  // by rinv_i (products taken with h itself, z = diag(rinv) h).
-  at::Tensor gx;
-  int64_t gx_ld = d, part2 = 0;
-  bool row_scaled = false;
-  if (h.scalar_type() == acc) {  // float32 / float64: one product in acc
-    if (feature) {
-      gx = at::mm(h, q);  // z q = diag(rinv) (h q)
-      row_scaled = true;
-    } else {
-      gx = at::mm(q * rinv.view({1, m}), h);  // q z = (q diag(rinv)) h
+  const bool has_shift = g.numel() == 2;
+  at::Tensor dh = at::empty_like(h, at::MemoryFormat::Contiguous);
+  if (feature) {
+    // gx = z q = diag(rinv) (h q), rows in chunks (launch.h: grad_chunk_rows) so that the acc
+    // product, the only scratch, is O(d²) and not O(m·d). float32 / float64: one product h q;
+    // half: h is exact in its type and q = qhi + qlo, so h @ [qhi | qlo] (rows of 2d: both
+    // parts, added in the epilogue).
+    at::Tensor rhs = q;
+    int64_t gx_ld = d, part2 = 0;
+    if (h.scalar_type() != acc) {
+      const kl::SplitLayout lq = kl::feature_q_layout(d);
+      rhs = at::empty({d, 2 * d}, h.options());
+      C10_CUDA_CHECK(k::split_hi_lo(dt, q.data_ptr(), /*src_is_acc=*/true, nullptr, d, d,
+                                    rhs.data_ptr(), lq, stream()));
+      gx_ld = 2 * d;
+      part2 = d;
     }
-  } else if (feature) {  // half: h is exact in its type, q = qhi + qlo: h @ [qhi | qlo]
-    const kl::SplitLayout lq = kl::feature_q_layout(d);
-    at::Tensor qs = at::empty({d, 2 * d}, h.options());
-    C10_CUDA_CHECK(k::split_hi_lo(dt, q.data_ptr(), /*src_is_acc=*/true, nullptr, d, d,
-                                  qs.data_ptr(), lq, stream()));
-    gx = mm_acc(h, qs, acc);  // (m, 2d): [h qhi | h qlo]
-    gx_ld = 2 * d;
-    part2 = d;
-    row_scaled = true;
-  } else {  // half, sample side: [qhi | qhi | qlo] @ [zhi; zlo; zhi], z from h rinv in fp32
+    const int64_t rows = kl::grad_chunk_rows(m, d, chunk_rows_override());
+    for (int64_t r0 = 0; r0 < m; r0 += rows) {
+      const int64_t r = std::min(rows, m - r0);
+      const at::Tensor gx = mm_acc(h.narrow(0, r0, r), rhs, acc).contiguous();  // (r, gx_ld)
+      C10_CUDA_CHECK(k::grad_epilogue(dt, gx.data_ptr(), gx_ld, part2, /*row_scaled=*/true,
+                                      has_v ? v.data_ptr() : nullptr, row_ptr(h, r0),
+                                      row_ptr(rinv, r0), g.data_ptr(), has_shift, scale, kEps,
+                                      r, d, row_ptr(dh, r0), stream()));
+    }
+    return dh;
+  }
+  // sample side (m <= d: the product is at most the input's size): gx = q z, in acc
+  at::Tensor gx;
+  if (h.scalar_type() == acc) {  // float32 / float64: one product, q z = (q diag(rinv)) h
+    gx = at::mm(q * rinv.view({1, m}), h);
+  } else {  // half: [qhi | qhi | qlo] @ [zhi; zlo; zhi], z from h rinv in fp32
     const kl::SplitLayout lz = kl::sample_z_layout(m, d);
     const kl::SplitLayout lq = kl::sample_q_layout(m);
     at::Tensor zs = at::empty({3 * m, d}, h.options());
@@ -160,11 +185,10 @@ at::Tensor cuda_grad(const at::Tensor& grad, const at::Tensor& h_in, const at::T
     gx = mm_acc(qs, zs, acc);
   }
   gx = gx.contiguous();
-  at::Tensor dh = at::empty_like(h, at::MemoryFormat::Contiguous);
-  C10_CUDA_CHECK(k::grad_epilogue(dt, gx.data_ptr(), gx_ld, part2, row_scaled,
-                                  has_v ? v.data_ptr() : nullptr, h.data_ptr(), rinv.data_ptr(),
-                                  g.data_ptr(), g.numel() == 2, scale, kEps, m, d,
-                                  dh.data_ptr(), stream()));
+  C10_CUDA_CHECK(k::grad_epilogue(dt, gx.data_ptr(), /*gx_ld=*/d, /*part2=*/0,
+                                  /*row_scaled=*/false, has_v ? v.data_ptr() : nullptr,
+                                  h.data_ptr(), rinv.data_ptr(), g.data_ptr(), has_shift, scale,
+                                  kEps, m, d, dh.data_ptr(), stream()));
   return dh;
 }
 

@@ -42,6 +42,18 @@ inline ColumnGrid column_grid(int64_t m, int64_t d) {
   return {static_cast<unsigned>(col_blocks), static_cast<unsigned>(row_blocks)};
 }
 
+//! Rows per chunk of the feature-side backward product (m, gx_cols) in acc: the product of one
+//! chunk is all the scratch the backward keeps, so its size is O(d²) (4·d rows, at least
+//! kMinGradChunkRows for GEMM efficiency), not O(m·d). `override_rows` > 0 replaces the rule
+//! (MMAE_FAST_CUDA_GRAD_CHUNK_ROWS, for tests). Result in [1, max(m, 1)].
+constexpr int64_t kMinGradChunkRows = 4096;
+inline int64_t grad_chunk_rows(int64_t m, int64_t d, int64_t override_rows = 0) {
+  int64_t rows = override_rows > 0 ? override_rows
+                                   : (4 * d > kMinGradChunkRows ? 4 * d : kMinGradChunkRows);
+  if (rows > m) rows = m;
+  return rows < 1 ? 1 : rows;
+}
+
 //! Where split_hi_lo writes element (i, j) of a (rows, cols) source: `blocks` copies at
 //!   dst[i * ld + j + b * block_stride],  b = 0 .. blocks-1,
 //! copy b holding the lo part when bit b of lo_mask is set, else the hi part.

@@ -32,6 +32,8 @@ DISTRIBUTED = "tests/test_distributed.py"
 BACKENDS = "tests/test_values_backends.py"
 TRITON = "tests/test_triton_backend.py"
 README = "tests/test_readme.py"
+STAGED = "tests/test_staged.py"
+STAGED_BACKENDS = "tests/test_staged_backends.py"
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,25 @@ MUTANTS = [
            "return torch.ops.mmae_fast.triton_gram(h, bool(feature), bool(centering))",
            "from . import torch_stages; return torch_stages.gram(h, feature, centering)",
            (BACKENDS, TRITON)),
+    Mutant("floor-row-keeps-shift", "dropped term (rows at the norm floor keep Q's shift)",
+           "mmae_fast/ops/torch_stages.py",
+           "kept = gx - z * coef[1] if coef.numel() == 2 else gx", "kept = gx", (STAGED,)),
+    Mutant("triton-floor-row-keeps-shift", "dropped term in a kernel epilogue",
+           "mmae_fast/triton/stage_grad.py",
+           "kept = gx - z * (tl.load(g_ptr + 1).to(tl.float32) * scale)", "kept = gx",
+           (STAGED_BACKENDS,)),
+    Mutant("float32-floor-detection", "precision (clamped rows detected in float64 arithmetic)",
+           "mmae_fast/ops/torch_stages.py", "project = (rinv < _inv_floor(acc))[:, None]",
+           "project = (rinv.double() * reference.EPS < 1.0)[:, None]", (STAGED,)),
+    Mutant("small-side-in-float32", "precision (the series evaluated in float32)",
+           "mmae_fast/ops/small_side.py", "F64 = torch.float64", "F64 = torch.float32",
+           (STAGED,)),
+    Mutant("no-radial-shift", "dropped term (Q not shifted: half backward products lose bits)",
+           "mmae_fast/ops/small_side.py", "q.diagonal().add_(alpha)", "q.diagonal().add_(0 * alpha)",
+           (STAGED,)),
+    Mutant("basis-reads-uninitialised", "uninitialised read (beta = -0.0 into an empty slot)",
+           "mmae_fast/ops/small_side.py", "torch.mm(first, buf[k - 1], out=buf[k])",
+           "buf[k].copy_(first @ buf[k - 1] + (-0.0) * buf[k])", (STAGED_BACKENDS,)),
 ]
 
 

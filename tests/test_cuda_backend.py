@@ -405,8 +405,13 @@ def test_gram_against_float64(gen, dtype, shape, feature, centering, monkeypatch
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("feature", [True, False])
 @pytest.mark.parametrize("with_v", [False, True])
-def test_grad_against_float64(gen, dtype, shape, feature, with_v, monkeypatch):
+@pytest.mark.parametrize("chunk_rows", [None, 7])
+def test_grad_against_float64(gen, dtype, shape, feature, with_v, chunk_rows, monkeypatch):
+    """chunk_rows 7: the feature side's product in 7-row chunks (MMAE_FAST_CUDA_GRAD_CHUNK_ROWS;
+    the default is 4·d rows, at least 4096), with grad = [s, t] (Q's scale and shift)."""
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    if chunk_rows is not None:
+        monkeypatch.setenv("MMAE_FAST_CUDA_GRAD_CHUNK_ROWS", str(chunk_rows))
     m, d = shape
     h64 = features(m, d, gen, zero_row=True)
     h = _on_gpu(h64, dtype)
@@ -414,7 +419,7 @@ def test_grad_against_float64(gen, dtype, shape, feature, with_v, monkeypatch):
     q = small_side_q(h.double().cpu(), feature)
     v = (0.1 * torch.randn(d, generator=gen, dtype=torch.float64) if with_v
          else torch.zeros(0, dtype=torch.float64))
-    grad_out = torch.tensor(0.75, dtype=torch.float64)
+    grad_out = torch.tensor(0.75 if chunk_rows is None else [0.75, 0.3], dtype=torch.float64)
     _, rinv, _ = cuda_backend.gram(h, feature, False)
     dh = cuda_backend.grad(_on_gpu(grad_out, torch.float32), h, rinv, _on_gpu(q, acc),
                            _on_gpu(v, acc), feature, 1.5)
