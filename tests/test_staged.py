@@ -10,10 +10,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from mmae_fast import reference, series
 from mmae_fast.ops import small_side, staged, torch_stages
+from tests.op_names import OpNames
 from tests.tolerances import (SERIES_SMALL_SIDE_ARITHMETIC, SPLIT3_BF16_FLOOR_FRACTION,
                               SPLIT3_SHIFT_GAIN, STAGED)
 
@@ -349,27 +349,15 @@ def test_split3_backward_emulation(gen, kind):
         assert single > 3 * out_rounding
 
 
-class _Recorder(TorchDispatchMode):
-    """Records every aten/custom op called (to count syncs and op calls)."""
-
-    def __init__(self):
-        super().__init__()
-        self.ops = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.append(str(func))
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("estimator", ESTIMATORS)
 def test_no_host_sync(gen, estimator):
     """Forward + backward never read a device value on the host (no .item(), no bool())."""
     h = _features(gen, 40, 24, dtype=torch.float32).requires_grad_(True)
-    with _Recorder() as rec:
+    with OpNames() as rec:
         staged.tcr(h, backend="reference", mu=2.0, centering=True, estimator=estimator,
                    degree=6).backward()
-    assert not [op for op in rec.ops if "_local_scalar_dense" in op or "item" in op]
-    assert sum("mmae_fast.small_side" in op for op in rec.ops) == 1
+    assert not [op for op in rec.names if "_local_scalar_dense" in op or "item" in op]
+    assert sum("mmae_fast.small_side" in op for op in rec.names) == 1
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)
@@ -564,11 +552,11 @@ def test_small_side_itself_has_no_host_sync(gen, estimator):
     ops, recorded directly."""
     h = _features(gen, 40, 24, dtype=torch.float32)
     g, _, colsum = torch_stages.centred_gram(h, True)
-    with _Recorder() as rec:
+    with OpNames() as rec:
         small_side.small_side(g, colsum, torch.tensor(40.0), mu=2.0, m=40, d=24, feature=True,
                               centering=True, estimator=estimator, degree=6, need_grad=True)
-    assert len(rec.ops) > 10
-    assert not [op for op in rec.ops if "_local_scalar_dense" in op or "item" in op]
+    assert len(rec.names) > 10
+    assert not [op for op in rec.names if "_local_scalar_dense" in op or "item" in op]
 
 
 _VIEWS = {"select", "view", "permute", "diagonal", "slice", "new_empty", "t", "transpose",
@@ -580,9 +568,9 @@ def _small_side_ops(g, colsum, estimator, degree):
     args = dict(mu=3.0, m=400, d=g.shape[0], feature=True, centering=False,
                 estimator=estimator, degree=degree, need_grad=True)
     small_side.small_side(g, colsum, None, **args)  # the host-side weight caches
-    with _Recorder() as rec:
+    with OpNames() as rec:
         small_side.small_side(g, colsum, None, **args)
-    names = [op.split(".")[1] for op in rec.ops]
+    names = [op.split(".")[1] for op in rec.names]
     return [n for n in names if n not in _VIEWS]
 
 

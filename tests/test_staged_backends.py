@@ -6,10 +6,10 @@ On the CPU only the Triton backend runs (Triton's interpreter, small shapes); on
 """
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import mmae_fast
 from mmae_fast import backends, reference, series
+from tests.op_names import OpNames
 from tests.tolerances import STAGED_BACKEND
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -18,21 +18,24 @@ SHAPES = [(37, 21), (21, 37), (70, 53)] if DEVICE == "cpu" else [
     (37, 21), (21, 37), (300, 129), (129, 300), (1000, 257)]
 
 
-class _Ops(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.names = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names.append(str(func))
-        return func(*args, **(kwargs or {}))
-
-
 def _features(m, d, dtype, seed=0):
     g = torch.Generator().manual_seed(seed + 31 * m + d)
     h = torch.randn(m, d, generator=g, dtype=torch.float64)
     h = h * torch.rand(m, 1, generator=g, dtype=torch.float64).add(0.5) + 0.3
     return h.to(dtype)
+
+
+def _assert_matches_reference(value, x, h, mu, *, centering=False, estimator="exact",
+                               degree=None, where=None):
+    """value and x.grad (after ``(value·1024).backward()``) against ``reference.tcr`` in float64 on
+    the same rounded input h, within ``STAGED_BACKEND[h.dtype]``."""
+    ref_x = h.detach().double().clone().requires_grad_(True)
+    ref = reference.tcr(ref_x, mu, centering=centering, estimator=estimator, degree=degree)
+    (ref * 1024.0).backward()
+    vtol, gtol = STAGED_BACKEND[h.dtype]
+    assert _rel(value, ref) <= vtol, where
+    assert _rel(x.grad, ref_x.grad.to(h.dtype)) <= gtol, where
+    return ref_x.grad
 
 
 def _rel(a, b):
@@ -60,7 +63,7 @@ def test_backend_matches_reference(backend, dtype, estimator, centering):
         x = h.to(DEVICE).requires_grad_(True)
         # AMP-style loss scale: unscaled fp16 gradients are subnormal (their rounding alone
         # would exceed the tolerance, for the reference cast to fp16 too)
-        with _Ops() as ops:
+        with OpNames() as ops:
             value = mmae_fast.tcr_loss(x, mu, centering=centering, estimator=estimator,
                                        backend=backend)
             (value * 1024.0).backward()
@@ -68,14 +71,9 @@ def test_backend_matches_reference(backend, dtype, estimator, centering):
         # the product) on every backend; the backward is always the backend's
         assert (f"mmae_fast.{backend}_gram.default" in ops.names) == (not centering)
         assert f"mmae_fast.{backend}_grad.default" in ops.names
-        ref_x = h.detach().double().requires_grad_(True)
         degree = reference.default_degree(estimator, series.kappa(mu, m, d))
-        ref = reference.tcr(ref_x, mu, centering=centering, estimator=estimator,
-                            degree=degree or None)
-        (ref * 1024.0).backward()
-        vtol, gtol = STAGED_BACKEND[dtype]
-        assert _rel(value, ref) <= vtol, (m, d)
-        assert _rel(x.grad, ref_x.grad.to(dtype)) <= gtol, (m, d)
+        _assert_matches_reference(value, x, h, mu, centering=centering, estimator=estimator,
+                                  degree=degree or None, where=(m, d))
 
 
 @pytest.mark.skipif(not CASES, reason="no kernel backend is available (triton not installed?)")
@@ -88,12 +86,7 @@ def test_taylor5_at_300x129(backend, dtype):
     x = h.to(DEVICE).requires_grad_(True)
     value = mmae_fast.tcr_loss(x, 0.301, estimator="taylor", order=5, backend=backend)
     (value * 1024.0).backward()
-    ref_x = h.detach().double().requires_grad_(True)
-    ref = reference.tcr(ref_x, 0.301, estimator="taylor", degree=5)
-    (ref * 1024.0).backward()
-    vtol, gtol = STAGED_BACKEND[dtype]
-    assert _rel(value, ref) <= vtol
-    assert _rel(x.grad, ref_x.grad.to(dtype)) <= gtol
+    _assert_matches_reference(value, x, h, 0.301, estimator="taylor", degree=5)
 
 
 @pytest.fixture
@@ -134,12 +127,8 @@ def test_no_uninitialised_reads(nan_filled_empty, backend, n, estimator, degree)
             value = staged.tcr(x, backend=backend, mu=0.301, centering=False,
                                estimator=estimator, degree=degree)
             (value * 1024.0).backward()
-        ref_x = h.double().requires_grad_(True)
-        ref = reference.tcr(ref_x, 0.301, estimator=estimator, degree=degree)
-        (ref * 1024.0).backward()
-        vtol, gtol = STAGED_BACKEND[dtype]
-        assert _rel(value, ref) <= vtol, (m, d)
-        assert _rel(x.grad, ref_x.grad.to(dtype)) <= gtol, (m, d)
+        _assert_matches_reference(value, x, h, 0.301, estimator=estimator, degree=degree,
+                                  where=(m, d))
 
 
 @pytest.mark.skipif(not CASES, reason="no kernel backend is available (triton not installed?)")
@@ -160,13 +149,10 @@ def test_rows_at_the_norm_floor(backend, dtype, feature):
         x = h.to(DEVICE, copy=True).requires_grad_(True)
         value = mmae_fast.tcr_loss(x, 2.0, centering=centering, backend=backend)
         (value * 1024.0).backward()
-        ref_x = h.detach().double().requires_grad_(True)
-        ref = reference.tcr(ref_x, 2.0, centering=centering)
-        (ref * 1024.0).backward()
-        vtol, gtol = STAGED_BACKEND[dtype]
-        assert _rel(value, ref) <= vtol
-        assert _rel(x.grad[3], ref_x.grad[3].to(dtype)) <= gtol, "the floor row"
-        assert _rel(x.grad[5:], ref_x.grad[5:].to(dtype)) <= gtol
+        ref_grad = _assert_matches_reference(value, x, h, 2.0, centering=centering)
+        gtol = STAGED_BACKEND[dtype][1]
+        assert _rel(x.grad[3], ref_grad[3].to(dtype)) <= gtol, "the floor row"
+        assert _rel(x.grad[5:], ref_grad[5:].to(dtype)) <= gtol
 
 
 @pytest.mark.skipif(not CASES, reason="no kernel backend is available (triton not installed?)")
@@ -178,7 +164,7 @@ def test_four_op_calls_from_python(backend, estimator):
     x = _features(40, 24, torch.float32).to(DEVICE).requires_grad_(True)
     mmae_fast.tcr_loss(x, 2.0, estimator=estimator, backend=backend).backward()  # warm caches
     x.grad = None
-    with _Ops() as ops:
+    with OpNames() as ops:
         mmae_fast.tcr_loss(x, 2.0, estimator=estimator, backend=backend).backward()
     views = ("aten.view", "aten.select", "aten.detach", "aten.alias", "aten._unsafe_view")
     calls = [n for n in ops.names if not n.startswith(views)]

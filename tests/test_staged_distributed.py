@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import mmae_fast as mf
 from mmae_fast import reference
+from tests.op_names import OpNames
 
 D = 11
 MU = 0.7
@@ -22,18 +22,6 @@ CASES = [(c, e, s) for c in (False, True) for e in ("exact", "series", "taylor")
 
 
 F32_CASES = [(c, e) for c in (False, True) for e in ("exact", "series")]
-
-
-class _Ops(TorchDispatchMode):
-    """The names of the ops called (views and custom ops alike)."""
-
-    def __init__(self):
-        super().__init__()
-        self.names = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names.append(str(func))
-        return func(*args, **(kwargs or {}))
 
 
 def _batch(rows):
@@ -59,7 +47,7 @@ def _worker(rank, port, out_dir, rows):
     backend = "triton" if "triton" in mf.available_backends() else "reference"
     for centering, estimator in F32_CASES:
         z = x[start: start + rows[rank]].float().requires_grad_()
-        with _Ops() as ops:
+        with OpNames() as ops:
             loss = mf.tcr_loss(z, MU, centering=centering, estimator=estimator,
                                group=dist.group.WORLD, grad_semantics="exact", backend=backend)
             loss.backward()
