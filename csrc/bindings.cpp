@@ -145,7 +145,7 @@ at::Tensor cuda_grad(const at::Tensor& grad, const at::Tensor& h_in, const at::T
   at::Tensor dh = at::empty_like(h, at::MemoryFormat::Contiguous);
   if (feature) {
     // gx = z q = diag(rinv) (h q), rows in chunks (launch.h: grad_chunk_rows) so that the acc
-    // product, the only scratch, is O(d²) and not O(m·d). float32 / float64: one product h q;
+    // product, the only scratch, stays within 32 MiB instead of O(m·d). float32 / float64: one product h q;
     // half: h is exact in its type and q = qhi + qlo, so h @ [qhi | qlo] (rows of 2d: both
     // parts, added in the epilogue).
     at::Tensor rhs = q;
@@ -158,7 +158,8 @@ at::Tensor cuda_grad(const at::Tensor& grad, const at::Tensor& h_in, const at::T
       gx_ld = 2 * d;
       part2 = d;
     }
-    const int64_t rows = kl::grad_chunk_rows(m, d, chunk_rows_override());
+    const int64_t rows = kl::grad_chunk_rows(
+        m, gx_ld * static_cast<int64_t>(c10::elementSize(acc)), chunk_rows_override());
     for (int64_t r0 = 0; r0 < m; r0 += rows) {
       const int64_t r = std::min(rows, m - r0);
       const at::Tensor gx = mm_acc(h.narrow(0, r0, r), rhs, acc).contiguous();  // (r, gx_ld)

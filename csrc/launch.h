@@ -42,14 +42,14 @@ inline ColumnGrid column_grid(int64_t m, int64_t d) {
   return {static_cast<unsigned>(col_blocks), static_cast<unsigned>(row_blocks)};
 }
 
-//! Rows per chunk of the feature-side backward product (m, gx_cols) in acc: the product of one
-//! chunk is all the scratch the backward keeps, so its size is O(d²) (4·d rows, at least
-//! kMinGradChunkRows for GEMM efficiency), not O(m·d). `override_rows` > 0 replaces the rule
+//! Rows per chunk of the feature-side backward product (m rows of `row_bytes` in acc): one
+//! chunk's product is all the scratch the backward keeps, so it is bounded by
+//! kGradChunkBytes (at least one row), not O(m·d). `override_rows` > 0 replaces the rule
 //! (MMAE_FAST_CUDA_GRAD_CHUNK_ROWS, for tests). Result in [1, max(m, 1)].
-constexpr int64_t kMinGradChunkRows = 4096;
-inline int64_t grad_chunk_rows(int64_t m, int64_t d, int64_t override_rows = 0) {
+constexpr int64_t kGradChunkBytes = int64_t(32) << 20;
+inline int64_t grad_chunk_rows(int64_t m, int64_t row_bytes, int64_t override_rows = 0) {
   int64_t rows = override_rows > 0 ? override_rows
-                                   : (4 * d > kMinGradChunkRows ? 4 * d : kMinGradChunkRows);
+                                   : kGradChunkBytes / (row_bytes > 0 ? row_bytes : 1);
   if (rows > m) rows = m;
   return rows < 1 ? 1 : rows;
 }

@@ -119,6 +119,12 @@ MUTANTS = [
     Mutant("basis-reads-uninitialised", "uninitialised read (beta = -0.0 into an empty slot)",
            "mmae_fast/ops/small_side.py", "torch.mm(first, buf[k - 1], out=buf[k])",
            "buf[k].copy_(first @ buf[k - 1] + (-0.0) * buf[k])", (STAGED_BACKENDS,)),
+    Mutant("graph-key-drops-batch-size", "cache key (a replayed graph keeps the first 1/m)",
+           "mmae_fast/ops/staged.py",
+           'uses_m = estimator == "series" or (centering and count is None)',
+           'uses_m = estimator == "series"', (STAGED,)),
+    Mutant("host-copy-in-small-side", "host-to-device copy (t[0] = 1.0 syncs, breaks capture)",
+           "mmae_fast/ops/small_side.py", "qinfo[:1].fill_(1.0)", "qinfo[0] = 1.0", (STAGED,)),
 ]
 
 

@@ -408,7 +408,7 @@ def test_gram_against_float64(gen, dtype, shape, feature, centering, monkeypatch
 @pytest.mark.parametrize("chunk_rows", [None, 7])
 def test_grad_against_float64(gen, dtype, shape, feature, with_v, chunk_rows, monkeypatch):
     """chunk_rows 7: the feature side's product in 7-row chunks (MMAE_FAST_CUDA_GRAD_CHUNK_ROWS;
-    the default is 4·d rows, at least 4096), with grad = [s, t] (Q's scale and shift)."""
+    the default: 32 MiB of product per chunk), with grad = [s, t] (Q's scale and shift)."""
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     if chunk_rows is not None:
         monkeypatch.setenv("MMAE_FAST_CUDA_GRAD_CHUNK_ROWS", str(chunk_rows))

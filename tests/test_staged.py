@@ -244,6 +244,28 @@ def test_rows_at_the_norm_floor_follow_normalize(gen, m, d, dtype):
         assert _rel(grad[5:], ref_grad[5:].to(dtype)) < 10 * tol
 
 
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("centering", [False, True])
+def test_graph_key_covers_every_constant(gen, monkeypatch, estimator, centering):
+    """A CUDA graph replays the Python constants of its first call: the small side's cache key
+    must change whenever they do. Emulated on the CPU (the first function per key is replayed on
+    later inputs): batch sizes 64, 40 and 64 again, feature side, against the reference."""
+    replays = {}
+
+    def replay_first(fn, inputs, key):
+        return replays.setdefault(key, fn)(*inputs)
+
+    monkeypatch.setattr(small_side, "run_graphed", replay_first)
+    for m in (64, 40, 64):
+        h = _features(gen, m, 16)
+        degree = reference.default_degree(estimator, series.kappa(0.5, m, 16))
+        value, grad = _run(h, 0.5, centering, estimator, degree)
+        ref_value, ref_grad = _reference(h, 0.5, centering, estimator, degree)
+        assert _rel(value, ref_value) < 1e-12 and _rel(grad, ref_grad) < 1e-10, m
+    # exact / Taylor without centring share one graph across batch sizes (no m in the numbers)
+    assert len(replays) == (2 if (estimator == "series" or centering) else 1)
+
+
 def test_non_finite_input_gives_nan_not_an_exception(gen):
     h = _features(gen, 9, 6)
     h[2, 1] = float("nan")
@@ -547,16 +569,23 @@ def test_bad_order_and_layout_are_clear_errors(gen):
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)
-def test_small_side_itself_has_no_host_sync(gen, estimator):
+@pytest.mark.parametrize("need_grad", [True, False])
+def test_small_side_itself_has_no_host_sync(gen, estimator, need_grad):
     """The recorder of test_no_host_sync cannot see inside the custom op: the small side's own
-    ops, recorded directly."""
+    ops, recorded directly. No value read back (item) and no tensor made from host data
+    (lift_fresh: ``t[0] = 1.0`` on a CUDA tensor is a host-to-device copy that syncs and breaks
+    graph capture)."""
     h = _features(gen, 40, 24, dtype=torch.float32)
     g, _, colsum = torch_stages.centred_gram(h, True)
+    count = torch.tensor(40.0)
+    args = dict(mu=2.0, m=40, d=24, feature=True, centering=True, estimator=estimator,
+                degree=6, need_grad=need_grad)
+    small_side.small_side(g, colsum, count, **args)  # the first call puts its weights on the device
     with OpNames() as rec:
-        small_side.small_side(g, colsum, torch.tensor(40.0), mu=2.0, m=40, d=24, feature=True,
-                              centering=True, estimator=estimator, degree=6, need_grad=True)
-    assert len(rec.names) > 10
-    assert not [op for op in rec.names if "_local_scalar_dense" in op or "item" in op]
+        small_side.small_side(g, colsum, count, **args)
+    assert len(rec.names) > (10 if need_grad else 3)
+    assert not [op for op in rec.names
+                if "_local_scalar_dense" in op or "item" in op or "lift_fresh" in op], rec.names
 
 
 _VIEWS = {"select", "view", "permute", "diagonal", "slice", "new_empty", "t", "transpose",

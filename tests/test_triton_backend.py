@@ -413,7 +413,7 @@ def test_kernels_compile_for_sm90():
                            "--quick", "--arch", "90"], cwd=root, env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "compiled 7 kernel variants" in proc.stdout, proc.stdout
+    assert "compiled 11 kernel variants" in proc.stdout, proc.stdout
 
 
 def test_tensor_core_check_names_a_simt_half_product():
@@ -425,7 +425,7 @@ def test_tensor_core_check_names_a_simt_half_product():
     check_tensor_cores("k", sig, consts, "... wgmma.mma_async.sync.aligned ...", 90)
     check_tensor_cores("k", sig, consts, "... mma.sync.aligned.m16n8k16 ...", 80)
     check_tensor_cores("k", {"h_ptr": "*fp32"}, consts, "fma.rn.f32", 90)  # float32: IEEE, SIMT
-    with pytest.raises(RuntimeError, match="no wgmma.mma_async in its PTX for sm_90"):
-        check_tensor_cores("k", sig, consts, "fma.rn.f32 ...", 90)
-    with pytest.raises(RuntimeError, match="no mma.sync"):
-        check_tensor_cores("k", sig, consts, "fma.rn.f32 ...", 80)
+    check_tensor_cores("k", sig, consts, "... mma.sync.aligned.m16n8k16 ...", 90)  # small tiles
+    for arch in (80, 90):
+        with pytest.raises(RuntimeError, match=f"no tensor-core instruction .* for sm_{arch}"):
+            check_tensor_cores("k", sig, consts, "fma.rn.f32 ...", arch)

@@ -24,9 +24,9 @@ exact in its dtype, z q = diag(rinv) h q; q = qhi + qlo, hi = round(q), lo = rou
 sample side ``[qhi | qhi | qlo] @ [zhi; zlo; zhi]`` (the split3 product, z from h·rinv in fp32):
 one tensor-core GEMM each. The projection uses z in acc recomputed from h and rinv. Scale q so
 that max|q| ≈ 1 (no fp16 underflow of qlo) and pass the factor in ``grad``/``scale``.
-float32 / float64 h: one product in acc. The feature side's product runs in row chunks of
-max(4·d, 4096) rows (``MMAE_FAST_CUDA_GRAD_CHUNK_ROWS`` overrides, for tests), so that its acc
-scratch is O(d²), not the (m, 2d) float32 of the whole batch.
+float32 / float64 h: one product in acc. The feature side's product runs in row chunks of at
+most 32 MiB of acc (``MMAE_FAST_CUDA_GRAD_CHUNK_ROWS`` overrides the row count, for tests),
+not the (m, 2d) float32 of the whole batch.
 """
 from __future__ import annotations
 

@@ -254,7 +254,7 @@ def small_side(g: Tensor, colsum: Tensor, count: Tensor | None, *, mu: float, m:
         value = torch.where(ok, value, torch.full_like(value, math.nan))
     if not need_grad:
         qinfo = g.new_zeros(2)
-        qinfo[0] = 1.0  # a fill, not a host-to-device copy (the op may be captured)
+        qinfo[:1].fill_(1.0)  # a fill kernel (qinfo[0] = 1.0 copies from the host and syncs)
         return value, g.new_empty((0, 0)), g.new_empty((0,)), qinfo
     # q = 2·dR/dG_c (symmetric), row-major as the op's fake kernel and the backward kernels
     # promise (a column-major result, e.g. from cholesky_inverse, broke inductor's stride check)

@@ -48,10 +48,12 @@ def small_side_op(g: Tensor, colsum: Tensor, count: Tensor | None, mu: float, m:
                                  centering=centering, estimator=estimator, degree=degree,
                                  need_grad=need_grad)
 
-    # m enters the numbers only through the series' kappa: exact / Taylor graphs on the feature
-    # side are shared by every batch size (no new capture, and its one sync, per batch size)
-    key = (g.shape, g.dtype, g.device, colsum.shape, count is None, mu,
-           m if estimator == "series" else 0, d, feature, centering, estimator, degree, need_grad)
+    # m enters the numbers through the series' kappa and, without a group, the centring mean
+    # (colsum/m, a Python constant then): otherwise exact / Taylor graphs on the feature side are
+    # shared by every batch size (no new capture, and its one sync, per batch size)
+    uses_m = estimator == "series" or (centering and count is None)
+    key = (g.shape, g.dtype, g.device, colsum.shape, count is None, mu, m if uses_m else 0, d,
+           feature, centering, estimator, degree, need_grad)
     inputs = (g, colsum) if count is None else (g, colsum, count)
     return _small.run_graphed(run, inputs, key)
 

@@ -10,8 +10,8 @@ instead of run, then compiles each distinct
 launch (kernel, argument types, constexprs, num_warps, num_stages) with ``triton.compile`` for
 ``GPUTarget("cuda", arch, 32)``: Triton IR -> PTX -> cubin with Triton's bundled ptxas, no driver.
 The recorded values are garbage (nothing runs), so only compilation is checked, not results —
-and that every half-input product compiled to tensor-core instructions (``wgmma`` on sm_90,
-``mma.sync`` below).
+and that every half-input product compiled to tensor-core instructions (``wgmma`` /
+``mma.sync`` / ``tcgen05.mma``).
 
 Needs ``TRITON_INTERPRET`` unset (the kernels must be real ``JITFunction``s).
 """
@@ -89,8 +89,9 @@ def record_launches(cases) -> list:
             stage_gram.gram(h, feature, centering, reference.EPS, choose_stage(dtype, n))
             q = torch.zeros(n, n)
             v = torch.zeros(d if has_v else 0)
-            stage_grad.grad(torch.ones(2), h, torch.ones(m), q, v, feature, 1.0,  # [s, shift]
-                            reference.EPS, choose_grad(dtype, m, d))
+            for coef in (torch.ones(2), torch.ones(())):  # [s, shift] (the staged op), [s]
+                stage_grad.grad(coef, h, torch.ones(m), q, v, feature, 1.0, reference.EPS,
+                                choose_grad(dtype, m, d))
     finally:
         for (mod, name), obj in saved.items():
             setattr(mod, name, obj)
@@ -112,20 +113,19 @@ def cases(quick: bool):
     return out
 
 
-#: The PTX instruction of a tensor-core product, per target: Hopper's warpgroup MMA, else mma.sync.
-MMA_INSTRUCTION = {90: "wgmma.mma_async"}
+#: PTX instructions of tensor-core products: Hopper's warpgroup MMA, the warp-level mma.sync
+#: (sm_80, and small tiles on sm_90), Blackwell's tcgen05.
+MMA_INSTRUCTIONS = ("wgmma.mma_async", "mma.sync", "tcgen05.mma")
 
 
 def check_tensor_cores(name: str, sig: dict, consts: dict, ptx: str, arch: int) -> None:
     """Half-input products (the Gram and backward kernels with ``HALF_DOT``) must compile to
     tensor-core instructions: a RuntimeError naming the kernel otherwise."""
     half = any(t in ("*fp16", "*bf16") for t in sig.values())
-    if not (half and consts.get("HALF_DOT")):
-        return
-    want = MMA_INSTRUCTION.get(arch, "mma.sync")
-    if want not in ptx:
-        raise RuntimeError(f"{name} {consts}: half inputs but no {want} in its PTX for "
-                           f"sm_{arch} (the product would run on SIMT cores)")
+    if half and consts.get("HALF_DOT") and not any(i in ptx for i in MMA_INSTRUCTIONS):
+        raise RuntimeError(f"{name} {consts}: half inputs but no tensor-core instruction "
+                           f"({', '.join(MMA_INSTRUCTIONS)}) in its PTX for sm_{arch} (the "
+                           f"product would run on SIMT cores)")
 
 
 def compile_all(launches, arch: int) -> int:

@@ -20,6 +20,7 @@ memory O(m·d/BLOCK_N)).
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -30,7 +31,7 @@ from .tiles import rne_bf16, split3_dot, x_tile
 
 @triton.jit
 def _grad_kernel(h_ptr, r_ptr, q_ptr, v_ptr, g_ptr, part_ptr, dh_ptr, m, d, stride_h, scale,
-                 eps, nbd, FEATURE: tl.constexpr, HAS_V: tl.constexpr, HAS_SHIFT: tl.constexpr,
+                 inv_eps, nbd, FEATURE: tl.constexpr, HAS_V: tl.constexpr, HAS_SHIFT: tl.constexpr,
                  SPLIT: tl.constexpr,
                  HALF_DOT: tl.constexpr, EMU_BF16: tl.constexpr, PREC: tl.constexpr,
                  PROJECT: tl.constexpr,
@@ -66,7 +67,7 @@ def _grad_kernel(h_ptr, r_ptr, q_ptr, v_ptr, g_ptr, part_ptr, dh_ptr, m, d, stri
                        mask=rmask[:, None] & (js[None, :] < nbd), other=0.0)
         radial = tl.sum(part, axis=1)
         r = tl.load(r_ptr + rows, mask=rmask, other=0.0)
-        keep = r < 1.0 / eps  # ||h_i|| > eps: project; else (r = 1/eps) remove Q's shift only
+        keep = r < inv_eps  # ||h_i|| > eps: project; else (r = 1/eps) remove Q's shift only
         if HAS_SHIFT:
             kept = gx - z * (tl.load(g_ptr + 1).to(tl.float32) * scale)
         else:
@@ -86,13 +87,16 @@ def grad(grad_out: torch.Tensor, h: torch.Tensor, rinv: torch.Tensor, q: torch.T
     """dh (m, d), contiguous, in h's dtype (h with unit column stride); ``grad_out`` (1,) or
     (2,) float32; see the module docstring."""
     m, d = h.shape
+    # 1/eps as float32 rounds it (exactly what rinv holds for a row at the floor; a division in
+    # the kernel would be approximate)
+    inv_eps = float(np.float32(1.0) / np.float32(eps))
     dh = torch.empty((m, d), device=h.device, dtype=h.dtype)
     grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(d, cfg.block_n))
     part = torch.empty((m, grid[1]), device=h.device, dtype=torch.float32)
     split = h.dtype in (torch.float16, torch.bfloat16)
     for project in (False, True):
         _grad_kernel[grid](
-            h, rinv, q, v, grad_out, part, dh, m, d, h.stride(0), scale, eps, grid[1],
+            h, rinv, q, v, grad_out, part, dh, m, d, h.stride(0), scale, inv_eps, grid[1],
             FEATURE=feature, HAS_V=v.numel() > 0, HAS_SHIFT=grad_out.numel() == 2,
             SPLIT=split, HALF_DOT=cfg.half_dot,
             EMU_BF16=cfg.emulate_bf16, PREC=cfg.precision, PROJECT=project,

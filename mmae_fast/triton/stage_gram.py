@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from .config import StageConfig
-from .tiles import dot_operand, rounded_operand, sym_store_upper, triangle_pid, x_tile
+from .tiles import dot_operand, inv_norm, rounded_operand, sym_store_upper, triangle_pid, x_tile
 
 
 @triton.jit
@@ -36,7 +36,7 @@ def _row_norms_kernel(h_ptr, r_ptr, m, d, stride_h, eps,
         cols = k0 + tl.arange(0, BLOCK_D)
         x = x_tile(h_ptr, r_ptr, r_ptr, rows, cols, m, d, stride_h, False, False).to(tl.float32)
         ss += tl.sum(x * x, axis=1)
-    tl.store(r_ptr + rows, 1.0 / tl.maximum(tl.sqrt(ss), eps), mask=rows < m)
+    tl.store(r_ptr + rows, inv_norm(ss, eps), mask=rows < m)
 
 
 @triton.jit
@@ -94,8 +94,8 @@ def _gram_sample_kernel(h_ptr, r_ptr, g_ptr, part_ptr, m, d, stride_h, eps,
         ss_b += tl.sum(fb * fb, axis=1)
         acc = tl.dot(dot_operand(xa, h_ptr, HALF_DOT), tl.trans(dot_operand(xb, h_ptr, HALF_DOT)),
                      acc, input_precision=PREC)
-    ra = 1.0 / tl.maximum(tl.sqrt(ss_a), eps)
-    rb = 1.0 / tl.maximum(tl.sqrt(ss_b), eps)
+    ra = inv_norm(ss_a, eps)
+    rb = inv_norm(ss_b, eps)
     sym_store_upper(g_ptr, acc * ra[:, None] * rb[None, :], offs_a, offs_b, m, pa, pb)
     if pa == pb:
         tl.store(r_ptr + offs_a, ra, mask=offs_a < m)

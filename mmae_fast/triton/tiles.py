@@ -29,6 +29,14 @@ def x_tile(h_ptr, r_ptr, zbar_ptr, rows, cols, m, d, stride_h,
 
 
 @triton.jit
+def inv_norm(ss, eps):
+    """``1/max(sqrt(ss), eps)`` with a correctly rounded division (``1.0 / x`` compiles to an
+    approximate one): rows at the floor get exactly the float32 ``1/eps`` that PyTorch and the
+    grad kernel's threshold use."""
+    return tl.math.div_rn(tl.full(ss.shape, 1.0, tl.float32), tl.maximum(tl.sqrt(ss), eps))
+
+
+@triton.jit
 def dot_operand(x, like_ptr, HALF_DOT: tl.constexpr):
     """``x`` in the dtype fed to tl.dot: the element type of ``like_ptr`` or float32."""
     if HALF_DOT:

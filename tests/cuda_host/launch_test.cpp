@@ -55,14 +55,16 @@ int main() {
   EXPECT(l::row_blocks(1) == 1u);
   EXPECT(l::row_blocks(65537) == 65537u);
   EXPECT(l::row_blocks(int64_t(1) << 40) == static_cast<unsigned>(l::kMaxRowBlocks));
-  EXPECT(l::grad_chunk_rows(1, 1024) == 1);
-  EXPECT(l::grad_chunk_rows(65536, 1024) == 4096);
-  EXPECT(l::grad_chunk_rows(65536, 2048) == 8192);
-  EXPECT(l::grad_chunk_rows(65536, 768) == l::kMinGradChunkRows);
-  EXPECT(l::grad_chunk_rows(300, 129) == 300);
-  EXPECT(l::grad_chunk_rows(300, 129, 7) == 7);
-  EXPECT(l::grad_chunk_rows(5, 129, 7) == 5);
-  EXPECT(l::grad_chunk_rows(0, 3) == 1);
+  // half input, d = 1024: rows of [h qhi | h qlo] are 2d float32 = 8 KiB -> 4096 rows (32 MiB)
+  EXPECT(l::grad_chunk_rows(65536, 2 * 1024 * 4) == 4096);
+  EXPECT(l::grad_chunk_rows(65536, 2 * 256 * 4) == 16384);
+  EXPECT(l::grad_chunk_rows(65536, 2 * 16384 * 4) == 256);
+  EXPECT(l::grad_chunk_rows(1, 8192) == 1);
+  EXPECT(l::grad_chunk_rows(300, 2 * 129 * 4) == 300);
+  EXPECT(l::grad_chunk_rows(300, 2 * 129 * 4, 7) == 7);
+  EXPECT(l::grad_chunk_rows(5, 2 * 129 * 4, 7) == 5);
+  EXPECT(l::grad_chunk_rows(0, 12) == 1);
+  EXPECT(l::grad_chunk_rows(10, l::kGradChunkBytes * 2) == 1);  // a row above the budget
   EXPECT(l::elementwise_blocks(0, 256) == 1u);
   EXPECT(l::elementwise_blocks(257, 256) == 2u);
   EXPECT(l::elementwise_blocks(int64_t(1) << 40, 256) == 4096u);
