@@ -99,6 +99,19 @@ class StepBatches:
         first = self.rank * self.b
         return [_seed(self.seed, 2, step, first + i) for i in range(self.b)]
 
+    def plan(self) -> StepBatches:
+        """A plain copy (rows and seeds of every step, nothing else). What a DataLoader holds
+        must not hold the loader's owner: such a cycle is freed by the cycle collector, which
+        can clear the loader's queues first and so stall each worker's shutdown 5 s."""
+        return StepBatches(self.n, self.b, seed=self.seed, rank=self.rank, world=self.world)
+
+    def loader_batches(self, start: int):
+        """A DataLoader's batch sampler: ``[(index, seed), ...]`` of steps ``start``,
+        ``start + 1``, ... (of a ``plan()`` copy)."""
+        plan = self.plan()
+        return (list(zip(plan.indices(s).tolist(), plan.sample_seeds(s)))
+                for s in range(start, 1 << 62))
+
 
 class TensorData(StepBatches):
     """An in-memory data set (digits); images are used as stored (no augmentation)."""
@@ -152,12 +165,23 @@ class _SeededImages(torch.utils.data.Dataset):
 
 
 def _collate_checked(items):
-    """Stack ``(image, label, path)`` items; raise BadImage naming the first bad file."""
-    from .train.gpu_pipeline import BadImage
+    """Stack ``(image, label, path)`` items -> ``(images, labels, None)``, or ``(None, None,
+    message)`` naming the first bad file. It runs in the loader workers, so it never raises:
+    the main process raises the message (``_checked``), one line, where an exception raised
+    here would come back as the loader's "Caught ... in DataLoader worker" traceback."""
     for img, reason, path in items:
         if img is None:
-            raise BadImage(f"{path}: not a decodable image ({reason}); remove or replace it")
-    return torch.stack([it[0] for it in items]), torch.tensor([it[1] for it in items])
+            return None, None, f"{path}: not a decodable image ({reason}); remove or replace it"
+    return torch.stack([it[0] for it in items]), torch.tensor([it[1] for it in items]), None
+
+
+def _checked(batch):
+    """``_collate_checked``'s result in the main process: ``(images, labels)`` or BadImage."""
+    images, labels, bad = batch
+    if bad is not None:
+        from .train.gpu_pipeline import BadImage
+        raise BadImage(bad)
+    return images, labels
 
 
 class ImageFolderData(StepBatches):
@@ -191,24 +215,20 @@ class ImageFolderData(StepBatches):
         self._device_pipe = None
         if pipeline == "gpu":
             from .train.gpu_pipeline import DeviceImageFolder
-            self._device_pipe = DeviceImageFolder(folder.samples, self, img_size, device,
+            self._device_pipe = DeviceImageFolder(folder.samples, self.plan(), img_size, device,
                                                   workers, MEAN, STD)
-
-    def _batches(self, start: int):
-        for step in range(start, 1 << 62):
-            yield list(zip(self.indices(step).tolist(), self.sample_seeds(step)))
 
     def batch(self, step: int):
         if self._device_pipe is not None:
             return self._device_pipe.batch(step)
         if self._iter is None or step != self._next_step:
             loader = torch.utils.data.DataLoader(
-                self.dataset, batch_sampler=self._batches(step), num_workers=self.workers,
+                self.dataset, batch_sampler=self.loader_batches(step), num_workers=self.workers,
                 collate_fn=_collate_checked, pin_memory=torch.cuda.is_available(),
                 persistent_workers=False)
             self._iter = iter(loader)
         self._next_step = step + 1
-        return next(self._iter)
+        return _checked(next(self._iter))
 
 
 def build(name: str, *, img_size: int, batch_per_rank: int, seed: int, rank: int = 0,

@@ -90,20 +90,29 @@ def test_reader_sends_jpeg_bytes_and_decodes_the_rest(tmp_path):
     assert FileReader(samples, raw_jpeg=False)[(0, 1)][0] == "pixels"
 
 
-@pytest.mark.parametrize("pipeline, workers", [("gpu", 0), ("pil", 0), ("gpu", 1)])
-def test_a_corrupt_file_is_named_never_a_hang(tmp_path, capsys, pipeline, workers):
+@pytest.mark.parametrize("pipeline, workers, damage", [
+    ("gpu", 0, "junk"), ("pil", 0, "junk"), ("gpu", 1, "junk"),
+    # the CPU defaults: PIL in loader workers (an exception raised in a worker comes back as
+    # "Caught BadImage in DataLoader worker process 0" and the worker's traceback)
+    ("pil", 2, "junk"), ("pil", 2, "truncated")])
+def test_a_corrupt_file_is_named_never_a_hang(tmp_path, capsys, pipeline, workers, damage):
     root = _folder(tmp_path / "imgs", per_class=2)
     bad = root / "train" / "b" / "broken.jpg"
-    bad.write_bytes(b"\xff\xd8\xff this is not a JPEG")
+    if damage == "junk":
+        bad.write_bytes(b"\xff\xd8\xff this is not a JPEG")
+    else:  # a real JPEG cut in half
+        whole = (root / "train" / "a" / "0.jpg").read_bytes()
+        bad.write_bytes(whole[: len(whole) // 2])
     kw = dict(img_size=16, seed=0, data_path=str(root), workers=workers, pipeline=pipeline,
               device="cpu", batch_per_rank=5)
     with pytest.raises(BadImage, match=f"{bad}: not a decodable image"):
         data.build("imagefolder", **kw).batch(0)  # one batch holds all 5 files
-    rc = train.main(["--data", "imagefolder", "--data-path", str(root), "--workers", "0",
+    rc = train.main(["--data", "imagefolder", "--data-path", str(root), "--workers", str(workers),
                      "--data-pipeline", pipeline, "--batch", "5", "--steps", "1", "--device",
                      "cpu", "--no-progress", "--output-dir", str(tmp_path / "run")])
     err = capsys.readouterr().err.strip()
-    assert rc == 2 and len(err.splitlines()) == 1 and str(bad) in err
+    assert rc == 2 and len(err.splitlines()) == 1 and str(bad) in err, err
+    assert err.startswith(f"mmae-train: error: {bad}: not a decodable image"), err
 
 
 def test_train_with_the_gpu_pipeline_fallback(tmp_path):

@@ -55,6 +55,9 @@ def test_recipe_is_stored_in_args_json(tmp_path, capsys):
                 "cpu", "--no-progress", "--no-plot", "--no-export", "--output-dir", str(out)])
     stdout = capsys.readouterr().out
     assert "--recipe mmae-vitl:" in stdout and "WARNING" in stdout  # 8 images != 1024
+    # per_rank on 1 rank: R's gradient weighted lamb/1, 8x the official run's lamb/8
+    assert "per_rank on 1 rank(s)" in stdout and "8x less" in stdout
+    assert "--grad-semantics exact --lamb 0.00125" in stdout
     stored = json.load(open(out / "args.json"))
     assert stored["recipe"] == "mmae-vitl" and stored["cls_norm"] == "shared"
     assert stored["mu"] == 3.0 and stored["grad_semantics"] == "per_rank"
@@ -71,3 +74,13 @@ def test_warmup_longer_than_the_run_is_loud(tmp_path, capsys):
                      "--output-dir", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert rc == 0 and "WARNING the warmup" in err and "--warmup-steps" in err
+
+
+def test_exact_gradient_semantics_on_fewer_gpus_is_not_warned_about(tmp_path, capsys):
+    """--grad-semantics exact --lamb 1.25e-3: the official weight on any number of ranks."""
+    rc = train.main(["--recipe", "mmae-vitl", "--model", "tiny", "--img-size", "16", "--data",
+                     "digits", "--batch", "8", "--steps", "1", "--warmup-steps", "0",
+                     "--precision", "fp32", "--device", "cpu", "--no-progress", "--no-plot",
+                     "--no-export", "--grad-semantics", "exact", "--lamb", "1.25e-3",
+                     "--output-dir", str(tmp_path / "run")])
+    assert rc == 0 and "WARNING --grad-semantics per_rank" not in capsys.readouterr().out

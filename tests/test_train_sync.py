@@ -1,8 +1,12 @@
 """No host synchronisation inside a training step (the loop reads the device at log steps).
 
-CPU: every Tensor method that copies a value to the host (``item``, ``tolist``, ``cpu``,
-``numpy``, ``bool``/``float``/``int`` of a tensor) is patched with a counter around
-``train_step``. GPU: ``torch.cuda.set_sync_debug_mode("error")`` around real steps."""
+CPU: every Tensor method and torch function that copies a value to the host (``item``,
+``tolist``, ``cpu``, ``.to("cpu")``, ``numpy``, ``bool``/``float``/``int`` of a tensor,
+``equal``, ``allclose``, ``nonzero``, ``unique``, boolean-mask indexing: ``train_helpers``) is
+patched with a counter around ``train_step``, and around a whole ``train()`` run. GPU:
+``torch.cuda.set_sync_debug_mode("error")`` around real steps."""
+import collections
+
 import pytest
 import torch
 
@@ -15,7 +19,12 @@ def test_the_counter_sees_host_reads():
     with count_host_reads() as calls:
         t = torch.ones(2)
         t.sum().item(), float(t[0]), bool(t[1]), t.tolist()
-    assert calls == ["item", "__float__", "__bool__", "tolist"]
+        t.cpu(), t.to("cpu"), t.to(device="cpu"), t.to(torch.float64), t.to(t.device)
+        torch.equal(t, t), t.equal(t), torch.allclose(t, t), t.allclose(t)
+        t[t > 0], t[0], t[:1], torch.unique(t), t.unique(), t.nonzero(), torch.nonzero(t)
+    assert calls == ["item", "__float__", "__bool__", "tolist", "cpu", "to(cpu)", "to(cpu)",
+                     "torch.equal", "equal", "torch.allclose", "allclose", "[bool mask]",
+                     "torch.unique", "torch.unique", "nonzero", "torch.nonzero"]
 
 
 @pytest.mark.parametrize("extra", [
@@ -49,6 +58,34 @@ def test_the_loop_reads_the_device_only_at_log_steps(tmp_path, monkeypatch):
          "--log-every", "4", "--rank-every", "0", "--no-plot", "--no-export",
          "--output-dir", str(tmp_path)]))
     assert reads == [4, 4, 4] and len(res["losses"]) == 12
+
+
+def test_the_whole_loop_reads_the_device_only_at_log_steps(tmp_path, monkeypatch):
+    """Every host read of a whole ``train()`` run (set-up, steps, logging, the final
+    checkpoint) counted: 12 and 24 steps with --log-every 4 differ only by the 3 more flushes,
+    each one read of its window. A read per step anywhere in the loop (e.g. ``float(loss)``
+    beside ``log.record``) fails here, though ``train_step`` itself stays clean."""
+    orig, per_flush = loop._Log.flush, []
+
+    def flush(self, *a, **k):
+        before = len(calls)
+        orig(self, *a, **k)
+        per_flush.append(len(calls) - before)
+
+    monkeypatch.setattr(loop._Log, "flush", flush)
+    outside = {}
+    for steps in (12, 24):
+        per_flush.clear()
+        with count_host_reads() as calls:
+            train.train(train.parse_args(
+                ["--model", "tiny", "--batch", "8", "--device", "cpu", "--no-progress",
+                 "--steps", str(steps), "--log-every", "4", "--rank-every", "0", "--no-plot",
+                 "--no-export", "--output-dir", str(tmp_path / str(steps))]))
+        assert per_flush == [1] * (steps // 4), per_flush  # one read of the window
+        outside[steps] = collections.Counter(calls)
+        outside[steps].subtract({"tolist": steps // 4})
+    grown = {k: n for k, n in (outside[24] - outside[12]).items() if n}
+    assert outside[24] == outside[12] and not grown, f"host reads per step: {grown}"
 
 
 @pytest.mark.gpu

@@ -45,6 +45,8 @@ def metrics(result):
     (["--online-head", "mlp"], "--online-head must be one of"),
     (["--data-pipeline", "dali"], "--data-pipeline must be one of"),
     (["--recipe", "mmae-vitb"], "--recipe must be one of"),
+    (["--device", "cuda:abc"], "--device must be auto, cpu, cuda or cuda:N"),
+    (["--device", "auto:1"], "--device must be auto, cpu, cuda or cuda:N"),
 ])
 def test_bad_arguments_name_the_argument(argv, match):
     with pytest.raises(ValueError, match=match):
@@ -56,6 +58,39 @@ def test_cli_reports_bad_arguments(capsys):
         train.main(["--lamb", "-1"])
     assert exc.value.code == 2
     assert "--lamb must be >= 0" in capsys.readouterr().err
+
+
+def test_an_unwritable_output_dir_is_one_line_naming_it(tmp_path, capsys):
+    """--output-dir below a file (as /dev/null/x): NotADirectoryError becomes one line."""
+    (tmp_path / "file").write_text("")
+    out = str(tmp_path / "file" / "run")
+    assert train.main(BASE + ["--steps", "1", "--output-dir", out]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"--output-dir {out!r}: cannot write there" in err, err
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_under_torchrun_only_rank_0_prints_a_shared_error(monkeypatch, capsys, rank):
+    """Every rank exits non-zero; a divergence or a bad --resume (the same on every rank) is
+    printed once, by rank 0; a bad image file (each rank reads its own) by the rank that hit
+    it; a bad flag once, with usage."""
+    from mmae_fast.train.gpu_pipeline import BadImage
+    monkeypatch.setenv("RANK", rank)
+    for exc, code, printed in ((train.Diverged("diverged: x"), 1, rank == "0"),
+                               (ValueError("--resume 'x.pt': y"), 2, rank == "0"),
+                               (BadImage("d/a.jpg: not a decodable image"), 2, True)):
+        def fail(args, exc=exc):
+            raise exc
+        monkeypatch.setattr(train, "train", fail)
+        assert train.main(BASE + ["--steps", "1"]) == code
+        err = capsys.readouterr().err.strip()
+        assert (err == f"mmae-train: {'error: ' * (code == 2)}{exc}") if printed else err == ""
+    if rank == "0":
+        with pytest.raises(SystemExit) as stop:
+            train.main(["--lamb", "-1"])
+        assert stop.value.code == 2 and "--lamb must be >= 0" in capsys.readouterr().err
+    else:
+        assert train.main(["--lamb", "-1"]) == 2 and capsys.readouterr().err == ""
 
 
 def test_global_batch_larger_than_data_is_an_error():

@@ -7,29 +7,55 @@ import torch
 from mmae_fast import train
 from mmae_fast.train import loop, regularisers, step
 
+#: Tensor methods that copy a value (or an output size) from the device to the host
 SYNC_METHODS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__",
-                "__index__", "nonzero")
+                "__index__", "__complex__", "nonzero", "is_nonzero", "masked_select", "equal",
+                "allclose")
+#: torch functions that do (``torch.unique`` also serves ``Tensor.unique``)
+SYNC_FUNCTIONS = ("nonzero", "masked_select", "equal", "allclose", "unique")
+
+
+def _to_the_host(args, kwargs) -> bool:
+    """Whether ``Tensor.to(*args, **kwargs)`` names the CPU by a string (``.to("cpu")``). A
+    ``torch.device`` target is not counted: on the CPU it is also what ``.to(x.device)`` (no
+    sync on a GPU, e.g. in the model's masking) passes."""
+    target = kwargs.get("device", args[0] if args else None)
+    return isinstance(target, str) and target.split(":")[0] == "cpu"
+
+
+def _bool_mask(index) -> bool:
+    """Whether ``t[index]`` selects with a boolean mask (its output size is a host read)."""
+    parts = index if isinstance(index, (tuple, list)) else (index,)
+    return any(torch.is_tensor(p) and p.dtype == torch.bool for p in parts)
 
 
 @contextlib.contextmanager
 def count_host_reads():
+    """Record, in order, every call that reads the device from the host: the methods and
+    functions above, ``.to("cpu")`` and boolean-mask indexing. On
+    the CPU nothing syncs, so this counts what would on a GPU."""
     calls = []
-    saved = {name: getattr(torch.Tensor, name) for name in SYNC_METHODS}
+    patched = [(torch.Tensor, name, name, None) for name in SYNC_METHODS]
+    patched += [(torch, name, f"torch.{name}", None) for name in SYNC_FUNCTIONS]
+    patched += [(torch.Tensor, "to", "to(cpu)", lambda a, k: _to_the_host(a[1:], k)),
+                (torch.Tensor, "__getitem__", "[bool mask]", lambda a, k: _bool_mask(a[1]))]
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _, _ in patched]
 
-    def counting(name, fn):
+    def counting(label, fn, when):
         @functools.wraps(fn)
-        def wrapper(self, *a, **k):
-            calls.append(name)
-            return fn(self, *a, **k)
+        def wrapper(*a, **k):
+            if when is None or when(a, k):
+                calls.append(label)
+            return fn(*a, **k)
         return wrapper
 
-    for name, fn in saved.items():
-        setattr(torch.Tensor, name, counting(name, fn))
+    for (owner, name, label, when), (_, _, fn) in zip(patched, saved):
+        setattr(owner, name, counting(label, fn, when))
     try:
         yield calls
     finally:
-        for name, fn in saved.items():
-            setattr(torch.Tensor, name, fn)
+        for owner, name, fn in saved:
+            setattr(owner, name, fn)
 
 
 def _setup(extra=(), device="cpu"):

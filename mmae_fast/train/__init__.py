@@ -14,6 +14,7 @@ import os
 import sys
 
 from .cli import build_parser, check_args, parse_args
+from .env import RankLocalError
 from .loop import Diverged, train
 from .outputs import plot_curves, read_metrics
 from .schedule import lr_at, mask_noise, param_groups
@@ -24,20 +25,26 @@ __all__ = ["Diverged", "build_parser", "check_args", "lr_at", "main", "mask_nois
 
 def main(argv=None) -> int:
     """``mmae-train``: argument errors exit 2 with usage; a bad --resume or a data error is one
-    line (exit 2); a diverged run one line (exit 1)."""
+    line (exit 2); a diverged run one line (exit 1). Under torchrun every rank exits with that
+    code but only rank 0 prints, except an error only one rank may meet (``RankLocalError``: a
+    bad image file among its own, its GPU index), which the rank that met it prints."""
     parser = build_parser()
     rank0 = int(os.environ.get("RANK", "0")) == 0
     try:
         args = parse_args(argv, log=print if rank0 else (lambda *_: None))
     except ValueError as exc:
+        if not rank0:
+            return 2
         parser.error(str(exc))
     try:
         result = train(args)
     except ValueError as exc:
-        print(f"mmae-train: error: {exc}", file=sys.stderr)
+        if rank0 or isinstance(exc, RankLocalError):
+            print(f"mmae-train: error: {exc}", file=sys.stderr)
         return 2
     except Diverged as exc:
-        print(f"mmae-train: {exc}", file=sys.stderr)
+        if rank0:
+            print(f"mmae-train: {exc}", file=sys.stderr)
         return 1
     if rank0:
         m = result["metrics"] or {}

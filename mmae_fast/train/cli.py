@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 
 from .. import data as data_mod
 from . import recipes
@@ -156,8 +157,8 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         _need(v >= 0, f"--{name.replace('_', '-')} must be >= 0, got {v}")
     _need(math.isfinite(args.epochs) and args.epochs > 0,
           f"--epochs must be a finite number > 0, got {args.epochs}")
-    _need(args.device is None or args.device.split(":")[0] in ("auto", "cpu", "cuda"),
-          f"--device must be auto, cpu, cuda or cuda:N, got {args.device!r}")
+    _need(args.device is None or re.fullmatch(r"auto|cpu|cuda(:\d+)?", args.device) is not None,
+          f"--device must be auto, cpu, cuda or cuda:N (N a GPU index), got {args.device!r}")
     _need(args.output_dir is None or not os.path.isfile(args.output_dir),
           f"--output-dir {args.output_dir!r} is a file; give a directory")
     if args.backend in ("cuda", "triton"):

@@ -6,6 +6,11 @@ import os
 import torch
 
 
+class RankLocalError(ValueError):
+    """An error that this rank may have hit alone (its own image files, its own GPU): under
+    torchrun the rank that raised it prints it (other errors: rank 0 only)."""
+
+
 class Distributed:
     """torchrun environment: NCCL on CUDA, gloo on the CPU; a no-op for one process."""
 
@@ -23,6 +28,10 @@ class Distributed:
         if self.device.type == "cuda":
             if not torch.cuda.is_available():
                 raise ValueError(f"--device {device_arg}: no CUDA device here; use --device cpu")
+            if self.device.index is not None and self.device.index >= torch.cuda.device_count():
+                raise RankLocalError(f"--device {device_arg}: this machine has "
+                                     f"{torch.cuda.device_count()} CUDA device(s), indices "
+                                     f"from 0")
             torch.cuda.set_device(self.device)
         self.group = None
         if self.world > 1:

@@ -22,11 +22,13 @@ import random
 import torch
 import torch.nn.functional as F
 
+from .env import RankLocalError
+
 JPEG_MAGIC = b"\xff\xd8\xff"
 
 
-class BadImage(ValueError):
-    """An image file that cannot be decoded; the message names it."""
+class BadImage(RankLocalError):
+    """An image file that cannot be decoded; the message names it (a ValueError)."""
 
 
 def crop_box(seed: int, height: int, width: int, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)):
@@ -152,15 +154,12 @@ class DeviceImageFolder:
                                  augment_args=(img_size, mean, std) if on_cpu else None)
         self._iter, self._next_step = None, None
 
-    def _batches(self, start: int):
-        for step in range(start, 1 << 62):
-            yield list(zip(self.steps.indices(step).tolist(), self.steps.sample_seeds(step)))
-
     def batch(self, step: int):
         if self._iter is None or step != self._next_step:
             self._iter = iter(torch.utils.data.DataLoader(
-                self.reader, batch_sampler=self._batches(step), num_workers=self.workers,
-                collate_fn=_collate, pin_memory=self.device.type == "cuda"))
+                self.reader, batch_sampler=self.steps.loader_batches(step),
+                num_workers=self.workers, collate_fn=_collate,
+                pin_memory=self.device.type == "cuda"))
         self._next_step = step + 1
         items = next(self._iter)
         labels = torch.tensor([it[2] for it in items], dtype=torch.int64)

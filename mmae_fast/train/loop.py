@@ -8,10 +8,11 @@ The host reads the device only every ``--log-every`` steps (and before a checkpo
 step terms of the window in one transfer. A non-finite loss found there stops the run
 (:class:`Diverged`, naming the step, the terms and the last good checkpoint) or, with
 ``--skip-nonfinite``, is counted (the update itself was skipped on the device). A checkpoint is
-written only after that check and only with finite weights.
+written only after that check and only with finite weights, optimizer and loss-scaler state.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -76,29 +77,35 @@ def _resume(args, model, opt, scaler, ckpt_path, total):
     path = ckpt_path if args.resume == "auto" else args.resume
     if not path or (args.resume == "auto" and not os.path.exists(ckpt_path)):
         return 0, None
-    state = checkpoint.load(path)
+    state = checkpoint.load(path)  # also checks the entries' types
     try:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as exc:
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
         first = str(exc).strip().splitlines()[0][:160]
         raise ValueError(f"--resume {path!r}: its weights do not fit --model {args.model} with "
                          f"these flags ({first}); resume with the run's own flags") from None
-    saved = state.get("args") or {}
+    saved = state["args"]
     for key in RUN_DEFINING:
         if key in saved and saved[key] != getattr(args, key, None):
             raise ValueError(f"--resume {path!r}: the run used --{key.replace('_', '-')} "
                              f"{saved[key]!r}, now {getattr(args, key, None)!r}; resume with the "
                              f"run's own flags (or start a new --output-dir)")
-    if state["scaler"]:
-        scaler.load_state_dict(state["scaler"])
-    elif scaler.is_enabled():
+    if not state["scaler"] and scaler.is_enabled():
         raise ValueError(f"--resume {path!r}: the run had no fp16 loss scaling; resume with its "
                          f"own --precision")
-    checkpoint.set_rng_state(state["rng"])
-    start = int(state["step"])
+    # whatever else in the file cannot be restored: one line naming it, not a traceback
+    for what, restore, value in (("loss-scaler state", scaler.load_state_dict, state["scaler"]),
+                                 ("RNG state", checkpoint.set_rng_state, state["rng"])):
+        try:
+            if value:
+                restore(value)
+        except Exception as exc:  # noqa: BLE001
+            raise checkpoint.unusable(path, f"its {what}: {checkpoint.first_line(exc)}") from None
+    start = state["step"]
     if start > total:
-        raise ValueError(f"--resume: the checkpoint is at step {start}, past --steps {total}")
+        raise ValueError(f"--resume {path!r}: the checkpoint is at step {start}, past --steps "
+                         f"{total}")
     return start, (path, start)
 
 
@@ -120,6 +127,10 @@ def train(args) -> dict:
     t_start = time.perf_counter()
     env = Distributed(args.device)
     device, rank, world = env.device, env.rank, env.world
+    run_dir, ckpt_path = args.output_dir, os.path.join(args.output_dir, checkpoint.LAST)
+    if rank == 0:
+        with _writing(run_dir):  # before the data and the model: fail fast
+            os.makedirs(run_dir, exist_ok=True)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.backend == "official-eager" and world > 1:
@@ -138,9 +149,17 @@ def train(args) -> dict:
               f"{recipes.RECIPE_GLOBAL_BATCH // recipes.RECIPE_WORLD} = "
               f"{recipes.RECIPE_GLOBAL_BATCH} images per step; here {global_batch}"
               f" (the lr scales with it, R's batch m does not): use --accum-iter to match")
+    official_k = recipes.RECIPE_WORLD
+    if (args.recipe and args.grad_semantics == "per_rank" and args.reg != "none" and args.lamb
+            and world != official_k and rank == 0
+            and not {"grad_semantics", "lamb"} & set(getattr(args, "recipe_overrides", []))):
+        print(f"mmae-train: WARNING --grad-semantics per_rank on {world} rank(s) weights R's "
+              f"gradient by lamb/{world}, the official {official_k}-GPU run's by "
+              f"lamb/{official_k} ({official_k / world:g}x less; --accum-iter does not change "
+              f"it): for the official weight on any number of GPUs pass --grad-semantics exact "
+              f"--lamb {args.lamb / official_k:g}")
     model, opt = _build(args, source, device, world)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    run_dir, ckpt_path = args.output_dir, os.path.join(args.output_dir, checkpoint.LAST)
     start, last_good = _resume(args, model, opt, scaler, ckpt_path, total)
     unused = args.cls_norm == "separate" and (args.reg == "none" or not args.lamb)  # its norm
     net = model if world == 1 else torch.nn.parallel.DistributedDataParallel(
@@ -149,23 +168,33 @@ def train(args) -> dict:
     fwd = _make_forward(args, net, regularisers.build(args, env.group, world), amp_dtype, world)
     metrics_path = os.path.join(run_dir, "metrics.jsonl")
     if rank == 0:
-        os.makedirs(run_dir, exist_ok=True)
-        outputs.trim_metrics(metrics_path, start)
-        with open(os.path.join(run_dir, "args.json"), "w") as f:
-            json.dump(dict(vars(args)) | {"world_size": world, "total_steps": total,
-                                          "warmup_steps": warmup, "peak_lr": peak,
-                                          "precision": precision}, f, indent=1)
+        with _writing(run_dir):
+            outputs.trim_metrics(metrics_path, start)
+            with open(os.path.join(run_dir, "args.json"), "w") as f:
+                json.dump(dict(vars(args)) | {"world_size": world, "total_steps": total,
+                                              "warmup_steps": warmup, "peak_lr": peak,
+                                              "precision": precision}, f, indent=1)
 
     def save(step: int) -> str:
-        if not checkpoint.all_finite(model.state_dict().values()):
-            raise Diverged(f"diverged: non-finite weights after step {step - 1} (finite loss, "
-                           f"inf/NaN gradient); not saved; {_last_good(last_good)}; lower --lr "
-                           f"/ --blr, or pass --skip-nonfinite")
+        # a host sync per checkpoint, not per step: finite weights can come with an inf AdamW
+        # exp_avg_sq (resumed, it freezes those weights), so the optimizer state is checked too
+        bad = [name for name, state in (("weights", model.state_dict()),
+                                        ("optimizer state", opt.state),
+                                        ("loss-scaler state", scaler.state_dict()))
+               if not checkpoint.all_finite(state)]
+        if bad:
+            raise Diverged(f"diverged: non-finite {' and '.join(bad)} after step {step - 1} "
+                           f"(finite loss, inf/NaN or overflowing gradient); not saved; "
+                           f"{_last_good(last_good)}; lower --lr / --blr"
+                           + (", or pass --skip-nonfinite" if bad == ["weights"]
+                              and not args.skip_nonfinite else ""))
         if rank == 0:
-            checkpoint.save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                    "scaler": scaler.state_dict(), "step": step,
-                                    "args": dict(vars(args)), "rng": checkpoint.rng_state()},
-                                   ckpt_path)
+            with _writing(run_dir):
+                checkpoint.save_atomic({"model": model.state_dict(),
+                                        "optimizer": opt.state_dict(),
+                                        "scaler": scaler.state_dict(), "step": step,
+                                        "args": dict(vars(args)), "rng": checkpoint.rng_state()},
+                                       ckpt_path)
         return ckpt_path
 
     end = total if args.stop_after is None else min(total, start + args.stop_after)
@@ -209,11 +238,13 @@ def train(args) -> dict:
     if end > start or args.resume:
         result["checkpoint"] = save(end)
     if rank == 0 and end == total:
-        if args.export:
-            result["encoder"] = outputs.export(model, run_dir)
-        if args.plot and os.path.exists(metrics_path):
-            result["png"] = outputs.plot_curves(metrics_path, os.path.join(run_dir, "curves.png"),
-                                                f"{args.model} reg={args.reg} lamb={args.lamb}")
+        with _writing(run_dir):
+            if args.export:
+                result["encoder"] = outputs.export(model, run_dir)
+            if args.plot and os.path.exists(metrics_path):
+                result["png"] = outputs.plot_curves(
+                    metrics_path, os.path.join(run_dir, "curves.png"),
+                    f"{args.model} reg={args.reg} lamb={args.lamb}")
     env.barrier()
     result["wall_s"] = time.perf_counter() - t_start
     return result
@@ -225,6 +256,17 @@ def _micro_batch(args, source, model, device, step, k, rank, world):
                        accum=args.accum_iter, micro=k, rank=rank)
     return (to_device(imgs, device), to_device(noise, device),
             to_device(labels, device) if model.head is not None else None)
+
+
+@contextlib.contextmanager
+def _writing(run_dir: str):
+    """An OSError while writing the run's outputs -> one line naming the path (exit 2)."""
+    try:
+        yield
+    except OSError as exc:
+        where = f"{exc.filename!r}: " if exc.filename and exc.filename != run_dir else ""
+        raise ValueError(f"--output-dir {run_dir!r}: cannot write there ({where}"
+                         f"{exc.strerror or exc}); give a writable directory") from None
 
 
 def _last_good(last_good) -> str:
@@ -286,6 +328,7 @@ class _Log:
                     row["eff_rank"] = float(effective_rank(self.cls.float()))
                 except torch.linalg.LinAlgError:  # non-finite features under --skip-nonfinite
                     pass
-            outputs.append_metrics(self.path, row)
+            with _writing(args.output_dir):
+                outputs.append_metrics(self.path, row)
             self.last_row = row
         self.pending, self.t0 = [], time.perf_counter()
