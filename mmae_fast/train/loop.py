@@ -143,21 +143,8 @@ def train(args) -> dict:
                             seed=args.seed, rank=rank, world=world, data_path=args.data_path,
                             workers=args.workers, pipeline=args.data_pipeline, device=device)
     total, warmup, peak = _schedule(args, source, world)
-    global_batch = args.batch * world * args.accum_iter
-    if args.recipe and global_batch != recipes.RECIPE_GLOBAL_BATCH and rank == 0:
-        print(f"mmae-train: WARNING --recipe {args.recipe} is {recipes.RECIPE_WORLD} GPUs x "
-              f"{recipes.RECIPE_GLOBAL_BATCH // recipes.RECIPE_WORLD} = "
-              f"{recipes.RECIPE_GLOBAL_BATCH} images per step; here {global_batch}"
-              f" (the lr scales with it, R's batch m does not): use --accum-iter to match")
-    official_k = recipes.RECIPE_WORLD
-    if (args.recipe and args.grad_semantics == "per_rank" and args.reg != "none" and args.lamb
-            and world != official_k and rank == 0
-            and not {"grad_semantics", "lamb"} & set(getattr(args, "recipe_overrides", []))):
-        print(f"mmae-train: WARNING --grad-semantics per_rank on {world} rank(s) weights R's "
-              f"gradient by lamb/{world}, the official {official_k}-GPU run's by "
-              f"lamb/{official_k} ({official_k / world:g}x less; --accum-iter does not change "
-              f"it): for the official weight on any number of GPUs pass --grad-semantics exact "
-              f"--lamb {args.lamb / official_k:g}")
+    if rank == 0:
+        recipes.warn_off_recipe(args, world)
     model, opt = _build(args, source, device, world)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     start, last_good = _resume(args, model, opt, scaler, ckpt_path, total)
@@ -203,7 +190,8 @@ def train(args) -> dict:
         from tqdm import tqdm
         bar = tqdm(total=total, initial=start, desc=f"train {args.model} reg={args.reg}",
                    unit="step", dynamic_ncols=True, mininterval=1.0)
-    log = _Log(args, env, source, metrics_path, global_batch, model.head is not None)
+    log = _Log(args, env, source, metrics_path, args.batch * world * args.accum_iter,
+               model.head is not None)
     net.train()
     for step in range(start, end):
         lr = lr_at(step, total, warmup, peak, args.min_lr)

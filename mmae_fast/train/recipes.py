@@ -57,3 +57,25 @@ def apply(args, explicit: dict, log=print) -> list[str]:
     log(f"mmae-train: --recipe {args.recipe}: " +
         ", ".join(f"{k}={getattr(args, k)!r}" for k in recipe))
     return overridden
+
+
+def warn_off_recipe(args, world: int, log=print) -> None:
+    """Warn where a ``--recipe`` run differs from the official 8-GPU run in a way that changes
+    its numbers: the global batch (the lr scales with it), and ``per_rank`` gradients on another
+    number of ranks (R's gradient weighted lamb/world instead of lamb/8)."""
+    if not args.recipe:
+        return
+    global_batch = args.batch * world * args.accum_iter
+    if global_batch != RECIPE_GLOBAL_BATCH:
+        log(f"mmae-train: WARNING --recipe {args.recipe} is {RECIPE_WORLD} GPUs x "
+            f"{RECIPE_GLOBAL_BATCH // RECIPE_WORLD} = {RECIPE_GLOBAL_BATCH} images per step; "
+            f"here {global_batch} (the lr scales with it, R's batch m does not): use "
+            f"--accum-iter to match")
+    if (args.grad_semantics == "per_rank" and args.reg != "none" and args.lamb
+            and world != RECIPE_WORLD
+            and not {"grad_semantics", "lamb"} & set(getattr(args, "recipe_overrides", []))):
+        log(f"mmae-train: WARNING --grad-semantics per_rank on {world} rank(s) weights R's "
+            f"gradient by lamb/{world}, the official {RECIPE_WORLD}-GPU run's by "
+            f"lamb/{RECIPE_WORLD} ({RECIPE_WORLD / world:g}x less; --accum-iter does not change "
+            f"it): for the official weight on any number of GPUs pass --grad-semantics exact "
+            f"--lamb {args.lamb / RECIPE_WORLD:g}")
