@@ -100,7 +100,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cuda_gram(const at::Tensor& h_in,
   const auto acc_opts = h.options().dtype(acc);
 
   at::Tensor rinv = at::empty({m}, acc_opts);
-  at::Tensor z = at::empty_like(h, at::MemoryFormat::Contiguous);  // the GEMM operand, h's type
+  // the GEMM operand: float16 for both half types (normalize.cu: GramOperand), else h's type
+  at::Tensor z = at::empty(h.sizes(), h.options().dtype(
+      h.scalar_type() == at::kBFloat16 ? at::kHalf : h.scalar_type()));
   C10_CUDA_CHECK(k::row_normalize(dt, h.data_ptr(), m, d, kEps, rinv.data_ptr(), z.data_ptr(),
                                   stream()));
   at::Tensor colsum = at::empty({centering ? d : 0}, acc_opts);

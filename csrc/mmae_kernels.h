@@ -6,7 +6,8 @@
 //
 // The stages (m rows, d features; csrc/bindings.cpp puts cuBLAS GEMMs between the kernels):
 //   gram:  rinv_i = 1 / max(||h_i||, eps),  z_i = h_i rinv_i,  colsum = sum_i z_i,
-//          G = z^T z or z z^T (cuBLAS on z rounded to h's type), then symmetrised;
+//          G = z^T z or z z^T (cuBLAS on z rounded to float16 for half h, else h's type),
+//          then symmetrised;
 //   grad:  gx = z q or q z (cuBLAS; half inputs on split hi + lo operands),
 //          dh_i = rinv_i (g_i - z_i <z_i, g_i>),  g = scale grad (gx - 1 v^T).
 #pragma once
@@ -23,8 +24,9 @@ namespace kernels {
 enum class DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
 
 // ---- normalize.cu ------------------------------------------------------------------------
-//! rinv[i] = 1 / max(||h_i||, eps) (sum of squares in acc) and z_i = h_i * rinv_i in type t
-//! (rounded once for half types). h, z: (m, d) of type t; rinv: (m,) acc(t).
+//! rinv[i] = 1 / max(||h_i||, eps) (sum of squares in acc) and z_i = h_i * rinv_i, rounded once
+//! to the Gram's operand type: float16 for both half types, else t. h: (m, d) of type t, z: (m, d)
+//! of that operand type; rinv: (m,) acc(t).
 cudaError_t row_normalize(DType t, const void* h, int64_t m, int64_t d, double eps, void* rinv,
                           void* z, cudaStream_t stream);
 

@@ -123,6 +123,9 @@ MUTANTS = [
            "mmae_fast/ops/staged.py",
            'uses_m = estimator == "series" or (centering and count is None)',
            'uses_m = estimator == "series"', (STAGED,)),
+    Mutant("gram-operand-in-bf16", "precision (bf16 rows as the Gram's operand: 4.6e-4 off)",
+           "mmae_fast/triton/tiles.py", "        y = x.to(tl.float16)",
+           "        y = x.to(like_ptr.dtype.element_ty)", (STAGED_BACKENDS,)),
     Mutant("host-copy-in-small-side", "host-to-device copy (t[0] = 1.0 syncs, breaks capture)",
            "mmae_fast/ops/small_side.py", "qinfo[:1].fill_(1.0)", "qinfo[0] = 1.0", (STAGED,)),
 ]

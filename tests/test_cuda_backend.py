@@ -227,11 +227,12 @@ def test_float32_reordered_product_emulation_error(gen, feature, shape):
 
 
 def emulate_gram(h, feature, centering):
-    """EMULATION of cuda_gram: rinv / colsum in acc, the Gram on z rounded to h's dtype."""
+    """EMULATION of cuda_gram: rinv / colsum in acc, the Gram on z rounded to its operand type
+    (float16 for both half types, else h's dtype)."""
     acc = cuda_backend.acc_dtype(h.dtype)
     ha = h.to(acc)
     rinv = 1.0 / ha.pow(2).sum(1).sqrt().clamp_min(reference.EPS)
-    z = (ha * rinv[:, None]).to(h.dtype).to(acc)
+    z = (ha * rinv[:, None]).to(torch.float16 if h.dtype in HALF else h.dtype).to(acc)
     g = z.T @ z if feature else z @ z.T
     colsum = (ha * rinv[:, None]).sum(0) if centering else ha.new_zeros(0)
     return (g + g.T) / 2, rinv, colsum
@@ -300,6 +301,23 @@ def test_tcr_through_staged_each_dtype(emulated_ops, gen, dtype, shape, centerin
     vtol, gtol = STAGED_BACKEND[dtype]
     assert rel_err(got, want) <= vtol
     assert rel_err(x.grad, ref_x.grad.to(dtype)) <= gtol
+
+
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("shape", [(200, 64), (64, 200)])
+def test_half_inputs_within_the_contract_through_staged(emulated_ops, dtype, shape):
+    """Collapsed half rows, both Gram sides: R within 1e-4 of float64 on the same rounded input
+    (the Gram's operand is float16 for bfloat16 too; a bfloat16 operand misses this)."""
+    worst = 0.0
+    for seed in range(3):
+        g = torch.Generator().manual_seed(seed)
+        m, d = shape
+        x = torch.randn(m, d, generator=g, dtype=torch.float64)
+        h = ((torch.randn(m, 8, generator=g, dtype=torch.float64)
+              @ torch.randn(8, d, generator=g, dtype=torch.float64)) + 1e-3 * x).to(dtype)
+        value = staged.tcr(h, backend="cuda", mu=2.0, centering=False, estimator="exact")
+        worst = max(worst, rel_err(value, reference.tcr(h.double(), 2.0)))
+    assert worst <= 1e-4, worst
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])

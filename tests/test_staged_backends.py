@@ -89,6 +89,27 @@ def test_taylor5_at_300x129(backend, dtype):
     _assert_matches_reference(value, x, h, 0.301, estimator="taylor", degree=5)
 
 
+@pytest.mark.skipif(not CASES, reason="no kernel backend is available (triton not installed?)")
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS or [None])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("estimator", ["exact", "series"])
+def test_half_inputs_within_the_contract(backend, dtype, estimator):
+    """Half inputs on the feature side: R within the series' 1e-4 contract of float64 on the
+    same rounded input, collapsed rows included. The Gram's operand is float16 for bfloat16 too:
+    a bfloat16 operand moved R by 4.6e-4 on these inputs."""
+    worst = 0.0
+    for m, d in [(37, 21), (70, 53), (200, 64)]:
+        for seed in range(3):
+            g = torch.Generator().manual_seed(seed)
+            x = torch.randn(m, d, generator=g, dtype=torch.float64)
+            h = ((torch.randn(m, 8, generator=g, dtype=torch.float64)
+                  @ torch.randn(8, d, generator=g, dtype=torch.float64)) + 1e-3 * x).to(dtype)
+            value = mmae_fast.tcr_loss(h.to(DEVICE), 2.0, estimator=estimator, backend=backend)
+            ref = reference.tcr(h.double(), 2.0)
+            worst = max(worst, _rel(value, ref))
+    assert worst <= 1e-4, worst
+
+
 @pytest.fixture
 def nan_filled_empty():
     """Every torch.empty / new_empty NaN-filled (deterministic mode, warn-only): a read of

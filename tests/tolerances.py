@@ -108,38 +108,40 @@ SPLIT3_SHIFT_GAIN = 3.0
 
 #: The triton backend's staged ops (``triton_gram`` / ``triton_grad``, issue 13) vs float64
 #: formulas, relative Frobenius errors, by input dtype: "gram": G (half inputs: the operand is z
-#: rounded to the input dtype: ~0.5 of its unit roundoff u measured), "colsum": Σ z_i (float32
+#: rounded to float16, bf16 inputs too: ~0.5 of fp16's unit roundoff measured), "colsum": Σ z_i (float32
 #: from z in float32 for every dtype), "grad": dh in the input dtype (half inputs: ~0.5 u
 #: measured, the rounding of dh itself; the split3 product adds < 1e-4).
 TRITON_STAGE_TOLERANCES = {
     torch.float32: {"gram": 2e-6, "colsum": 2e-6, "grad": 2e-5},
     torch.float16: {"gram": 6e-4, "colsum": 2e-6, "grad": 6e-4},
-    torch.bfloat16: {"gram": 5e-3, "colsum": 2e-6, "grad": 5e-3},
+    torch.bfloat16: {"gram": 6e-4, "colsum": 2e-6, "grad": 5e-3},
 }
 
 
 #: The cuda backend's staged ops (tests/test_cuda_backend.py), input dtype -> relative Frobenius
-#: error vs a float64 computation from the same input values: "gram": G (half: z rounded to the
-#: input dtype); "stats": rinv and colsum (acc arithmetic); "grad": dh in the input dtype (half:
+#: error vs a float64 computation from the same input values: "gram": G (half: z rounded to
+#: float16 for both half types, worst 5.1e-4 / 4.3e-4 (fp16 / bf16) by the CPU emulation on
+#: the GPU test's shapes); "stats": rinv and colsum (acc arithmetic); "grad": dh in the input dtype (half:
 #: the split product; floor = dh's own rounding, bf16 1.7e-3 / fp16 2.1e-4 by the CPU emulation,
 #: where a single half product gives 4.8e-2 / 5.8e-3 on collapsed features).
 CUDA_STAGE_TOLERANCES = {
     torch.float64: {"gram": 1e-12, "stats": 1e-13, "grad": 1e-10},
     torch.float32: {"gram": 1e-5, "stats": 1e-6, "grad": 1e-4},
     torch.float16: {"gram": 2e-3, "stats": 1e-6, "grad": 5e-4},
-    torch.bfloat16: {"gram": 1e-2, "stats": 1e-6, "grad": 3e-3},
+    torch.bfloat16: {"gram": 2e-3, "stats": 1e-6, "grad": 3e-3},
 }
 
 
 #: Kernel backends end to end through tcr_loss (tests/test_staged_backends.py): input dtype ->
 #: (value rtol, gradient rtol) vs float64 on the same rounded input. Half inputs: the Gram's
-#: operands are the normalised rows rounded to the input dtype (tensor cores), which moves the
-#: value by up to 2.0e-5 (fp16) / 1.7e-4 (bf16) on the test's shapes (measured by emulation,
-#: float64 small side); the backward's split3 product keeps gradients at the output's rounding.
+#: operands are the normalised rows rounded to float16 (for bf16 inputs too; tensor cores),
+#: which moves the value by up to 4.9e-5 (fp16) / 3.5e-5 (bf16) on 37x21 ... 200x64, offset and
+#: collapsed rows (Triton interpreter; bf16 operands gave 4.6e-4); the backward's split3
+#: product keeps gradients at the output's rounding.
 #: float32: float32 Gram + float64 small side (~1e-7); float64: rounding only.
 STAGED_BACKEND = {
     torch.float64: (1e-12, 1e-10),
     torch.float32: (1e-5, 1e-4),
     torch.float16: (2e-4, 1e-2),
-    torch.bfloat16: (1.5e-3, 2e-2),
+    torch.bfloat16: (2e-4, 2e-2),
 }

@@ -17,7 +17,8 @@ else m, EPS = ``mmae_fast.reference.EPS``, acc = float64 for float64 h, else flo
         q: (n, n) acc, symmetric; v: (d,) acc or an empty (0,) tensor (v = 0); grad: [s] or
         [s, t] (0-d, (1,) or (2,); t, q's radial shift, is 0 when absent).
 
-Precision. Gram: half h multiplies z rounded to h's dtype on tensor cores (fp32 accumulation);
+Precision. Gram: half h multiplies z rounded to float16 (bfloat16 h too) on tensor cores (fp32
+accumulation);
 float32 / float64 h multiply z in acc (cuBLAS fp32 / fp64; fp32 follows
 ``torch.backends.cuda.matmul.allow_tf32``). Grad, half h: feature side ``h @ [qhi | qlo]`` (h is
 exact in its dtype, z q = diag(rinv) h q; q = qhi + qlo, hi = round(q), lo = round(q − hi)),

@@ -6,7 +6,8 @@ For raw features h (m, d), ``rinv_i = 1/max(||h_i||, eps)``, ``z_i = rinv_i·h_i
     colsum = Σ_i z_i (d,) float32 if centering          (the small side centres)
 
 The Gram's dot operands are half tensors for half inputs (tensor cores, float32 accumulation):
-on the feature side z rounded to h's dtype, on the sample side h itself with the row scaling
+on the feature side z rounded to float16 (bfloat16 inputs too: ``tiles.gram_operand``), on the
+sample side h itself with the row scaling
 ``G = D (h hᵀ) D`` (D = diag(rinv)) as the epilogue, so the norms come from the same pass (the
 tiles stream every row). Only tiles on and above the diagonal run; each is stored with its
 mirror (a diagonal tile: its upper triangle both ways, so G is exactly symmetric).
@@ -23,7 +24,7 @@ import triton
 import triton.language as tl
 
 from .config import StageConfig
-from .tiles import dot_operand, inv_norm, rounded_operand, sym_store_upper, triangle_pid, x_tile
+from .tiles import dot_operand, gram_operand, inv_norm, sym_store_upper, triangle_pid, x_tile
 
 
 @triton.jit
@@ -41,7 +42,7 @@ def _row_norms_kernel(h_ptr, r_ptr, m, d, stride_h, eps,
 
 @triton.jit
 def _gram_feature_kernel(h_ptr, r_ptr, g_ptr, cs_ptr, m, d, stride_h, rows_per_split,
-                         CENTER: tl.constexpr, HALF_DOT: tl.constexpr, EMU_BF16: tl.constexpr,
+                         CENTER: tl.constexpr, HALF_DOT: tl.constexpr,
                          PREC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Split s = program_id(1) of the rows (``rows_per_split``, a multiple of BLOCK_K):
     g[s, a, b] = Σ_(i in split) z[i, a] z[i, b] (d x d); diagonal tiles with CENTER:
@@ -62,8 +63,8 @@ def _gram_feature_kernel(h_ptr, r_ptr, g_ptr, cs_ptr, m, d, stride_h, rows_per_s
         zb = x_tile(h_ptr, r_ptr, r_ptr, ks, offs_b, row_end, d, stride_h, True, False)
         if CENTER:
             csum += tl.sum(za, axis=0)
-        acc = tl.dot(tl.trans(rounded_operand(za, h_ptr, HALF_DOT, EMU_BF16)),
-                     rounded_operand(zb, h_ptr, HALF_DOT, EMU_BF16), acc, input_precision=PREC)
+        acc = tl.dot(tl.trans(gram_operand(za, h_ptr, HALF_DOT)), gram_operand(zb, h_ptr, HALF_DOT),
+                     acc, input_precision=PREC)
     sym_store_upper(g_ptr + split.to(tl.int64) * d * d, acc, offs_a, offs_b, d, pa, pb)
     if CENTER:
         if pa == pb:
@@ -72,7 +73,7 @@ def _gram_feature_kernel(h_ptr, r_ptr, g_ptr, cs_ptr, m, d, stride_h, rows_per_s
 
 @triton.jit
 def _gram_sample_kernel(h_ptr, r_ptr, g_ptr, part_ptr, m, d, stride_h, eps,
-                        CENTER: tl.constexpr, HALF_DOT: tl.constexpr, EMU_BF16: tl.constexpr,
+                        CENTER: tl.constexpr, HALF_DOT: tl.constexpr,
                         PREC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """G[i, j] = rinv_i rinv_j Σ_k h[i, k] h[j, k] (m x m); diagonal tiles write rinv of their
     rows and, with CENTER, part[pa, k] = Σ_(i in block pa) z[i, k] (a second sweep)."""
@@ -130,7 +131,7 @@ def gram(h: torch.Tensor, feature: bool, centering: bool, eps: float, cfg: Stage
     f32 = dict(device=h.device, dtype=torch.float32)
     rinv = torch.empty(m, **f32)
     bn = cfg.block_n
-    common = dict(CENTER=centering, HALF_DOT=cfg.half_dot, EMU_BF16=cfg.emulate_bf16,
+    common = dict(CENTER=centering, HALF_DOT=cfg.half_dot,
                   PREC=cfg.precision, BLOCK_N=bn,
                   BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if feature:
