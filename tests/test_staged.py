@@ -320,7 +320,7 @@ def _split3_q(h, mu, shifted):
         out = small_side.small_side(g, g.new_empty((0,)), torch.tensor(float(m), dtype=g.dtype),
                                     mu=mu, m=m, d=d, feature=True, centering=False,
                                     estimator="exact", degree=0, need_grad=True)
-        return out[1], out[3].reshape(-1)[0]
+        return out[1], out[3][0]  # qinfo = [qscale, alpha]
     c = mu / d
     two_p = -2.0 * c * torch.linalg.inv(torch.eye(d, dtype=g.dtype) + c * g)
     qscale = two_p.abs().max()

@@ -10,9 +10,10 @@ Stage 2 is the custom op ``torch.ops.mmae_fast.small_side`` so that ``torch.comp
 opaque call whose Python (degree, coefficients, warnings) runs at run time, not while tracing.
 Stages 1 and 3 are the backend's ops (``torch.ops.mmae_fast.<backend>_gram`` / ``_grad``; the
 "reference" backend runs ``mmae_fast.ops.torch_stages``). Four op calls from Python per step
-without a group (tests/test_staged.py counts them): gram and small side in the forward, the
-product ``grad·qinfo`` and grad in the backward; with a group also the row count, the buffer
-for the all-reduce and the all-reduce (and with centring the all-gather of the ranks' means).
+without a group (``tests/test_staged_backends.py::test_four_op_calls_from_python``): gram and
+small side in the forward, the product ``grad·qinfo`` and grad in the backward; with a group
+also the row count, the buffer for the all-reduce and the all-reduce (and with centring the
+all-gather of the ranks' means).
 """
 from __future__ import annotations
 
