@@ -1,4 +1,5 @@
-"""R over ranks: ``--reg uniformity`` gathered as the official U-MAE loss (2 gloo ranks)."""
+"""The trainer over ranks (2 gloo ranks): `--reg uniformity` gathered as the official U-MAE loss;
+`--skip-nonfinite` skips the same steps on every rank."""
 import os
 import tempfile
 
@@ -52,3 +53,47 @@ def test_gathered_uniformity_equals_one_process_on_the_concatenated_batch(gen):
 def test_single_process_uniformity_matches_the_definition(gen):
     z = torch.randn(9, 4, generator=gen)
     torch.testing.assert_close(global_uniformity(z, None, 1), _single(z.double()).float())
+
+
+def _skip_worker(rank, world, init, out):
+    """Both ranks hold the same Linear; rank 1's first step has a finite loss whose gradient
+    overflows (no DDP wrapper: the gradients are not averaged, only the skip flag is)."""
+    from mmae_fast.train.step import train_step
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        net = torch.nn.Linear(4, 3)
+        opt = torch.optim.AdamW(net.parameters(), lr=1e-2, fused=True)
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        x = torch.randn(6, 4)
+
+        def fwd(scale):
+            def f(x, noise, labels):
+                loss = net(x).square().mean()
+                terms = torch.stack([loss, loss, loss * 0, loss * 0, loss * 0]).detach()
+                return loss * scale, terms, x
+            return f
+        before = [p.detach().clone() for p in net.parameters()]
+        _, faults, _ = train_step(fwd(1e30 if rank == 1 else 1.0), [(x, None, None)], net=net,
+                                  opt=opt, scaler=scaler, accum=1, skip_nonfinite=True,
+                                  group=dist.group.WORLD)
+        after_bad = [p.detach().clone() for p in net.parameters()]
+        train_step(fwd(1.0), [(x, None, None)], net=net, opt=opt, scaler=scaler, accum=1,
+                   skip_nonfinite=True, group=dist.group.WORLD)
+        torch.save({"before": before, "after_bad": after_bad, "faults": faults,
+                    "after_good": [p.detach().clone() for p in net.parameters()]},
+                   f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_fault_on_one_rank_makes_every_rank_skip():
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "res")
+        mp.spawn(_skip_worker, args=(2, f"file://{tmp}/store", out), nprocs=2)
+        res = [torch.load(f"{out}.{r}") for r in range(2)]
+    assert res[0]["faults"].tolist() == [0.0, 0.0] and res[1]["faults"].tolist() == [1.0, 0.0]
+    for r in res:
+        assert all(torch.equal(a, b) for a, b in zip(r["before"], r["after_bad"]))
+        assert not any(torch.equal(a, b) for a, b in zip(r["before"], r["after_good"]))
+    assert all(torch.equal(a, b) for a, b in zip(res[0]["after_good"], res[1]["after_good"]))

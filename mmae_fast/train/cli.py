@@ -84,8 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch.compile the step's forward, regulariser included")
     g.add_argument("--compile-backend", default="inductor", help=argparse.SUPPRESS)
     g.add_argument("--skip-nonfinite", action="store_true",
-                   help="skip (and count) optimizer steps whose loss is not finite instead of "
-                        "stopping the run")
+                   help="skip (and count) every optimizer step that would make the weights or "
+                        "the optimizer state non-finite (non-finite loss, non-finite or "
+                        "overflowing gradient) instead of stopping the run")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     g.add_argument("--threads", type=int, help="torch CPU threads")
     g.add_argument("--seed", type=int, default=0)

@@ -5,10 +5,12 @@ and ``s``: data (``mmae_fast.data``), masks, LR. Resuming from a checkpoint, or 
 global batch over ranks, gives the loss sequence of one uninterrupted process.
 
 The host reads the device only every ``--log-every`` steps (and before a checkpoint): the
-step terms of the window in one transfer. A non-finite loss found there stops the run
-(:class:`Diverged`, naming the step, the terms and the last good checkpoint) or, with
-``--skip-nonfinite``, is counted (the update itself was skipped on the device). A checkpoint is
-written only after that check and only with finite weights, optimizer and loss-scaler state.
+step terms and fault flags of the window in one transfer. A bad step found there (a non-finite
+loss, a non-finite or overflowing gradient, an update that could overflow the weights:
+``step.train_step``) stops the run (:class:`Diverged`, naming the first bad step, the cause and
+the last good checkpoint) or, with ``--skip-nonfinite``, is counted (its update was skipped on the
+device). A checkpoint is written only after that check and only with finite weights, optimizer
+and loss-scaler state.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from .. import checkpoint, data as data_mod
 from . import outputs, recipes, regularisers
 from .env import Distributed
 from .schedule import lr_at, mask_noise, param_groups, to_device
-from .step import TERMS, forward_losses, train_step
+from .step import FAULTS, TERMS, forward_losses, train_step
 
 _NAMES = {"loss": "loss", "loss_mae": "L_MAE", "loss_reg": "R", "loss_ce": "L_CE"}
 
@@ -200,9 +202,9 @@ def train(args) -> dict:
         micro = [_micro_batch(args, source, model, device, step, k, rank, world)
                  for k in range(args.accum_iter)]
         try:
-            terms, bad, cls = train_step(fwd, micro, net=net, opt=opt, scaler=scaler,
-                                       accum=args.accum_iter, skip_nonfinite=args.skip_nonfinite,
-                                       group=env.group)
+            terms, faults, cls = train_step(fwd, micro, net=net, opt=opt, scaler=scaler,
+                                          accum=args.accum_iter,
+                                          skip_nonfinite=args.skip_nonfinite, group=env.group)
         except torch.linalg.LinAlgError as exc:  # the reference Cholesky on a diverged batch
             if not args.skip_nonfinite:
                 raise Diverged(f"diverged: R failed at step {step} ({str(exc).split(':')[0]}: "
@@ -210,8 +212,8 @@ def train(args) -> dict:
                                f"{_last_good(last_good)}") from None
             opt.zero_grad(set_to_none=True)
             terms, cls = torch.full((len(TERMS),), math.nan, device=device), None
-            bad = torch.ones((), dtype=torch.bool, device=device)
-        log.record(step, lr, terms, bad, cls)
+            faults = torch.zeros(len(FAULTS), device=device)
+        log.record(step, lr, terms, faults, cls)
         done = step + 1
         is_ckpt = args.ckpt_every and done % args.ckpt_every == 0 and done != end
         if done % args.log_every == 0 or done == end or is_ckpt:
@@ -220,6 +222,10 @@ def train(args) -> dict:
             last_good = (save(done), done)
     if bar is not None:
         bar.close()
+    if args.skip_nonfinite and end > start and log.skipped == end - start:
+        raise Diverged(f"every step of the run ({start}->{end}) was skipped as non-finite: no "
+                       f"update was taken; nothing saved; {_last_good(last_good)}; lower --lr / "
+                       f"--blr")
     result = {"run_dir": run_dir, "losses": log.losses, "metrics": log.last_row,
               "start_step": start, "end_step": end, "total_steps": total, "model": model,
               "checkpoint": None, "encoder": None, "png": None, "skipped": log.skipped}
@@ -257,6 +263,20 @@ def _writing(run_dir: str):
                          f"{exc.strerror or exc}); give a writable directory") from None
 
 
+def _bad_step(terms: dict, faults: dict, step: int) -> str:
+    """'' for a good step, else what made it bad (terms and faults: means over the ranks)."""
+    bad = [_NAMES[k] for k in ("loss_mae", "loss_reg", "loss_ce")
+           if not math.isfinite(terms[k])] or ([] if math.isfinite(terms["loss"]) else ["loss"])
+    if bad:
+        return f"non-finite loss at step {step} ({', '.join(bad)})"
+    if faults["gradient"] > 0:
+        return (f"non-finite or overflowing gradient at step {step} (finite loss; AdamW's "
+                f"second moment would not be finite)")
+    if faults["update"] > 0:
+        return f"the update at step {step} could overflow the weights (finite loss and gradient)"
+    return ""
+
+
 def _last_good(last_good) -> str:
     if last_good is None:
         return "no checkpoint was written (nothing to resume from)"
@@ -274,8 +294,8 @@ class _Log:
         self.pending, self.losses, self.last_row, self.skipped = [], [], None, 0
         self.t0, self.cls = time.perf_counter(), None
 
-    def record(self, step: int, lr: float, terms: torch.Tensor, bad, cls) -> None:
-        self.pending.append((step, lr, torch.cat([terms, bad.to(terms.dtype)[None]])))
+    def record(self, step: int, lr: float, terms: torch.Tensor, faults, cls) -> None:
+        self.pending.append((step, lr, torch.cat([terms, faults.to(terms.dtype)])))
         self.cls = cls
 
     def flush(self, last_good, bar, final: bool) -> None:
@@ -284,14 +304,11 @@ class _Log:
         now = time.perf_counter()
         for (step, lr, _), row_values in zip(self.pending, values):
             terms = dict(zip(TERMS, row_values))
-            bad = [_NAMES[k] for k in ("loss_mae", "loss_reg", "loss_ce")
-                   if not math.isfinite(terms[k])] or ([] if math.isfinite(terms["loss"])
-                                                       else ["loss"])
-            if bad and not args.skip_nonfinite:
-                raise Diverged(f"diverged: non-finite loss at step {step} ({', '.join(bad)}); "
-                               f"{_last_good(last_good)}; lower --lr / --blr, or pass "
-                               f"--skip-nonfinite")
-            self.skipped += bool(bad) or row_values[len(TERMS)] > 0
+            cause = _bad_step(terms, dict(zip(FAULTS, row_values[len(TERMS):])), step)
+            if cause and not args.skip_nonfinite:
+                raise Diverged(f"diverged: {cause}; {_last_good(last_good)}; lower --lr / --blr, "
+                               f"or pass --skip-nonfinite")
+            self.skipped += bool(cause)
             self.losses.append(terms["loss"])
         step, lr, _ = self.pending[-1]
         done, n_steps = step + 1, len(self.pending)
