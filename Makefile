@@ -8,7 +8,7 @@ install:
 	bash scripts/install.sh triton,train,bench,test
 
 demo: install
-	$(PYTHON) -m mmae_fast.demo
+	$(PYTHON) -m mmae_fast.train.demo
 
 test: install
 	$(PYTHON) -m pytest -q
@@ -17,8 +17,8 @@ cuda-check:  # compile every csrc/*.cu with nvcc (sm_80, sm_90a) and syntax-chec
 	bash scripts/check_cuda_compile.sh --bindings
 
 triton-check: install  # compile every Triton kernel launch for sm_90 and sm_80 (no GPU needed)
-	env -u TRITON_INTERPRET $(PYTHON) -W ignore -m mmae_fast.triton.compile_check --arch 90
-	env -u TRITON_INTERPRET $(PYTHON) -W ignore -m mmae_fast.triton.compile_check --arch 80
+	env -u TRITON_INTERPRET $(PYTHON) -W ignore -m mmae_fast.ops.tcr.triton.compile_check --arch 90
+	env -u TRITON_INTERPRET $(PYTHON) -W ignore -m mmae_fast.ops.tcr.triton.compile_check --arch 80
 
 mutants:  # plant ~15 typical bugs in a temporary copy, report which tests catch each (slow; not in CI)
 	$(PYTHON) scripts/mutants.py

@@ -55,7 +55,7 @@ def make_folder(root: Path, images: int, seed: int = 0) -> Path:
 
 
 def measure(pipeline: str, args, device: torch.device) -> dict:
-    from mmae_fast import data
+    from mmae_fast.mae import data
     row = {"pipeline": pipeline, "device": str(device), "workers": args.workers,
            "batch": args.batch, "img_size": args.img_size, "batches": args.batches,
            "img_per_s": None, "status": "ok", "reason": None}
@@ -103,7 +103,7 @@ def parse_args(argv=None):
 
 
 def run(args):
-    from mmae_fast._timm_compat import timm  # noqa: F401 - torchvision on a CPU torch
+    from mmae_fast.mae.timm_compat import timm  # noqa: F401 - torchvision on a CPU torch
     device = torch.device(args.device)
     make_folder(args.folder, args.images)
     rows = [measure(p, args, device) for p in args.pipelines]

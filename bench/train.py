@@ -40,7 +40,7 @@ from bench import common
 from mmae_fast import baselines, tcr_loss
 
 SCHEMA = "mmae_fast.bench.train"
-#: bench name -> preset of the trainer's model factory (mmae_fast.model)
+#: bench name -> preset of the trainer's model factory (mmae_fast.mae.model)
 MODELS = {"vit-b16": "vit_base_patch16", "vit-l16": "vit_large_patch16", "tiny": "tiny"}
 #: official M-MAE settings: lambda = 1e-2; mu = 1 (ViT-B), 3 (ViT-L)
 MU = {"vit-b16": 1.0, "vit-l16": 3.0, "tiny": 1.0}
@@ -108,12 +108,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 # ----------------------------------------------------------------------------- the model
 def _model_module():
     """The trainer's model module (ImportError while it is absent: the rows are skipped)."""
-    from mmae_fast import model
+    from mmae_fast.mae import model
     return model
 
 
 def create_model(name: str, img_size: int, variant: str) -> torch.nn.Module:
-    """The trainer's MAE model (``mmae_fast.model.create_model``): ``model(imgs)`` returns
+    """The trainer's MAE model (``mmae_fast.mae.model.create_model``): ``model(imgs)`` returns
     ``(mae_loss, cls)`` with ``cls`` the (batch, width) CLS features the regulariser takes.
     The official variant turns off SDPA in every timm attention module (``fused_attn``)."""
     net = _model_module().create_model(MODELS[name], img_size=img_size)

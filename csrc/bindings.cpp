@@ -1,5 +1,5 @@
 // The only file with torch types: registers torch.ops.mmae_fast.cuda_gram / cuda_grad, the
-// stage-1 and stage-3 ops of the staged TCR regulariser (contract: mmae_fast/ops/cuda_backend.py).
+// stage-1 and stage-3 ops of the staged TCR regulariser (contract: mmae_fast/ops/tcr/cuda.py).
 // Element-wise work runs in the torch-free kernels of mmae_kernels.h, the GEMMs in cuBLAS through
 // ATen (aten::mm.dtype: half operands, float32 output). Nothing here synchronises the host.
 #include <algorithm>
@@ -86,7 +86,7 @@ void check_acc(const at::Tensor& t, const at::Tensor& h, at::ScalarType acc, at:
   TORCH_CHECK(t.sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ", t.sizes());
 }
 
-//! Stage 1: (G, rinv, colsum); see GRAM_DOC in mmae_fast/ops/cuda_backend.py.
+//! Stage 1: (G, rinv, colsum); see GRAM_DOC in mmae_fast/ops/tcr/cuda.py.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> cuda_gram(const at::Tensor& h_in, bool feature,
                                                          bool centering) {
   const char* op = "cuda_gram";
@@ -115,7 +115,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cuda_gram(const at::Tensor& h_in,
   return {g, rinv, colsum};
 }
 
-//! Stage 3: dh; see GRAD_DOC in mmae_fast/ops/cuda_backend.py.
+//! Stage 3: dh; see GRAD_DOC in mmae_fast/ops/tcr/cuda.py.
 at::Tensor cuda_grad(const at::Tensor& grad, const at::Tensor& h_in, const at::Tensor& rinv_in,
                      const at::Tensor& q_in, const at::Tensor& v_in, bool feature, double scale) {
   const char* op = "cuda_grad";
@@ -197,7 +197,7 @@ at::Tensor cuda_grad(const at::Tensor& grad, const at::Tensor& h_in, const at::T
 
 }  // namespace
 
-// Schemas: keep in sync with GRAM_SCHEMA / GRAD_SCHEMA in mmae_fast/ops/cuda_backend.py (a GPU
+// Schemas: keep in sync with GRAM_SCHEMA / GRAD_SCHEMA in mmae_fast/ops/tcr/cuda.py (a GPU
 // test compares them). FRAGMENT, so that the Python-defined ops of the mmae_fast namespace
 // (Triton backend) coexist with these.
 TORCH_LIBRARY_FRAGMENT(mmae_fast, m) {

@@ -1,18 +1,12 @@
-"""Backend registry and dispatch for the TCR regulariser.
+"""Backend choice for the TCR regulariser: which of the modules in
+``mmae_fast.ops.tcr.registry`` runs an input.
 
-A backend is a module that exposes:
-
-    availability() -> str | None
-        None when the backend can run in this process, else a one-line reason
-        ("triton is not installed", "the CUDA extension mmae_fast._C was not built", ...).
-    supports(z: Tensor) -> str | None
-        None when this input (device, dtype, layout) is supported, else a one-line reason.
-    gram(h, feature: bool, centering: bool) -> (G, rinv, colsum)
-    grad(grad, h, rinv, q, v, feature: bool, scale: float) -> dh
-        Stages 1 and 3 of the staged op (``mmae_fast.ops.staged``; the contract is stated in
-        ``mmae_fast.ops.torch_stages`` and docs/staged.md). ``tcr_loss`` runs them around the
-        shared small side; the "reference" backend runs ``reference.tcr`` directly for one
-        process and its torch stages with ``group=`` or under ``torch.compile``.
+A backend module exposes ``availability() -> str | None`` (None when it can run in this process,
+else a one-line reason: "triton is not installed", "the CUDA extension mmae_fast._C was not
+built", ...), ``supports(z) -> str | None`` (the same for one input: device, dtype, layout) and
+stages 1 and 3 of the staged op, ``gram`` and ``grad``, whose contract is written in
+``mmae_fast.ops.tcr.stages``. The "reference" backend runs ``reference.tcr`` directly for one
+eager process and those stages with ``group=`` or under ``torch.compile``.
 
 ``"auto"`` takes the first of ``AUTO_ORDER`` that is available and supports the input (kernel
 backends only for CUDA tensors; CPU tensors always get "reference"); the
@@ -22,34 +16,17 @@ reason; it never falls back silently.
 """
 from __future__ import annotations
 
-import importlib
 import os
 from types import ModuleType
 
 import torch
 
-#: backend name -> module implementing the contract above.
-BACKEND_MODULES = {
-    "reference": "mmae_fast.ops.reference_backend",
-    "triton": "mmae_fast.ops.triton_backend",
-    "cuda": "mmae_fast.ops.cuda_backend",
-}
+from .ops.tcr.registry import BACKEND_MODULES, MODULES
+
 AUTO_ORDER = ("cuda", "triton", "reference")
 BACKENDS = tuple(BACKEND_MODULES) + ("auto",)
 ENV_VAR = "MMAE_FAST_BACKEND"
-
-
-def _import(name: str) -> ModuleType | str:
-    """Import a backend module, or return why it cannot be imported."""
-    try:
-        return importlib.import_module(BACKEND_MODULES[name])
-    except ImportError as exc:  # a backend whose code or dependency is missing
-        return f"backend {name!r} cannot be imported ({exc})"
-
-
-#: Every backend is imported once, with this module: ``torch.compile`` cannot trace an import,
-#: and a compiled step must resolve its backend by a dict lookup (no graph break).
-_MODULES = {name: _import(name) for name in BACKEND_MODULES}
+_MODULES = MODULES
 
 
 def _load(name: str) -> ModuleType | str:

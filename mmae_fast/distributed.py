@@ -1,7 +1,7 @@
 """TCR over a torch.distributed process group without gathering features.
 
 Each of the K ranks holds ``m_r`` rows. Instead of all-gathering the (M, d) features (the official
-code), every rank runs the staged op (``mmae_fast.ops.staged``) with an all-reduce of one buffer
+code), every rank runs the staged op (``mmae_fast.ops.tcr.op``) with an all-reduce of one buffer
 ``[G_r, 1ᵀZ_r, m_r]`` between its first two stages (d² + d + 1 numbers; the column sums only
 when centring, so d² + 1 otherwise) and so holds the global ``S = Σ_r Z_rᵀZ_r``. Centred, each
 ``G_r`` is centred on the rank's own mean and the between-rank scatter
@@ -40,7 +40,7 @@ def tcr(h, mu: float, *, centering: bool, estimator: str, degree: int, tol: floa
         grad_semantics: str, backend: str):
     """``-logdet(I_d + mu/d · S)`` on the rows of every rank of ``group`` (see module doc)
     through the staged op of ``backend`` (a resolved backend name)."""
-    from .ops import staged
+    from .ops import tcr as staged
 
     k = group_size(group)
     scale = float(k) if grad_semantics == "exact" else 1.0

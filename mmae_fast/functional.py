@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 
 from . import _checks, backends, distributed, reference, series
-from .ops import staged
-from .ops.small_side import warn_if_taylor_diverges
+from .ops import tcr as staged
+from .ops.tcr.small_side import warn_if_taylor_diverges
 
 
 def _bool(value, name: str) -> bool:

@@ -1,7 +1,7 @@
 """Test set-up shared by every test file.
 
 Without a GPU, Triton kernels run in Triton's interpreter, which must be switched on before any
-``@triton.jit`` decorator runs, i.e. before ``mmae_fast.triton`` is imported.
+``@triton.jit`` decorator runs, i.e. before ``mmae_fast.ops.tcr.triton`` is imported.
 """
 import os
 

@@ -6,14 +6,14 @@ import os
 
 import torch
 
-import mmae_fast._timm_compat  # noqa: F401 - the torchvision shim before timm
+import mmae_fast.mae.timm_compat  # noqa: F401 - the torchvision shim before timm
 
 
 def mae_checkpoint(path, *, seed: int = 0, bn_head: bool = True) -> dict:
     """Write a checkpoint in the trainer's format (``model``, ``args``, ``step``) of the tiny
     preset with a 10-class online head (BN + Linear with non-trivial running statistics when
     the trainer supports it); returns the MAE module (eval mode)."""
-    from mmae_fast.model import MaskedAutoencoder, create_model
+    from mmae_fast.mae.model import MaskedAutoencoder, create_model
     torch.manual_seed(seed)
     kw = {"num_classes": 10}
     if "head" in inspect.signature(MaskedAutoencoder.__init__).parameters:

@@ -17,7 +17,7 @@ import torch
 
 import mmae_fast
 from mmae_fast import backends, reference
-from mmae_fast.ops import cuda_backend, reference_backend, staged
+from mmae_fast.ops.tcr import cuda as cuda_backend, op as staged, stages as reference_backend
 from tests.tolerances import (CUDA_STAGE_TOLERANCES, STAGED_BACKEND, TOLERANCES, assert_close,
                               rel_err)
 

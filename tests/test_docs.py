@@ -27,7 +27,7 @@ def test_python_blocks_compile(path):
 
 
 def test_docs_name_existing_files_and_modules():
-    """Paths like `mmae_fast/ops/staged.py`, `bench/stages.py` or `docs/staged.md` that the docs
+    """Paths like `mmae_fast/ops/tcr/op.py`, `bench/stages.py` or `docs/staged.md` that the docs
     name in backticks exist."""
     missing = []
     for path in DOCS:
@@ -46,7 +46,7 @@ def test_evaluation_export_example_runs_and_prints_what_the_text_says(tmp_path):
     doc = (ROOT / "docs" / "evaluation.md").read_text()
     code = _blocks(ROOT / "docs" / "evaluation.md", "python")[0]
     bash = next(b for b in _blocks(ROOT / "docs" / "evaluation.md", "bash")
-                if "mmae_fast.export" in b)
+                if "mmae_fast.eval.export" in b)
     stated = re.search(r"```\n\nprints `([^`]+)`", doc[doc.index(code):]).group(1)
     out = str(tmp_path / "demo")
     env = dict(os.environ, PYTHONPATH=str(ROOT))

@@ -17,7 +17,7 @@ def test_export_names_an_unreadable_checkpoint(tmp_path, content):
     else:
         torch.save({"model": {"w": torch.ones(100)}}, path)
         path.write_bytes(path.read_bytes()[:50])
-    proc = subprocess.run([sys.executable, "-m", "mmae_fast.export", str(path)],
+    proc = subprocess.run([sys.executable, "-m", "mmae_fast.eval.export", str(path)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and str(path) in proc.stderr

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from eval_helpers import mae_checkpoint
-from mmae_fast._timm_compat import timm  # the torchvision shim before timm (CPU torch)
-from mmae_fast import export
+from mmae_fast.mae.timm_compat import timm  # the torchvision shim before timm (CPU torch)
+from mmae_fast.eval import export
 
 
 def _reference(mae, x):
@@ -83,7 +83,8 @@ def test_errors_name_the_problem(tmp_path, capsys):
 @pytest.mark.slow  # essential: resume / DDP / trainer integration
 def test_a_mid_run_trainer_checkpoint_exports(tmp_path, gen):
     """A real ``mmae-train`` run stopped half-way (``--stop-after``, nothing exported)."""
-    from mmae_fast import evaluate, train
+    from mmae_fast import train
+    from mmae_fast.eval import monitor
     run = tmp_path / "run"
     train.main(["--model", "tiny", "--data", "digits", "--steps", "4", "--stop-after", "2",
                 "--no-export", "--no-plot", "--no-progress", "--device", "cpu",
@@ -91,7 +92,7 @@ def test_a_mid_run_trainer_checkpoint_exports(tmp_path, gen):
     assert not (run / "encoder.safetensors").exists()
     res = export.export(str(run / "checkpoint-last.pt"), head=False)
     assert res["path"] == str(run / "encoder-export.safetensors")
-    mae, _ = evaluate.load_model(str(run / "checkpoint-last.pt"))
+    mae, _ = monitor.load_model(str(run / "checkpoint-last.pt"))
     model = timm.create_model(res["timm_name"], pretrained=True, pretrained_cfg_overlay=dict(
         file=res["path"]), **res["timm_kwargs"]).eval()
     x = torch.randn(4, 3, 16, 16, generator=gen)

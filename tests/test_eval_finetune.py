@@ -92,7 +92,7 @@ def test_image_folder_with_average_pooling(tmp_path):
     assert res["history"][0]["n"] == 6
     assert "fc_norm.weight" in res["model"].state_dict()
     # the fine-tuned model (avg pooling, fc_norm, head) exports and reloads with equal logits
-    from mmae_fast import export
+    from mmae_fast.eval import export
     out = export.export(res["checkpoint"], str(tmp_path / "ft.safetensors"))
     assert out["timm_kwargs"]["global_pool"] == "avg" and out["timm_kwargs"]["num_classes"] == 3
     from safetensors.torch import load_file

@@ -65,7 +65,7 @@ def test_lars_is_maes_lars_on_a_toy_problem(gen, wd):
 
 
 def test_digit_split_is_the_trainers():
-    from mmae_fast import data as train_data
+    from mmae_fast.mae import data as train_data
     _, y = train_data.load_digits(16, "test")
     assert edata.DigitsImages("val").targets == y.tolist()
 
@@ -126,9 +126,9 @@ def test_image_folder_and_a_missing_val_folder(tmp_path, capsys):
     with pytest.raises(ValueError, match="no val/ folder"):
         linprobe.run(_args(tmp_path / "ck.pt", tmp_path / "lp2", "--data", "imagefolder",
                            "--data-path", str(root)))
-    from mmae_fast import evaluate
+    from mmae_fast.eval import cli
     with pytest.raises(SystemExit):
-        evaluate.main(["linprobe", str(tmp_path / "ck.pt"), "--output-dir", str(tmp_path / "o"),
+        cli.main(["linprobe", str(tmp_path / "ck.pt"), "--output-dir", str(tmp_path / "o"),
                        "--data", "imagefolder", "--data-path", str(root)])
     assert "no val/ folder" in capsys.readouterr().err
 
@@ -156,7 +156,7 @@ def test_two_gloo_ranks_run_and_count_every_val_image_once(tmp_path):
     out = tmp_path / "ddp"
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "mmae_fast.evaluate", "linprobe", str(tmp_path / "ck.pt"), "--output-dir",
+         "-m", "mmae_fast.eval", "linprobe", str(tmp_path / "ck.pt"), "--output-dir",
          str(out), "--device", "cpu", "--workers", "0", "--epochs", "1", "--batch", "32",
          "--max-images", "65"],
         capture_output=True, text=True, timeout=300, env=env)

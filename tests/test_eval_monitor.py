@@ -56,13 +56,13 @@ def test_device_defaults_to_the_gpu_when_there_is_one():
 
 
 def test_cli_on_a_checkpoint_and_an_export(tmp_path, capsys):
-    from mmae_fast import evaluate, export
+    from mmae_fast.eval import cli, export
     (tmp_path / "run").mkdir()
     mae_checkpoint(tmp_path / "run" / "ck.pt")
     exp = export.export(str(tmp_path / "run" / "ck.pt"), str(tmp_path / "exp" / "e.safetensors"))
     argv = ["--probe-epochs", "2", "--max-images", "60", "--device", "cpu"]
-    assert evaluate.main([str(tmp_path / "run" / "ck.pt"), *argv]) == 0  # the original form
-    assert evaluate.main(["monitor", exp["path"], *argv]) == 0
+    assert cli.main([str(tmp_path / "run" / "ck.pt"), *argv]) == 0  # the original form
+    assert cli.main(["monitor", exp["path"], *argv]) == 0
     lines = capsys.readouterr().out.splitlines()
     rows = [line.split() for line in lines
             if line.startswith(("run ", "exp ")) and "acc" not in line]  # not the headers

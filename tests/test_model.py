@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from mmae_fast import model as M
-from mmae_fast._timm_compat import timm
+from mmae_fast.mae import model as M
+from mmae_fast.mae.timm_compat import timm
 from timm.models.vision_transformer import VisionTransformer
 
 

@@ -1,4 +1,4 @@
-"""The staged TCR op (mmae_fast.ops.staged): gram -> small side -> grad, on the CPU.
+"""The staged TCR op (mmae_fast.ops.tcr.op): gram -> small side -> grad, on the CPU.
 
 Stages 1 and 3 here are ``torch_stages`` (the "reference" backend's staged ops); the kernel
 backends' own stage tests live in test_triton_backend.py / test_cuda_backend.py, and their
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mmae_fast import reference, series
-from mmae_fast.ops import small_side, staged, torch_stages
+from mmae_fast.ops.tcr import graph_cache, op as staged, small_side, stages as torch_stages
 from tests.op_names import OpNames
 from tests.tolerances import (SERIES_SMALL_SIDE_ARITHMETIC, SPLIT3_BF16_FLOOR_FRACTION,
                               SPLIT3_SHIFT_GAIN, STAGED)
@@ -23,6 +23,12 @@ ESTIMATORS = ["exact", "series", "taylor"]
 
 def _mu(estimator, m, d):
     return 0.5 * d / m if estimator == "taylor" else 2.0
+
+
+def _small(g, colsum, count, **kw):
+    """Stage 2 called directly: ``small_side`` with the constants of these arguments."""
+    k = small_side.Constants.of(**kw, grouped=count is not None)
+    return small_side.small_side(g, colsum, count, k)
 
 
 def _features(gen, m, d, kind="offset", dtype=torch.float64):
@@ -155,7 +161,7 @@ def _series_small_side_float32(gen, kind, centering, m, d, mu, degree):
     if centering:
         z = z - z.mean(0)
     g = ((m // rows) * (z.mT @ z)).float()
-    value = small_side.small_side(g, g.new_empty((0,)), torch.tensor(float(m)), mu=mu, m=m, d=d,
+    value = _small(g, g.new_empty((0,)), torch.tensor(float(m)), mu=mu, m=m, d=d,
                                   feature=True, centering=False, estimator="series",
                                   degree=degree, need_grad=False)[0]
     kap = 1.0 + mu * m / d
@@ -252,10 +258,11 @@ def test_graph_key_covers_every_constant(gen, monkeypatch, estimator, centering)
     later inputs): batch sizes 64, 40 and 64 again, feature side, against the reference."""
     replays = {}
 
-    def replay_first(fn, inputs, key):
-        return replays.setdefault(key, fn)(*inputs)
+    def replay_first(fn, inputs, constants):  # the first call's constants, replayed
+        key = graph_cache.graph_key(inputs, constants)
+        return replays.setdefault(key, lambda *x: fn(*x, constants))(*inputs)
 
-    monkeypatch.setattr(small_side, "run_graphed", replay_first)
+    monkeypatch.setattr(small_side.CACHE, "run", replay_first)
     for m in (64, 40, 64):
         h = _features(gen, m, 16)
         degree = reference.default_degree(estimator, series.kappa(0.5, m, 16))
@@ -279,7 +286,7 @@ def test_count_above_kappa_bound_is_nan(gen):
     """The distributed path assumes equal shards: more rows than kappa assumed -> NaN."""
     g, rinv, colsum = torch_stages.gram(_features(gen, 10, 4), True, False)
     count = torch.tensor(11.0, dtype=g.dtype)
-    value = small_side.small_side(g, colsum, count, mu=1.0, m=10, d=4, feature=True,
+    value = _small(g, colsum, count, mu=1.0, m=10, d=4, feature=True,
                                   centering=False, estimator="series", degree=5,
                                   need_grad=False)[0]
     assert math.isnan(value.item())
@@ -291,7 +298,7 @@ def test_shift_and_qscale(gen):
     h = _features(gen, 30, 12)
     g, rinv, colsum = torch_stages.centred_gram(h, True)
     count = torch.tensor(30.0, dtype=g.dtype)
-    _, q, v, qinfo = small_side.small_side(g, colsum, count, mu=2.0, m=30, d=12, feature=True,
+    _, q, v, qinfo = _small(g, colsum, count, mu=2.0, m=30, d=12, feature=True,
                                            centering=True, estimator="exact", degree=0,
                                            need_grad=True)
     qscale, alpha = qinfo
@@ -317,7 +324,7 @@ def _split3_q(h, mu, shifted):
     z = torch.nn.functional.normalize(h.double(), dim=1)
     g = z.mT @ z
     if shifted:
-        out = small_side.small_side(g, g.new_empty((0,)), torch.tensor(float(m), dtype=g.dtype),
+        out = _small(g, g.new_empty((0,)), torch.tensor(float(m), dtype=g.dtype),
                                     mu=mu, m=m, d=d, feature=True, centering=False,
                                     estimator="exact", degree=0, need_grad=True)
         return out[1], out[3][0]  # qinfo = [qscale, alpha]
@@ -427,12 +434,12 @@ def test_small_side_graph_replay_equals_eager(estimator, monkeypatch):
         args = (g, colsum, torch.tensor(300.0, device="cuda"), 2.0, 300, 129, True, True,
                 estimator, 6, 1e-4, True)
         graphed = torch.ops.mmae_fast.small_side(*args)
-        monkeypatch.setenv(small_side.GRAPH_ENV, "0")
+        monkeypatch.setenv(graph_cache.GRAPH_ENV, "0")
         eager = torch.ops.mmae_fast.small_side(*args)
-        monkeypatch.delenv(small_side.GRAPH_ENV)
+        monkeypatch.delenv(graph_cache.GRAPH_ENV)
         for a, b in zip(graphed, eager):
             assert torch.equal(a, b), call
-    assert any(v is not None for v in small_side._GRAPHS.values())
+    assert small_side.CACHE.graphs
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)
@@ -463,9 +470,9 @@ def test_small_side_loop_fallback_equals_fused(gen, estimator, monkeypatch):
     g, rinv, colsum = torch_stages.gram(h, True, True)
     args = dict(mu=3.0, m=40, d=16, feature=True, centering=True, estimator=estimator,
                 degree=9, need_grad=True)
-    fused = small_side.small_side(g, colsum, torch.tensor(40.0), **args)
-    monkeypatch.setattr(small_side, "_constant", lambda values, like: None)
-    loop = small_side.small_side(g, colsum, torch.tensor(40.0), **args)
+    fused = _small(g, colsum, torch.tensor(40.0), **args)
+    monkeypatch.setattr(small_side.CACHE, "device_constant", lambda values, like: None)
+    loop = _small(g, colsum, torch.tensor(40.0), **args)
     for a, b in zip(fused, loop):
         assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
 
@@ -481,14 +488,10 @@ def test_series_with_an_empty_interval_is_a_clear_error(gen, order):
         mmae_fast.tcr_loss(h, 1e-20, estimator="series", order=order)
 
 
-def test_graph_cache_is_lru_bounded_and_remembers_failures(monkeypatch):
-    """At most MAX_GRAPHS captured small sides are kept (each holds its basis buffers); the least
+def test_graph_cache_is_lru_bounded_and_remembers_failures():
+    """At most max_graphs captured small sides are kept (each holds its basis buffers); the least
     recently used goes first; a failed capture is warned once and the key stays eager."""
-    import collections
-
-    monkeypatch.setattr(small_side, "_GRAPHS", collections.OrderedDict())
-    monkeypatch.setattr(small_side, "_FAILED", set())
-    monkeypatch.setattr(small_side, "MAX_GRAPHS", 3)
+    cache = graph_cache.GraphCache(max_graphs=3)
     made = []
 
     def capture(k):
@@ -496,20 +499,20 @@ def test_graph_cache_is_lru_bounded_and_remembers_failures(monkeypatch):
         return f"graph{k}"
 
     for k in (1, 2, 3):
-        assert small_side._cached(k, lambda k=k: capture(k)) == f"graph{k}"
-    small_side._cached(1, lambda: capture(1))  # a hit: 1 becomes the most recent
-    small_side._cached(4, lambda: capture(4))  # evicts 2, the least recently used
-    assert list(small_side._GRAPHS) == [3, 1, 4] and made == [1, 2, 3, 4]
+        assert cache._entry(k, lambda k=k: capture(k)) == f"graph{k}"
+    cache._entry(1, lambda: capture(1))  # a hit: 1 becomes the most recent
+    cache._entry(4, lambda: capture(4))  # evicts 2, the least recently used
+    assert list(cache.graphs) == [3, 1, 4] and made == [1, 2, 3, 4]
 
     def broken():
         raise RuntimeError("operation not permitted when stream is capturing")
 
     with pytest.warns(RuntimeWarning, match="runs eagerly"):
-        assert small_side._cached(5, broken) is None
-    assert small_side._cached(5, lambda: capture(5)) is None  # remembered: no second try
+        assert cache._entry(5, broken) is None
+    assert cache._entry(5, lambda: capture(5)) is None  # remembered: no second try
     for k in (6, 7, 8):  # evictions of graphs do not forget the failure
-        small_side._cached(k, lambda k=k: capture(k))
-    assert small_side._cached(5, lambda: capture(5)) is None
+        cache._entry(k, lambda k=k: capture(k))
+    assert cache._entry(5, lambda: capture(5)) is None
     assert made == [1, 2, 3, 4, 6, 7, 8]
 
 
@@ -580,9 +583,9 @@ def test_small_side_itself_has_no_host_sync(gen, estimator, need_grad):
     count = torch.tensor(40.0)
     args = dict(mu=2.0, m=40, d=24, feature=True, centering=True, estimator=estimator,
                 degree=6, need_grad=need_grad)
-    small_side.small_side(g, colsum, count, **args)  # the first call puts its weights on the device
+    _small(g, colsum, count, **args)  # the first call puts its weights on the device
     with OpNames() as rec:
-        small_side.small_side(g, colsum, count, **args)
+        _small(g, colsum, count, **args)
     assert len(rec.names) > (10 if need_grad else 3)
     assert not [op for op in rec.names
                 if "_local_scalar_dense" in op or "item" in op or "lift_fresh" in op], rec.names
@@ -596,9 +599,9 @@ def _small_side_ops(g, colsum, estimator, degree):
     """The small side's non-view ops (each a kernel or more on a GPU) for one call."""
     args = dict(mu=3.0, m=400, d=g.shape[0], feature=True, centering=False,
                 estimator=estimator, degree=degree, need_grad=True)
-    small_side.small_side(g, colsum, None, **args)  # the host-side weight caches
+    _small(g, colsum, None, **args)  # the host-side weight caches
     with OpNames() as rec:
-        small_side.small_side(g, colsum, None, **args)
+        _small(g, colsum, None, **args)
     names = [op.split(".")[1] for op in rec.names]
     return [n for n in names if n not in _VIEWS]
 
@@ -616,6 +619,6 @@ def test_small_side_combinations_are_fused(gen, estimator, monkeypatch):
         ops = _small_side_ops(g, colsum, estimator, degree)
         rest.append(sum(n not in ("mm", "addmm") for n in ops))
     assert len(set(rest)) == 1 and rest[0] <= 27, rest
-    monkeypatch.setattr(small_side, "_constant", lambda values, like: None)
+    monkeypatch.setattr(small_side.CACHE, "device_constant", lambda values, like: None)
     loop = _small_side_ops(g, colsum, estimator, degrees[-1])
     assert sum(n not in ("mm", "addmm") for n in loop) > rest[0] + degrees[-1]

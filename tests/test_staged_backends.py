@@ -137,7 +137,7 @@ def test_no_uninitialised_reads(nan_filled_empty, backend, n, estimator, degree)
     a 128-wide tile; both Gram sides)."""
     import warnings
 
-    from mmae_fast.ops import staged
+    from mmae_fast.ops.tcr import op as staged
 
     dtype = torch.float32
     for m, d in ((300, n), (n, 300)):

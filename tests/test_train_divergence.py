@@ -10,7 +10,8 @@ import warnings
 import pytest
 import torch
 
-from mmae_fast import checkpoint, train
+from mmae_fast import train
+from mmae_fast.mae import checkpoint
 from mmae_fast.train import loop, step
 
 BASE = ["--model", "tiny", "--data", "digits", "--batch", "16", "--no-progress", "--device",

@@ -6,9 +6,10 @@ import os
 import pytest
 import torch
 
-from mmae_fast import data, train
-from mmae_fast._timm_compat import timm  # noqa: F401 - torchvision on a CPU torch
-from mmae_fast.train.gpu_pipeline import BadImage, FileReader, augment, crop_box
+from mmae_fast import train
+from mmae_fast.mae import data
+from mmae_fast.mae.timm_compat import timm  # noqa: F401 - torchvision on a CPU torch
+from mmae_fast.mae.gpu_pipeline import BadImage, FileReader, augment, crop_box
 
 
 def _folder(root, per_class=5, fmt="JPEG"):
@@ -164,7 +165,7 @@ def test_a_jpeg_the_device_decoder_rejects_goes_through_pil(tmp_path, monkeypatc
     decoded by PIL instead of stopping the run; a file PIL cannot read either is still named."""
     import torchvision.io
 
-    from mmae_fast.train import gpu_pipeline
+    from mmae_fast.mae import gpu_pipeline
 
     jpg = _folder(tmp_path / "j")
     samples = [(str(jpg / "train/a/0.jpg"), 0), (str(jpg / "train/a/1.jpg"), 0)]

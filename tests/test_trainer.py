@@ -8,7 +8,9 @@ import sys
 import pytest
 import torch
 
-from mmae_fast import checkpoint, data, evaluate, train
+from mmae_fast import train
+from mmae_fast.eval import cli, monitor
+from mmae_fast.mae import checkpoint, data
 
 BASE = ["--model", "tiny", "--data", "digits", "--batch", "16", "--lr", "2e-3",
         "--warmup-steps", "2", "--log-every", "1", "--rank-every", "2", "--no-progress",
@@ -74,7 +76,7 @@ def test_under_torchrun_only_rank_0_prints_a_shared_error(monkeypatch, capsys, r
     """Every rank exits non-zero; a divergence or a bad --resume (the same on every rank) is
     printed once, by rank 0; a bad image file (each rank reads its own) by the rank that hit
     it; a bad flag once, with usage."""
-    from mmae_fast.train.gpu_pipeline import BadImage
+    from mmae_fast.mae.gpu_pipeline import BadImage
     monkeypatch.setenv("RANK", rank)
     for exc, code, printed in ((train.Diverged("diverged: x"), 1, rank == "0"),
                                (ValueError("--resume 'x.pt': y"), 2, rank == "0"),
@@ -206,24 +208,24 @@ def test_probes_separate_separable_features(gen):
     centers = torch.randn(4, 16, generator=gen) * 4
     y = torch.arange(200) % 4
     f = centers[y] + torch.randn(200, 16, generator=gen)
-    acc = evaluate.linear_probe(f[:150], y[:150], f[150:], y[150:], epochs=30)
+    acc = monitor.linear_probe(f[:150], y[:150], f[150:], y[150:], epochs=30)
     assert acc > 0.95
-    assert evaluate.knn_accuracy(f[:150], y[:150], f[150:], y[150:], k=5) > 0.95
+    assert monitor.knn_accuracy(f[:150], y[:150], f[150:], y[150:], k=5) > 0.95
     # random labels cannot be predicted
     shuffled = y[torch.randperm(200, generator=gen)]
-    assert evaluate.knn_accuracy(torch.randn(150, 16, generator=gen), shuffled[:150],
+    assert monitor.knn_accuracy(torch.randn(150, 16, generator=gen), shuffled[:150],
                                  torch.randn(50, 16, generator=gen), shuffled[150:]) < 0.6
 
 
 def test_evaluate_cli_on_a_checkpoint(tmp_path, capsys):
     res = run(tmp_path, "ev", "--steps", "2", "--no-export", "--no-plot")
-    assert evaluate.main([res["checkpoint"], "--probe-epochs", "2"]) == 0
+    assert cli.main([res["checkpoint"], "--probe-epochs", "2"]) == 0
     out = capsys.readouterr().out
     assert "linear acc" in out and "eff. rank" in out and "ev" in out
 
 
 def test_demo_smoke(tmp_path, capsys):
-    from mmae_fast import demo
+    from mmae_fast.train import demo
     assert demo.main(["--steps", "2", "--probe-epochs", "1", "--jobs", "1",
                       "--out", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out

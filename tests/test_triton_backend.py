@@ -27,8 +27,9 @@ triton = pytest.importorskip("triton")
 
 import mmae_fast  # noqa: E402
 from mmae_fast import backends, reference  # noqa: E402
-from mmae_fast.ops import reference_backend, triton_backend  # noqa: E402
-from mmae_fast.triton import config, stage_grad, stage_gram  # noqa: E402
+from mmae_fast.ops.tcr import stages as reference_backend  # noqa: E402
+from mmae_fast.ops.tcr.triton import backend as triton_backend  # noqa: E402
+from mmae_fast.ops.tcr.triton import config, grad_kernel as stage_grad, gram_kernel as stage_gram  # noqa: E402
 
 pytestmark = pytest.mark.skipif(triton_backend.availability() is not None,
                                 reason=str(triton_backend.availability()))
@@ -375,10 +376,10 @@ def test_torch_compile_fullgraph(gen, dynamic, monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("centering", [False, True])
 def test_staged_layer_runs_on_these_ops(gen, shape, dtype, centering):
-    """The shared staged op (``mmae_fast.ops.staged``) with backend="triton": value and input
+    """The shared staged op (``mmae_fast.ops.tcr.op``) with backend="triton": value and input
     gradient of the exact estimator against ``reference.tcr`` in float64 (half gradients after a
     2**10 loss scale, as AMP does)."""
-    from mmae_fast.ops import staged
+    from mmae_fast.ops.tcr import op as staged
     h = _features(gen, *shape, dtype, zero_row=False)
     x = h.to(DEVICE, copy=True).requires_grad_()
     value = staged.tcr(x, backend="triton", mu=2.0, centering=centering, estimator="exact")
@@ -406,10 +407,10 @@ def test_public_api_uses_the_kernels(gen, monkeypatch):
 def test_kernels_compile_for_sm90():
     """The interpreter never compiles a kernel: compile the launches of two cases (fp16 feature
     side with centring and v, bf16 sample side) for sm_90 with Triton's own ptxas, in a process
-    without TRITON_INTERPRET (``python -m mmae_fast.triton.compile_check`` runs every case)."""
+    without TRITON_INTERPRET (``python -m mmae_fast.ops.tcr.triton.compile_check`` runs every case)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     root = pathlib.Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, "-W", "ignore", "-m", "mmae_fast.triton.compile_check",
+    proc = subprocess.run([sys.executable, "-W", "ignore", "-m", "mmae_fast.ops.tcr.triton.compile_check",
                            "--quick", "--arch", "90"], cwd=root, env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -419,7 +420,7 @@ def test_kernels_compile_for_sm90():
 def test_tensor_core_check_names_a_simt_half_product():
     """compile_check refuses a half-input product whose PTX has no tensor-core instruction (the
     quick compile above passes it for the real kernels)."""
-    from mmae_fast.triton.compile_check import check_tensor_cores
+    from mmae_fast.ops.tcr.triton.compile_check import check_tensor_cores
 
     sig, consts = {"h_ptr": "*bf16", "m": "i32"}, {"HALF_DOT": True}
     check_tensor_cores("k", sig, consts, "... wgmma.mma_async.sync.aligned ...", 90)

@@ -95,7 +95,7 @@ STAGED = {
 #: the test's cases.
 SERIES_SMALL_SIDE_ARITHMETIC = 5e-7
 
-#: The radial shift of Q in the half-input backward product (mmae_fast/ops/small_side.py), by the
+#: The radial shift of Q in the half-input backward product (mmae_fast/ops/tcr/small_side.py), by the
 #: CPU emulation of tests/test_staged.py::test_split3_backward_emulation (bf16, 2048x256, mu = 3,
 #: seeds 0..5). SPLIT3_BF16_FLOOR_FRACTION: split3's gradient error / the bf16 output's own
 #: rounding (1.66e-3) measured worst 1.7e-2 (collapsed; aniso 1.2e-3, offset 6.0e-4) -> 0.04

@@ -61,7 +61,7 @@ def count_host_reads():
 def _setup(extra=(), device="cpu"):
     args = train.parse_args(["--model", "tiny", "--batch", "8", "--device", device,
                              "--no-progress", "--lamb", "0.5", *extra])
-    from mmae_fast import data
+    from mmae_fast.mae import data
     source = data.build("digits", img_size=16, batch_per_rank=8, seed=0)
     model, opt = loop._build(args, source, torch.device(device), 1)
     scaler = torch.amp.GradScaler(device, enabled=args.precision == "fp16")

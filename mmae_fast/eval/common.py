@@ -18,7 +18,7 @@ import time
 import numpy as np
 import torch
 
-from .. import checkpoint
+from ..mae import checkpoint
 
 LAST = "checkpoint-last.pt"
 

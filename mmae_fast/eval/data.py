@@ -22,7 +22,7 @@ import os
 import numpy as np
 import torch
 
-from .._timm_compat import timm  # noqa: F401 - torchvision import workaround first
+from ..mae.timm_compat import timm  # noqa: F401 - torchvision import workaround first
 from torchvision import datasets, transforms  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

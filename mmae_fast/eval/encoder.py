@@ -21,7 +21,7 @@ import re
 
 import torch
 
-from .._timm_compat import timm  # noqa: F401 - the CPU-torch torchvision workaround first
+from ..mae.timm_compat import timm  # noqa: F401 - the CPU-torch torchvision workaround first
 from timm.models.vision_transformer import VisionTransformer  # noqa: E402
 
 ENCODER_PREFIXES = ("cls_token", "pos_embed", "patch_embed.", "blocks.", "norm.")
@@ -43,7 +43,7 @@ def _num_heads_of(args: dict | None) -> int | None:
     if not args or "model" not in args:
         return None
     try:
-        from ..model import PRESETS
+        from ..mae.model import PRESETS
     except ImportError:  # the trainer's module moved: fall back to the sidecar / argument
         return None
     preset = PRESETS.get(args["model"])
@@ -52,7 +52,7 @@ def _num_heads_of(args: dict | None) -> int | None:
 
 def _timm_name_of(args: dict | None) -> str | None:
     try:
-        from ..model import PRESETS
+        from ..mae.model import PRESETS
         preset = PRESETS.get((args or {}).get("model"))
         return getattr(preset, "timm_name", None)
     except ImportError:

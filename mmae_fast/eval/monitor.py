@@ -145,7 +145,7 @@ def evaluate_model(model, *, data: str = "digits", img_size: int | None = None,
     model.eval()
     img_size = img_size or getattr(model, "img_size", None) or model.patch_embed.img_size[0]
     if data == "digits":
-        from .. import data as train_data
+        from ..mae import data as train_data
         xtr, ytr = train_data.load_digits(img_size, "train")
         xte, yte = train_data.load_digits(img_size, "test")
         if max_images:
@@ -185,7 +185,7 @@ def load_model(path: str):
     """(the trainer's MaskedAutoencoder, training args dict) from a training checkpoint."""
     import inspect
 
-    from ..model import MaskedAutoencoder, create_model
+    from ..mae.model import MaskedAutoencoder, create_model
     state = torch.load(path, map_location="cpu", weights_only=True)
     a, weights = state["args"], state["model"]
     linears = sorted(k for k in weights if k.startswith("head.") and k.endswith(".weight")

@@ -1,1 +1,2 @@
-"""Backend implementations of the fused ops (see ``mmae_fast.backends`` for the contract)."""
+"""The fused ops, one folder each (``tcr/``: the staged TCR regulariser). Backends are chosen by
+``mmae_fast.backends``."""

@@ -6,7 +6,7 @@ import math
 import os
 import re
 
-from .. import data as data_mod
+from ..mae import data as data_mod
 from . import recipes
 
 REGS = ("none", "uniformity", "tcr")
@@ -124,7 +124,7 @@ def _need(cond: bool, msg: str) -> None:
 
 def check_args(args: argparse.Namespace) -> argparse.Namespace:
     """Validate ``args`` (ValueError naming the argument and the fix); fill derived defaults."""
-    from ..model import CLS_NORMS, PRESETS
+    from ..mae.model import CLS_NORMS, PRESETS
     from .._checks import ESTIMATORS, GRAD_SEMANTICS
     _need(args.model in PRESETS, f"--model: unknown preset {args.model!r}; choose one of "
                                  f"{tuple(PRESETS)}")

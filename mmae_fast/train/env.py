@@ -5,10 +5,7 @@ import os
 
 import torch
 
-
-class RankLocalError(ValueError):
-    """An error that this rank may have hit alone (its own image files, its own GPU): under
-    torchrun the rank that raised it prints it (other errors: rank 0 only)."""
+from ..mae.errors import RankLocalError
 
 
 class Distributed:

@@ -1,7 +1,7 @@
 """The training run around ``step.train_step``: set-up, resume, logging, checkpoints, export.
 
 Step ``s`` (an optimizer step of ``accum_iter`` micro-batches) is a pure function of the seed
-and ``s``: data (``mmae_fast.data``), masks, LR. Resuming from a checkpoint, or splitting the
+and ``s``: data (``mmae_fast.mae.data``), masks, LR. Resuming from a checkpoint, or splitting the
 global batch over ranks, gives the loss sequence of one uninterrupted process.
 
 The host reads the device only every ``--log-every`` steps (and before a checkpoint): the
@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from .. import checkpoint, data as data_mod
+from ..mae import checkpoint, data as data_mod
 from . import outputs, recipes, regularisers
 from .env import Distributed
 from .schedule import lr_at, mask_noise, param_groups, to_device
@@ -53,7 +53,7 @@ def _schedule(args, source, world: int):
 
 
 def _build(args, source, device, world):
-    from ..model import create_model
+    from ..mae.model import create_model
     torch.manual_seed(args.seed)
     heads = args.online_head != "none" and source.num_classes > 1
     model = create_model(args.model, img_size=args.img_size, mask_ratio=args.mask_ratio,

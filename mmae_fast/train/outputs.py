@@ -52,7 +52,7 @@ def plot_curves(metrics_path: str, png_path: str, title: str = "") -> str | None
 
 def export(model, run_dir: str) -> str:
     """encoder.safetensors (timm names) and encoder.json (timm kwargs) in ``run_dir``."""
-    from ..model import export_encoder, timm_kwargs
+    from ..mae.model import export_encoder, timm_kwargs
     enc = os.path.join(run_dir, "encoder.safetensors")
     export_encoder(model, enc)
     with open(os.path.join(run_dir, "encoder.json"), "w") as f:

@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from .. import data as data_mod
+from ..mae import data as data_mod
 
 
 def lr_at(step: int, total: int, warmup: int, peak: float, floor: float) -> float:

@@ -2,7 +2,7 @@
 
 No autotuning: a small heuristic picks one configuration per dtype and size (autotune's
 ``do_bench`` needs a GPU, and the TCR shapes are few and known), from a sweep on an H100
-(``python -m mmae_fast.triton.stage_bench --sweep``).
+(``python -m mmae_fast.ops.tcr.triton.stage_bench --sweep``).
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def choose_stage(dtype: torch.dtype, n: int) -> StageConfig:
 
     Half inputs on a GPU: 128-wide tiles, 64-deep steps, 4 warps, the fastest of five
     configurations swept on an H100 (bf16, 65536 x 1024: 1.30 ms against 1.67 ms for 64-wide
-    tiles; 4096 x 768: 0.127 ms, equal), ``python -m mmae_fast.triton.stage_bench --sweep``.
+    tiles; 4096 x 768: 0.127 ms, equal), ``python -m mmae_fast.ops.tcr.triton.stage_bench --sweep``.
     """
     half = dtype in (torch.float16, torch.bfloat16)
     if interpreting():  # large blocks: the interpreter pays per program, not per element

@@ -1,6 +1,6 @@
 """Time the staged Triton ops on a GPU beside one torch tensor-core GEMM of the same size.
 
-    python -m mmae_fast.triton.stage_bench [--shapes 1024x1024,4096x768,65536x1024] [--dtype bf16]
+    python -m mmae_fast.ops.tcr.triton.stage_bench [--shapes 1024x1024,4096x768,65536x1024] [--dtype bf16]
         [--sweep]
 
 Per shape (feature side, d <= m): ``triton_gram`` (h -> G, rinv, colsum with centring),
@@ -34,7 +34,7 @@ def _time(fn, reps: int = 20) -> float:
 
 
 def run(m: int, d: int, dtype: torch.dtype) -> str:
-    from ..ops import triton_backend as tb
+    from . import backend as tb
     gen = torch.Generator(device="cuda").manual_seed(0)
     h = (torch.randn(m, d, device="cuda", generator=gen) + 0.3).to(dtype)
     g, rinv, colsum = tb.gram(h, True, True)
@@ -73,8 +73,8 @@ GRAD_SWEEP = [(64, 64, 64, 4, 3), (64, 64, 32, 4, 3), (128, 64, 32, 8, 3), (128,
 
 def sweep(m: int, d: int, dtype: torch.dtype) -> None:
     """Time each configuration of GRAM_SWEEP / GRAD_SWEEP (feature side) with its accuracy."""
-    from .. import reference
-    from . import stage_grad, stage_gram
+    from .... import reference
+    from . import grad_kernel as stage_grad, gram_kernel as stage_gram
     from .config import StageConfig
     gen = torch.Generator(device="cuda").manual_seed(0)
     h = (torch.randn(m, d, device="cuda", generator=gen) + 0.3).to(dtype)

@@ -22,7 +22,7 @@ import random
 import torch
 import torch.nn.functional as F
 
-from .env import RankLocalError
+from .errors import RankLocalError
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 
@@ -144,7 +144,7 @@ def _collate(items):
 
 class DeviceImageFolder:
     """Batches of an ImageNet-layout folder, decoded and augmented on ``device`` (see module
-    doc); ``steps`` gives the rows and seeds of each step (``mmae_fast.data.StepBatches``)."""
+    doc); ``steps`` gives the rows and seeds of each step (``mmae_fast.mae.data.StepBatches``)."""
 
     def __init__(self, samples, steps, img_size: int, device, workers: int, mean, std):
         self.samples, self.steps, self.img_size = samples, steps, img_size

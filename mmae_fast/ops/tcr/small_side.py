@@ -40,19 +40,54 @@ input gives R = NaN, never an exception, so the op can be captured in a CUDA gra
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
 import math
-import os
 import warnings
 
 import torch
 from torch import Tensor
 
-from .. import series
+from ... import series
+from .graph_cache import GraphCache
 
 F64 = torch.float64
+
+#: the captured graphs and device constants of this stage (one object: ``graph_cache``)
+CACHE = GraphCache()
+
+
+@dataclasses.dataclass(frozen=True)
+class Constants:
+    """Every Python number stage 2 computes with; ``small_side`` receives nothing else, so this
+    is also what a captured CUDA graph of it depends on (``graph_cache.graph_key``).
+
+    c = mu/d; kappa = 1 + mu·m/d, the spectrum bound (series only, else 0); max_rows: the row
+    count kappa assumes, checked against the summed count (series with a group, else 0); rows:
+    the exact row count that divides the column sums (centring on the feature side without a
+    group, else 0); degree: the series degree / Taylor order (0 for exact)."""
+    c: float
+    estimator: str
+    degree: int
+    kappa: float
+    max_rows: int
+    rows: int
+    feature: bool
+    centering: bool
+    need_grad: bool
+
+    @classmethod
+    def of(cls, *, mu: float, m: int, d: int, feature: bool, centering: bool, estimator: str,
+           degree: int, need_grad: bool, grouped: bool) -> "Constants":
+        """The constants of one call: m enters only where the numbers use it, so graphs of the
+        exact and Taylor estimators serve every batch size."""
+        is_series = estimator == "series"
+        return cls(c=float(mu) / d, estimator=estimator,
+                   degree=int(degree) if estimator != "exact" else 0,
+                   kappa=series.kappa(mu, m, d) if is_series else 0.0,
+                   max_rows=m if is_series and grouped else 0,
+                   rows=m if centering and feature and not grouped else 0,
+                   feature=bool(feature), centering=bool(centering), need_grad=bool(need_grad))
 
 
 @functools.lru_cache(maxsize=512)
@@ -135,28 +170,10 @@ def _weights(estimator: str, kappa: float, degree: int, deriv_factor: float) -> 
                     tuple(outer))
 
 
-#: (values, device, dtype) -> a device tensor of the values; filled outside CUDA-graph capture
-_CONSTANTS: dict = {}
-
-
-def _constant(values, like: Tensor) -> Tensor | None:
-    """``values`` as a tensor on ``like``'s device (cached; None while a CUDA graph is being
-    captured and it is not cached yet — a host-to-device copy cannot be captured)."""
-    key = (tuple(values), like.device, like.dtype)
-    t = _CONSTANTS.get(key)
-    if t is None:
-        if like.is_cuda and torch.cuda.is_current_stream_capturing():
-            return None
-        t = torch.tensor(values, dtype=like.dtype, device=like.device)
-        if len(_CONSTANTS) < 4096:
-            _CONSTANTS[key] = t
-    return t
-
-
 def _combine(weights, mats: Tensor) -> Tensor:
     """``Σ_k weights[k] mats[k]`` for a (K, ...) tensor: one fused product when the weights are
     on the device, else a loop of in-place axpys."""
-    w = _constant(weights, mats)
+    w = CACHE.device_constant(weights, mats)
     if w is not None:
         return torch.tensordot(w, mats, dims=1)
     out = torch.zeros_like(mats[0])
@@ -225,34 +242,30 @@ def _logdet_and_derivative(gc: Tensor, c: float, kappa: float, estimator: str, d
     raise ValueError(f"estimator must be 'exact', 'series' or 'taylor', got {estimator!r}")
 
 
-def small_side(g: Tensor, colsum: Tensor, count: Tensor | None, *, mu: float, m: int, d: int,
-               feature: bool, centering: bool, estimator: str, degree: int,
-               need_grad: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def small_side(g: Tensor, colsum: Tensor, count: Tensor | None,
+               k: Constants) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(R, Q, v, qinfo)`` from the Gram stage's outputs; see the module docstring.
 
     g: (n, n) Gram of the (centred, with ``centering``) rows; colsum: (d,) column sums of the
     uncentred rows, or (0,); count: 0-d row count summed over the ranks (a tensor, so that the
-    distributed path needs no host sync), or None: exactly ``m``; m: the row count used for
-    kappa (an int upper bound: the series degree and Chebyshev interval come from it); d: feature
-    width. R is a 0-d tensor in g's dtype; Q (n, n) and v (d,) or (0,) also in g's dtype (float32
-    for half and float32 inputs: the operands of the backward GEMM); qinfo (2,) in g's dtype:
-    ``[qscale, alpha]``. Without ``need_grad`` Q, v are empty and qinfo is ``[1, 0]``.
+    distributed path needs no host sync), or None: exactly ``k.rows`` rows. R is a 0-d tensor in
+    g's dtype; Q (n, n) and v (d,) or (0,) also in g's dtype (float32 for half and float32
+    inputs: the operands of the backward GEMM); qinfo (2,) in g's dtype: ``[qscale, alpha]``.
+    Without ``need_grad`` Q, v are empty and qinfo is ``[1, 0]``.
     """
     out_dtype = g.dtype
     n = g.shape[0]
-    c = float(mu) / d
     gc = g.to(F64, copy=True)  # overwritten in place below
-    kappa = series.kappa(mu, m, d)
-    logdet, q = _logdet_and_derivative(gc, c, kappa, estimator, int(degree), need_grad)
+    logdet, q = _logdet_and_derivative(gc, k.c, k.kappa, k.estimator, k.degree, k.need_grad)
     value = (-logdet).to(out_dtype)
     ok = None
-    if estimator == "series" and count is not None:  # the only kappa-dependent estimator
+    if k.max_rows:  # the series with a group: the only kappa-dependent estimator
         # more rows than the kappa bound assumed (a distributed run with unequal shards) would put
         # the spectrum outside the series' interval: NaN value and gradient, never a silently
         # wrong one
-        ok = count.to(F64) <= m
+        ok = count.to(F64) <= k.max_rows
         value = torch.where(ok, value, torch.full_like(value, math.nan))
-    if not need_grad:
+    if not k.need_grad:
         qinfo = g.new_zeros(2)
         qinfo[:1].fill_(1.0)  # a fill kernel (qinfo[0] = 1.0 copies from the host and syncs)
         return value, g.new_empty((0, 0)), g.new_empty((0,)), qinfo
@@ -260,11 +273,11 @@ def small_side(g: Tensor, colsum: Tensor, count: Tensor | None, *, mu: float, m:
     # promise (a column-major result, e.g. from cholesky_inverse, broke inductor's stride check)
     if not q.is_contiguous() and q.mT.is_contiguous():
         q = q.mT
-    if centering and not feature:
+    if k.centering and not k.feature:
         row = q.mean(dim=1, keepdim=True)
         q = q - row - row.mT + row.mean()  # J (2P) J
-    if centering and feature:  # v = 2P z̄
-        v = q @ (colsum.to(F64) / (count.to(F64) if count is not None else float(m)))
+    if k.centering and k.feature:  # v = 2P z̄
+        v = q @ (colsum.to(F64) / (count.to(F64) if count is not None else float(k.rows)))
     else:
         v = None
     alpha = q.diagonal().sum() / -n  # the radial shift (see the module docstring)
@@ -278,93 +291,6 @@ def small_side(g: Tensor, colsum: Tensor, count: Tensor | None, *, mu: float, m:
     q = q.div_(qscale).to(out_dtype).contiguous()
     v = v.div_(qscale).to(out_dtype) if v is not None else g.new_empty((0,))
     return value, q, v, torch.stack([qscale, alpha]).to(out_dtype)
-
-
-# ----------------------------------------------------------------------------- CUDA graphs
-#: Environment switch: MMAE_FAST_SMALL_SIDE_GRAPH=0 runs the small side eagerly on CUDA too.
-GRAPH_ENV = "MMAE_FAST_SMALL_SIDE_GRAPH"
-
-
-@dataclasses.dataclass
-class _Captured:
-    graph: "torch.cuda.CUDAGraph"
-    static_in: tuple
-    static_out: tuple
-
-
-#: key -> the captured small side, or None where capturing failed (then it runs eagerly); the
-#: most recently used MAX_GRAPHS are kept (each holds its basis buffers: up to ~0.2 GB at n = 1024)
-_GRAPHS: "collections.OrderedDict" = collections.OrderedDict()
-MAX_GRAPHS = 8
-
-
-def _capture(fn, inputs):
-    """Warm ``fn`` up on a side stream, then capture it (on the inputs' device: a capture on
-    another device's stream would record an empty graph)."""
-    device = inputs[0].device
-    static_in = tuple(x.clone() for x in inputs)
-    side = torch.cuda.Stream(device=device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):  # warm-up (cuSOLVER / cuBLAS handles and workspaces)
-        for _ in range(2):
-            fn(*static_in)
-    torch.cuda.current_stream(device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, stream=torch.cuda.Stream(device=device)):
-        static_out = fn(*static_in)
-    return _Captured(graph, static_in, tuple(static_out))
-
-
-#: keys whose capture failed: they run eagerly, and the failure is warned once
-_FAILED: set = set()
-
-
-def _cached(key, capture):
-    """The graph of ``key`` from the LRU cache, captured by ``capture()`` on a miss; None when
-    capturing failed (warned once; the key then stays eager)."""
-    if key in _FAILED:
-        return None
-    if key not in _GRAPHS:
-        while len(_GRAPHS) >= MAX_GRAPHS:
-            _GRAPHS.popitem(last=False)  # the least recently used graph and its memory
-        try:
-            _GRAPHS[key] = capture()
-        except Exception as exc:  # noqa: BLE001 - any capture failure: run eagerly from now on
-            _FAILED.add(key)
-            warnings.warn(f"mmae_fast: the small side could not be captured as a CUDA graph "
-                          f"({type(exc).__name__}: {exc}); it runs eagerly", RuntimeWarning)
-            return None
-    _GRAPHS.move_to_end(key)
-    return _GRAPHS[key]
-
-
-def run_graphed(fn, inputs: tuple, key) -> tuple:
-    """``fn(*inputs)`` replayed from a CUDA graph captured once per ``key`` (CUDA tensors only).
-
-    The small side is 20 to 60 small kernels (n×n products, traces, a Cholesky): as one graph
-    its CPU cost is one replay plus the copies in and out. Eager where the graph cannot help or
-    cannot be made: CPU tensors, while an outer CUDA graph is being captured (the kernels join
-    that graph), on a stream other than the default one (torch.compile's cudagraph trees warm up
-    on a side stream into their own pool), with MMAE_FAST_SMALL_SIDE_GRAPH=0, or after a failed
-    capture (warned once). Capturing a new key synchronises the device once (as every CUDA-graph
-    capture does); replays never do. Outputs are fresh tensors (cloned from the graph's static
-    outputs).
-    """
-    device = inputs[0].device
-    if (not inputs[0].is_cuda or os.environ.get(GRAPH_ENV, "1") == "0"
-            or torch.cuda.is_current_stream_capturing()
-            or torch.cuda.current_stream(device) != torch.cuda.default_stream(device)):
-        # a side stream: e.g. torch.compile's cudagraph trees warming up into their own memory
-        # pool, which must not end up holding our graph's static buffers (seen on an H100)
-        return fn(*inputs)
-    with torch.cuda.device(device):
-        entry = _cached(key, lambda: _capture(fn, inputs))
-        if entry is None:
-            return fn(*inputs)
-        for static, x in zip(entry.static_in, inputs):
-            static.copy_(x)
-        entry.graph.replay()
-        return tuple(out.clone() for out in entry.static_out)
 
 
 def warn_if_taylor_diverges(estimator: str, mu: float, m: int, d: int, stacklevel: int = 4) -> None:

@@ -3,13 +3,13 @@ the distributed path (docs/staged.md).
 
     stage 1  gram   (backend)  h (m, d) -> G (n, n), rinv (m,), colsum (d,) | (0,)
              [group: all-reduce of [G, colsum, count] — d×d + d + 1 numbers, no host sync]
-    stage 2  small side (shared, float64; mmae_fast.ops.small_side) -> R, Q, v, qinfo
+    stage 2  small side (shared, float64; mmae_fast.ops.tcr.small_side) -> R, Q, v, qinfo
     stage 3  grad   (backend)  (grad·qinfo, h, rinv, Q, v) -> dh (m, d)      [backward only]
 
 Stage 2 is the custom op ``torch.ops.mmae_fast.small_side`` so that ``torch.compile`` sees one
 opaque call whose Python (degree, coefficients, warnings) runs at run time, not while tracing.
 Stages 1 and 3 are the backend's ops (``torch.ops.mmae_fast.<backend>_gram`` / ``_grad``; the
-"reference" backend runs ``mmae_fast.ops.torch_stages``). Four op calls from Python per step
+"reference" backend runs ``mmae_fast.ops.tcr.stages``). Four op calls from Python per step
 without a group (``tests/test_staged_backends.py::test_four_op_calls_from_python``): gram and
 small side in the forward, the product ``grad·qinfo`` and grad in the backward; with a group
 also the row count, the buffer for the all-reduce and the all-reduce (and with centring the
@@ -23,9 +23,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .. import backends, reference, series
+from ... import reference, series
+from .registry import MODULES
 from . import small_side as _small
-from . import torch_stages
+from . import stages as torch_stages
 
 
 @functools.lru_cache(maxsize=256)
@@ -38,25 +39,22 @@ def _default_degree(estimator: str, kappa: float, tol: float) -> int:
 def small_side_op(g: Tensor, colsum: Tensor, count: Tensor | None, mu: float, m: int, d: int,
                   feature: bool, centering: bool, estimator: str, degree: int, tol: float,
                   need_grad: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(R, Q, v, qinfo)``: ``mmae_fast.ops.small_side.small_side`` as one op; ``degree`` 0
+    """``(R, Q, v, qinfo)``: ``mmae_fast.ops.tcr.small_side.small_side`` as one op; ``degree`` 0
     means the estimator's default (series: from ``tol`` and kappa = 1 + mu·m/d); ``count``
     None: the row count is exactly ``m`` (no group)."""
     _small.warn_if_taylor_diverges(estimator, mu, m, d)
     degree = degree or _default_degree(estimator, series.kappa(mu, m, d), tol)
-
-    def run(g_, colsum_, count_=None):
-        return _small.small_side(g_, colsum_, count_, mu=mu, m=m, d=d, feature=feature,
-                                 centering=centering, estimator=estimator, degree=degree,
-                                 need_grad=need_grad)
-
-    # m enters the numbers through the series' kappa and, without a group, the centring mean
-    # (colsum/m, a Python constant then): otherwise exact / Taylor graphs on the feature side are
-    # shared by every batch size (no new capture, and its one sync, per batch size)
-    uses_m = estimator == "series" or (centering and count is None)
-    key = (g.shape, g.dtype, g.device, colsum.shape, count is None, mu, m if uses_m else 0, d,
-           feature, centering, estimator, degree, need_grad)
+    constants = _small.Constants.of(mu=mu, m=m, d=d, feature=feature, centering=centering,
+                                    estimator=estimator, degree=degree, need_grad=need_grad,
+                                    grouped=count is not None)
     inputs = (g, colsum) if count is None else (g, colsum, count)
-    return _small.run_graphed(run, inputs, key)
+    return _small.CACHE.run(_run_small_side, inputs, constants)
+
+
+def _run_small_side(g, colsum, *rest):
+    """``small_side(g, colsum, count or None, constants)`` from ``GraphCache.run``'s call."""
+    *count, constants = rest
+    return _small.small_side(g, colsum, count[0] if count else None, constants)
 
 
 @small_side_op.register_fake
@@ -69,7 +67,7 @@ def _small_side_fake(g, colsum, count, mu, m, d, feature, centering, estimator, 
 
 
 def _module(backend: str):
-    return backends._MODULES[backend]
+    return MODULES[backend]
 
 
 def _gram(h, backend, feature, centering, group):
@@ -131,7 +129,7 @@ class _StagedTCR(torch.autograd.Function):
                                "True); use backend='reference' without group= or torch.compile")
         with torch.autocast(h.device.type, enabled=False):
             # [grad·qscale, grad·alpha]: the scale of Q, and the radial shift that rows with
-            # ||h_i|| <= EPS (not projected) must lose (mmae_fast.ops.small_side)
+            # ||h_i|| <= EPS (not projected) must lose (mmae_fast.ops.tcr.small_side)
             dh = _module(ctx.backend).grad(grad_value * qinfo, h, rinv, q, v, ctx.feature,
                                            ctx.grad_scale)
         return dh, None, None, None, None, None, None, None, None, None

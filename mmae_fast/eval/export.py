@@ -11,7 +11,7 @@ for ``timm.create_model``. The trainer's online head (``head.0.*`` Linear, or BN
 into one Linear) or a fine-tuned head is included unless ``--no-head``. Loading::
 
     import json
-    import mmae_fast._timm_compat  # only where torchvision does not match torch (see module)
+    import mmae_fast.mae.timm_compat  # only where torchvision does not match torch (see module)
     import timm
     cfg = json.load(open("vitb.json"))
     kw = cfg["timm_kwargs"]
@@ -40,7 +40,7 @@ def export(checkpoint: str, output: str | None = None, *, head: bool = True,
            num_heads: int | None = None) -> dict:
     """Write the encoder of ``checkpoint`` to ``output`` (+ JSON sidecar); returns
     {path, sidecar, timm_name, timm_kwargs, keys}."""
-    from .eval.encoder import load_encoder
+    from .encoder import load_encoder
     state, info = load_encoder(checkpoint, num_heads=num_heads, head=head)
     output = output or os.path.join(os.path.dirname(os.path.abspath(checkpoint)),
                                     "encoder-export.safetensors")

@@ -1,7 +1,7 @@
 """The Triton kernels as torch.library custom ops with fake (meta) kernels, no autograd.
 
 Staged ops (issue 13; the lead's autograd Function calls ``gram`` in its forward and ``grad`` in
-its backward; semantics in ``mmae_fast.triton.stage_gram`` / ``stage_grad``, n = d if feature
+its backward; semantics in ``mmae_fast.ops.tcr.triton.gram_kernel`` / ``stage_grad``, n = d if feature
 else m)::
 
     mmae_fast::triton_gram(h, feature, centering) -> G (n, n), rinv (m,), colsum (d,) or (0,)
@@ -18,10 +18,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .. import reference
-from ..triton import stage_grad, stage_gram
-from ..triton.config import DTYPES, choose_grad, choose_stage, interpreting
-from .common import input_reason
+from .... import reference
+from ..input_check import input_reason
+from . import grad_kernel as stage_grad, gram_kernel as stage_gram
+from .config import DTYPES, choose_grad, choose_stage, interpreting
 
 
 def _check_h(h: Tensor) -> None:

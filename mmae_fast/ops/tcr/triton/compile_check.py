@@ -1,6 +1,6 @@
 """Compile the staged ops' kernels for a GPU target without a GPU (a check for CI).
 
-    python -m mmae_fast.triton.compile_check [--arch 90] [--quick]
+    python -m mmae_fast.ops.tcr.triton.compile_check [--arch 90] [--quick]
 
 The interpreter never compiles a kernel, so errors of the GPU path (tl.dot operand shapes and
 dtypes, layouts, shared memory) stay hidden on a CPU machine. This module runs the real launch
@@ -68,8 +68,8 @@ def record_launches(cases) -> list:
     return the launches."""
     import triton.runtime.jit as jit
 
-    from .. import reference
-    from . import stage_grad, stage_gram
+    from .... import reference
+    from . import grad_kernel as stage_grad, gram_kernel as stage_gram
     from .config import choose_grad, choose_stage
 
     launches: list = []

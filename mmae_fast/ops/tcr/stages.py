@@ -26,7 +26,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .. import reference
+from ... import reference
+
+
+def availability() -> str | None:
+    """The "reference" backend always runs."""
+    return None
+
+
+def supports(z: Tensor) -> str | None:
+    """Every floating tensor on every device."""
+    return None
 
 
 def _acc(dtype: torch.dtype) -> torch.dtype:

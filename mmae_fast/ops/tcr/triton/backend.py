@@ -1,19 +1,19 @@
-"""The "triton" backend: the TCR stages from the Triton kernels in ``mmae_fast.triton``.
+"""The "triton" backend: the TCR stages from the Triton kernels in ``mmae_fast.ops.tcr.triton``.
 
 Runs on CUDA tensors, and on CPU tensors in Triton's interpreter (``TRITON_INTERPRET=1`` set
 before import; slow, for tests): ``supports`` accepts CPU tensors exactly when the interpreter is
 on, so the tests run the same public path (``tcr_loss(..., backend="triton")``) as a GPU does.
 ``"auto"`` still never picks a kernel backend for CPU tensors (``mmae_fast.backends``).
 Inputs float16 / bfloat16 / float32, float32 accumulation. Stages 1 and 3 of the staged TCR
-(``mmae_fast.ops.staged``, issue 13): ``gram`` / ``grad``, the custom ops of
-``mmae_fast.ops.triton_ops``.
+(``mmae_fast.ops.tcr.op``, issue 13): ``gram`` / ``grad``, the custom ops of
+``mmae_fast.ops.tcr.triton.custom_ops``.
 """
 from __future__ import annotations
 
 import torch
 
-from ..triton.config import DTYPES, interpreting
-from .common import input_reason
+from ..input_check import input_reason
+from .config import DTYPES, interpreting
 
 try:
     import triton  # noqa: F401
@@ -22,7 +22,7 @@ except ImportError as exc:  # the backend reports it through availability()
     triton_ops = None
 else:
     _IMPORT_REASON = None
-    from . import triton_ops
+    from . import custom_ops as triton_ops
 
 
 def availability() -> str | None:
@@ -54,5 +54,5 @@ def grad(grad: torch.Tensor, h: torch.Tensor, rinv: torch.Tensor, q: torch.Tenso
     """Stage 3: ``dh`` (m, d) in h's dtype, ``rinv_i (gx_i − z_i⟨z_i, gx_i⟩)`` with
     ``gx = scale·s·(ZQ − 1vᵀ)`` if ``feature`` else ``scale·s·(QZ − 1vᵀ)`` (v empty: v = 0),
     ``grad = [s]`` or ``[s, t]``; rows with ``||h_i|| <= EPS`` get ``rinv_i (gx_i − scale·t·z_i)``
-    (``mmae_fast.ops.torch_stages``). Through ``torch.ops.mmae_fast.triton_grad``."""
+    (``mmae_fast.ops.tcr.stages``). Through ``torch.ops.mmae_fast.triton_grad``."""
     return torch.ops.mmae_fast.triton_grad(grad, h, rinv, q, v, bool(feature), float(scale))

@@ -6,7 +6,7 @@
                          ...), RandomResizedCrop(scale 0.2-1) + horizontal flip, as MAE;
                          pipeline "pil" (PIL + torchvision transforms in the loader workers) or
                          "gpu" (bytes from the workers, nvJPEG decode and batched augmentation on
-                         the device: mmae_fast.train.gpu_pipeline; its CPU fallback decodes with
+                         the device: mmae_fast.mae.gpu_pipeline; its CPU fallback decodes with
                          PIL and augments in batch on the CPU)
     --data synthetic     Gaussian images, labels 0 (throughput runs)
 
@@ -179,7 +179,7 @@ def _checked(batch):
     """``_collate_checked``'s result in the main process: ``(images, labels)`` or BadImage."""
     images, labels, bad = batch
     if bad is not None:
-        from .train.gpu_pipeline import BadImage
+        from .gpu_pipeline import BadImage
         raise BadImage(bad)
     return images, labels
 
@@ -189,7 +189,7 @@ class ImageFolderData(StepBatches):
 
     def __init__(self, root: str, img_size: int, batch_per_rank: int, *, workers: int = 8,
                  pipeline: str = "pil", device="cpu", **kw):
-        from . import _timm_compat  # noqa: F401 - torchvision beside a CPU-only torch
+        from . import timm_compat  # noqa: F401 - torchvision beside a CPU-only torch
         from torchvision import datasets, transforms
         train = os.path.join(root, "train")
         try:
@@ -214,7 +214,7 @@ class ImageFolderData(StepBatches):
         self._iter, self._next_step = None, None
         self._device_pipe = None
         if pipeline == "gpu":
-            from .train.gpu_pipeline import DeviceImageFolder
+            from .gpu_pipeline import DeviceImageFolder
             self._device_pipe = DeviceImageFolder(folder.samples, self.plan(), img_size, device,
                                                   workers, MEAN, STD)
 
@@ -264,7 +264,7 @@ def eval_arrays(name: str, img_size: int, data_path: str | None = None, max_imag
     if not data_path or not os.path.isdir(os.path.join(data_path, "val")):
         raise ValueError("--data imagefolder evaluation needs --data-path DIR with DIR/train and "
                          "DIR/val")
-    from . import _timm_compat  # noqa: F401 - torchvision beside a CPU-only torch
+    from . import timm_compat  # noqa: F401 - torchvision beside a CPU-only torch
     from torchvision import datasets, transforms
     tf = transforms.Compose([transforms.Resize(int(img_size * 256 / 224)),
                              transforms.CenterCrop(img_size), transforms.ToTensor(),

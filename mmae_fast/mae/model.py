@@ -28,7 +28,7 @@ from functools import partial
 import torch
 import torch.nn as nn
 
-from ._timm_compat import timm  # noqa: F401 - the CPU-torch torchvision workaround first
+from .timm_compat import timm  # noqa: F401 - the CPU-torch torchvision workaround first
 from timm.layers import PatchEmbed  # noqa: E402
 from timm.models.vision_transformer import Block  # noqa: E402
 

@@ -1,6 +1,6 @@
 """The embedded demo: tiny-ViT M-MAE (``--reg tcr``) vs plain MAE (``--reg none``) on digits, CPU.
 
-    python -m mmae_fast.demo            # about 70 s on 2 idle cores; writes runs/demo/
+    python -m mmae_fast.train.demo            # about 70 s on 2 idle cores; writes runs/demo/
 
 Both runs train the ``tiny`` preset on sklearn's bundled digits with the same seed, data order
 and masks (they differ only in the regulariser), side by side in two processes (one thread
@@ -31,14 +31,15 @@ def _run(reg: str, steps: int, lamb: float, mu: float, out: str, probe_epochs: i
     """Train one run and evaluate it (runs in a worker process)."""
     import torch
     torch.set_num_threads(threads)
-    from . import evaluate, train
+    from .. import train
+    from ..eval import monitor
     t0 = time.perf_counter()
     args = train.parse_args(RECIPE + ["--reg", reg, "--lamb", str(lamb), "--mu", str(mu),
                                       "--steps", str(steps), "--seed", str(seed),
                                       "--output-dir", os.path.join(out, reg)])
     res = train.train(args)
     t_train = time.perf_counter() - t0
-    ev = evaluate.evaluate_model(res["model"], probe_epochs=probe_epochs, seed=seed)
+    ev = monitor.evaluate_model(res["model"], probe_epochs=probe_epochs, seed=seed)
     return ev | {"name": f"reg={reg}", "reg": reg, "train_s": t_train,
                  "wall_s": time.perf_counter() - t0, "loss_mae": res["metrics"]["loss_mae"],
                  "steps": steps, "run_dir": res["run_dir"]}
@@ -49,7 +50,7 @@ def compare_plot(out: str, regs) -> str:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from .train import read_metrics
+    from .outputs import read_metrics
     fig, axes = plt.subplots(1, 2, figsize=(8, 3))
     for reg in regs:
         rows = read_metrics(os.path.join(out, reg, "metrics.jsonl"))
@@ -107,7 +108,7 @@ def main(argv=None) -> int:
             rows = [f.result() for f in futures]
     else:
         rows = [_run(reg, threads=os.cpu_count() or 1, **kw) for reg in regs]
-    from .evaluate import format_table
+    from ..eval.monitor import format_table
     wall = time.perf_counter() - t0
     png = compare_plot(args.out, regs)
     with open(os.path.join(args.out, "summary.json"), "w") as f:

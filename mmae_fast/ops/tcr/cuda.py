@@ -35,7 +35,7 @@ import importlib
 
 import torch
 
-from .common import input_reason
+from .input_check import input_reason
 
 #: The reason reported when the extension cannot be imported.
 NOT_BUILT = ("the CUDA extension mmae_fast._C was not built (install with a CUDA build of torch "

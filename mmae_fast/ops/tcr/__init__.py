@@ -1,0 +1,15 @@
+"""The staged TCR op ``R = -logdet(I + mu/d · ZᵀZ)``, in data-flow order (docs/architecture.md):
+
+    op.py            the entry point ``tcr`` and the autograd op: stage 1 (+ the all-reduce with a
+                     group), stage 2, and stage 3 in the backward
+    stages.py        the stage contract (stages 1 and 3) in plain PyTorch: the "reference"
+                     backend, and at float64 the oracle the kernels are tested against
+    small_side.py    stage 2, the n×n side (float64; exact, Taylor, series) as one custom op
+    graph_cache.py   the CUDA graphs that replay stage 2, keyed by its arguments
+    input_check.py   the input contract of the kernel backends
+    triton/          the Triton backend: kernels, launchers, custom-op registration
+    cuda.py          the CUDA backend: the Python side of ``csrc/``
+"""
+from .op import tcr
+
+__all__ = ["tcr"]
