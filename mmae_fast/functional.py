@@ -2,7 +2,8 @@
 
 Every function takes features of shape (m, d) (m samples, d feature dims) in any float dtype,
 L2-normalises the rows itself and returns a 0-d tensor: float64 for float64 input, else float32.
-Formulas: ``mmae_fast.reference`` (the single source of truth); DESIGN §1.
+Formulas: ``mmae_fast.reference`` (the single source of truth); the staged op behind the kernel
+backends: ``mmae_fast.ops.tcr`` (docs/architecture.md).
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ All functions take raw features ``h`` of shape (m, d) (m samples, d feature dims
 the rows like ``torch.nn.functional.normalize`` (``z_i = h_i / max(||h_i||, eps)``) and compute
 with autocast disabled in float64 for float64 input, else in float32 (half inputs are upcast).
 They are differentiable by autograd and carry no input checks (``mmae_fast.functional`` checks).
-Notation follows DESIGN §1: ``S = ZᵀZ`` (d, d), ``K = ZZᵀ`` (m, m), ``c = mu/d``.
+Notation: ``S = ZᵀZ`` (d, d), ``K = ZZᵀ`` (m, m), ``c = mu/d``.
 """
 from __future__ import annotations
 

@@ -2,12 +2,12 @@
 
 Input: the Gram ``G_c`` (n, n) of the normalised rows on one side ("feature": ``ZᵀZ``, n = d;
 "sample": ``ZZᵀ``, n = m) — of the centred rows ``Z - 1z̄ᵀ`` when centring (stage 1 centres the
-operand, ``torch_stages.centred_gram``: centring the product afterwards cancels catastrophically
+operand, ``stages.centred_gram``: centring the product afterwards cancels catastrophically
 for rows close to one direction) —, the column sums ``s = 1ᵀZ`` (d,) when centring and the row
-count. Everything here runs in float64: on an H100 a 1024² float64 product took 44 µs, a float32
-(non-TF32) one 58 µs (bench/NOTES.md), and float64 keeps every estimator's accuracy contract
-(the series' terms cancel by ~10³ at large kappa, which float32 cannot afford; cuSOLVER's
-float32 Cholesky is 8e-5 off).
+count. Everything here runs in float64: it keeps every estimator's accuracy contract (the
+series' terms cancel by ~10³ at large kappa, which float32 cannot afford; a float32 Cholesky
+misses the exact estimator's 1e-5), and on Hopper float64 products cost about what float32 SIMT
+ones do (bench/NOTES.md).
 
 Output, for ``R = -logdet(I + c·G_c)``, ``c = mu/d`` and ``P = dR/dG_c`` (symmetric)::
 
@@ -34,9 +34,9 @@ Traces of high terms come from ``tr(B_j B_l)`` Frobenius products of the basis k
 ``q = ceil(D/2)``; the derivative polynomial needs one more product (``T_(q+r) = 2 T_q T_r -
 T_(q-r)``, ``Y^(q+r) = Y^q Y^r``). The basis lives in one (q+1, n, n) buffer and every linear
 combination (traces, log-determinant, derivative) is one fused product with host-computed
-weights (``_Weights``): the float64 element-wise passes over n² numbers, not the products, were
-most of the small side's time on an H100 (bench/NOTES.md). No host synchronisation: a failed Cholesky or a non-finite
-input gives R = NaN, never an exception, so the op can be captured in a CUDA graph.
+weights (``_Weights``), so that element-wise passes over n² numbers stay few. No host
+synchronisation: a failed Cholesky or a non-finite input gives R = NaN, never an exception, so
+the op can be captured in a CUDA graph (``graph_cache``).
 """
 from __future__ import annotations
 
@@ -226,8 +226,8 @@ def _logdet_and_derivative(gc: Tensor, c: float, kappa: float, estimator: str, d
         logdet = torch.where(info == 0, logdet, torch.full_like(logdet, math.nan))
         if not need_grad:
             return logdet, None
-        # (L Lᵀ)⁻¹ = L⁻ᵀ L⁻¹ from one triangular solve and one product: 0.55 ms at n = 1024 in
-        # float64 on an H100 against 0.84 ms for cholesky_inverse (bench/primitives.py)
+        # (L Lᵀ)⁻¹ = L⁻ᵀ L⁻¹ from one triangular solve and one product (cheaper than
+        # cholesky_inverse: bench/primitives.py)
         eye = torch.eye(y.shape[0], dtype=y.dtype, device=y.device)
         inv_l = torch.linalg.solve_triangular(chol, eye, upper=False)
         return logdet, (inv_l.mT @ inv_l).mul_(-2.0 * c)
