@@ -89,7 +89,6 @@ class Trackers:
         name = args.wandb_name or os.path.basename(os.path.abspath(out))
         self.wb = wandb.init(project=args.wandb_project, name=name, dir=out, mode=mode,
                              config=dict(vars(args)) if config is None else config,
-                             reinit="finish_previous",
                              settings=wandb.Settings(console="off", silent=True))
         if self.epoch_axis:
             self.wb.define_metric("epoch_1000x")
