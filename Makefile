@@ -5,7 +5,7 @@ export PYTHON
 .PHONY: install demo test cuda-check triton-check gpu-check mutants
 
 install:
-	bash scripts/install.sh triton,train,bench,test
+	bash scripts/install.sh triton,train,bench,track,test
 
 demo: install
 	$(PYTHON) -m mmae_fast.train.demo

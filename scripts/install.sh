@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Install mmae_fast (editable) with the extras given as $1 (default: triton,train,bench,test).
+# Install mmae_fast (editable) with the extras given as $1 (default: triton,train,bench,track,test).
 # Keeps an installed torch; without one, installs torch ($TORCH_SPEC) -- the CPU build 2.13.0
 # where no NVIDIA driver answers. Every other package is constrained to the installed torch, so
 # nothing (timm's torchvision, say) swaps torch for another build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-EXTRAS=${1:-triton,train,bench,test}
+EXTRAS=${1:-triton,train,bench,track,test}
 
 if ! "$PY" -c "import torch" 2>/dev/null; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then

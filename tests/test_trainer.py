@@ -184,9 +184,10 @@ def test_other_configurations_run(tmp_path, extra):
 def test_ddp_two_processes_match_one(tmp_path, reg):
     """torchrun, 2 gloo ranks x 8 images = 1 process x 16 images: same loss sequence (the
     Gram all-reduce makes R the global-batch R, tcr_loss(group=...) and the gathered U-MAE
-    uniformity; exact gradient semantics)."""
+    uniformity; exact gradient semantics); the per-term gradient norms of every step too
+    (each term's gradient averaged over the ranks, as DDP averages the step's)."""
     common = ["--steps", "3", "--reg", reg, "--lamb", "2", "--no-online-head",
-              "--no-export", "--no-plot", "--threads", "1"]
+              "--no-export", "--no-plot", "--threads", "1", "--grad-norm-every", "1"]
     single = run(tmp_path, "single", *common)
     argv = [a if a != "16" else "8" for a in BASE] + ["--output-dir", str(tmp_path / "ddp"),
                                                       *common]
@@ -197,7 +198,8 @@ def test_ddp_two_processes_match_one(tmp_path, reg):
     assert proc.returncode == 0, proc.stderr[-3000:]
     ddp = train.read_metrics(str(tmp_path / "ddp" / "metrics.jsonl"))
     one = metrics(single)
-    for key in ("loss", "loss_mae", "loss_reg"):
+    assert all(r["grad_norm_mae"] > 0 and r["grad_norm_reg"] > 0 for r in ddp)
+    for key in ("loss", "loss_mae", "loss_reg", "grad_norm_mae", "grad_norm_reg"):
         torch.testing.assert_close(torch.tensor([r[key] for r in ddp]),
                                    torch.tensor([r[key] for r in one]), rtol=1e-4, atol=1e-5)
     assert json.load(open(tmp_path / "ddp" / "args.json"))["world_size"] == 2

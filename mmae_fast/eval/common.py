@@ -18,7 +18,7 @@ import time
 import numpy as np
 import torch
 
-from ..mae import checkpoint
+from ..mae import checkpoint, track
 
 LAST = "checkpoint-last.pt"
 
@@ -156,8 +156,9 @@ def fit(args, env: Env, *, kind: str, loader, opt, train_step, after_step, evalu
     ``train_step(x, y, sync) -> loss`` runs forward and backward of one micro-batch (scaled by
     ``1/accum_iter``; ``sync`` False inside an accumulation), ``after_step()`` runs after each
     optimizer step (EMA), ``evaluate_fn() -> dict`` after each epoch. Checkpoint every epoch;
-    ``args.stop_after`` epochs of this run then stop as if killed. Returns {history, checkpoint,
-    start_epoch, end_epoch, wall_s}."""
+    ``args.stop_after`` epochs of this run then stop as if killed. Each epoch's row also goes
+    to the trackers (``--tensorboard`` / ``--wandb``: ``<kind>/<key>`` at step = the epoch).
+    Returns {history, checkpoint, start_epoch, end_epoch, wall_s}."""
     t0 = time.perf_counter()
     ckpt = os.path.join(args.output_dir, LAST)
     start, history = 0, []
@@ -188,38 +189,44 @@ def fit(args, env: Env, *, kind: str, loader, opt, train_step, after_step, evalu
             rows = [r for r in map(json.loads, open(log)) if r["epoch"] < start]
             with open(log, "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
-    for epoch in range(start, end):
-        loader.sampler.set_epoch(epoch)
-        seed_epoch(args.seed, epoch, env.rank)
-        total, count, lr = 0.0, 0, 0.0
-        opt.zero_grad(set_to_none=True)
-        for i, (x, y) in enumerate(loader):
-            if i >= usable:
-                break
-            if i % accum == 0:
-                lr = lr_at(epoch + i / iters, lr=peak, min_lr=args.min_lr,
-                           warmup=args.warmup_epochs, epochs=args.epochs)
-                set_lr(opt, lr)
-            x, y = x.to(env.device, non_blocking=True), y.to(env.device, non_blocking=True)
-            loss = float(train_step(x, y, (i + 1) % accum == 0))
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"non-finite training loss {loss} at epoch {epoch}, "
-                                         f"iteration {i}")
-            total, count = total + loss, count + 1
-            if (i + 1) % accum == 0:
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                after_step()
-        s, c = env.sum([total, count])
-        row = {"epoch": epoch, "lr": lr, "train_loss": s / max(c, 1)} | evaluate_fn()
-        history.append(row)
-        if env.rank == 0:
-            with open(log, "a") as f:
-                f.write(json.dumps(row) + "\n")
-            save_atomic({"kind": kind, "epoch": epoch + 1, "history": history,
-                         "optimizer": opt.state_dict(), "args": dict(vars(args))} | get_state(),
-                        ckpt)
-            print(json.dumps(row), flush=True)
+    trackers = track.Trackers(args, group=kind, prog=f"mmae-eval {kind}", rank=env.rank,
+                              epoch_axis=False)
+    try:
+        for epoch in range(start, end):
+            loader.sampler.set_epoch(epoch)
+            seed_epoch(args.seed, epoch, env.rank)
+            total, count, lr = 0.0, 0, 0.0
+            opt.zero_grad(set_to_none=True)
+            for i, (x, y) in enumerate(loader):
+                if i >= usable:
+                    break
+                if i % accum == 0:
+                    lr = lr_at(epoch + i / iters, lr=peak, min_lr=args.min_lr,
+                               warmup=args.warmup_epochs, epochs=args.epochs)
+                    set_lr(opt, lr)
+                x, y = x.to(env.device, non_blocking=True), y.to(env.device, non_blocking=True)
+                loss = float(train_step(x, y, (i + 1) % accum == 0))
+                if not math.isfinite(loss):
+                    raise FloatingPointError(f"non-finite training loss {loss} at epoch {epoch}, "
+                                             f"iteration {i}")
+                total, count = total + loss, count + 1
+                if (i + 1) % accum == 0:
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                    after_step()
+            s, c = env.sum([total, count])
+            row = {"epoch": epoch, "lr": lr, "train_loss": s / max(c, 1)} | evaluate_fn()
+            history.append(row)
+            if env.rank == 0:
+                with open(log, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                trackers.log(row, epoch)
+                save_atomic({"kind": kind, "epoch": epoch + 1, "history": history,
+                             "optimizer": opt.state_dict(), "args": dict(vars(args))} | get_state(),
+                            ckpt)
+                print(json.dumps(row), flush=True)
+    finally:
+        trackers.close()
     env.barrier()
     return {"history": history, "checkpoint": ckpt if end > start or path else None,
             "start_epoch": start, "end_epoch": end, "wall_s": time.perf_counter() - t0}
@@ -257,6 +264,7 @@ def add_common_args(p, *, epochs, batch, blr, warmup, min_lr, weight_decay, sour
                                     "(<output-dir>/checkpoint-last.pt if present)")
     p.add_argument("--stop-after", type=int,
                    help="stop (with a checkpoint) after this many epochs of this run")
+    track.add_args(p)
 
 
 def check_common(args, env: Env) -> None:
@@ -274,6 +282,7 @@ def check_common(args, env: Env) -> None:
         need(getattr(args, name) >= 0, f"--{name.replace('_', '-')} must be >= 0, "
                                        f"got {getattr(args, name)}")
     need(args.blr > 0 and (args.lr is None or args.lr > 0), "--blr / --lr must be > 0")
+    track.check_available(args.tensorboard, args.wandb)
     per = env.world * args.accum_iter
     need(args.batch % per == 0, f"--batch {args.batch} must be a multiple of ranks x "
                                 f"--accum-iter = {per}")

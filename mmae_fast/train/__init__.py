@@ -5,7 +5,8 @@
 
 Modules, in reading order: ``cli`` (flags, checks) and ``recipes`` (``--recipe``), ``step`` (the
 step: forward, losses, backward, update), ``loop`` (set-up, resume, logging, checkpoints),
-``regularisers`` (R under DDP), ``schedule`` (LR, masks), ``env`` (torchrun), ``outputs``.
+``regularisers`` (R under DDP), ``health`` (spectrum and per-term gradient norms at log steps),
+``schedule`` (LR, masks), ``env`` (torchrun), ``outputs``; trackers: ``mmae_fast.track``.
 See docs/training.md.
 """
 from __future__ import annotations

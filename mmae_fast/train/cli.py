@@ -6,7 +6,7 @@ import math
 import os
 import re
 
-from ..mae import data as data_mod
+from ..mae import data as data_mod, track
 from . import recipes
 
 REGS = ("none", "uniformity", "tcr")
@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="JSONL metrics (and the one host sync) every N steps")
     g.add_argument("--rank-every", type=int, default=50,
                    help="effective rank of the CLS features every N steps (0: never)")
+    g.add_argument("--grad-norm-every", type=int, default=50,
+                   help="gradient norm of each loss term (L_MAE, lamb·R, L_CE) at the log steps "
+                        "that are multiples of N and the last (0: never); costs one more "
+                        "forward and a backward per term at those steps only")
     g.add_argument("--ckpt-every", type=int, default=0, help="checkpoint every N steps "
                    "(0: only at the end)")
     g.add_argument("--resume", help="checkpoint path, or 'auto' (<output-dir>/checkpoint-last.pt "
@@ -106,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the encoder.safetensors export at the end")
     g.add_argument("--no-plot", dest="plot", action="store_false")
     g.add_argument("--no-progress", dest="progress", action="store_false")
+    g = p.add_argument_group("experiment tracking (every metrics.jsonl value; rank 0)")
+    track.add_args(g)
     return p
 
 
@@ -153,7 +159,7 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
     for name in ("steps", "stop_after", "threads", "img_size"):
         v = getattr(args, name)
         _need(v is None or v >= 1, f"--{name.replace('_', '-')} must be >= 1, got {v}")
-    for name in ("rank_every", "ckpt_every", "weight_decay", "min_lr", "drop_path", "workers"):
+    for name in ("rank_every", "grad_norm_every", "ckpt_every", "weight_decay", "min_lr", "drop_path", "workers"):
         v = getattr(args, name)
         _need(v >= 0, f"--{name.replace('_', '-')} must be >= 0, got {v}")
     _need(math.isfinite(args.epochs) and args.epochs > 0,
@@ -183,6 +189,7 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
           "give --warmup-steps or --warmup-epochs, not both")
     _need(args.backend != "official-eager" or args.reg == "tcr",
           "--backend official-eager is a TCR loss; use it with --reg tcr")
+    track.check_available(args.tensorboard, args.wandb)
     if args.img_size is None:
         args.img_size = PRESETS[args.model].img_size
     patch = PRESETS[args.model].patch_size

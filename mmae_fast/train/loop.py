@@ -23,11 +23,11 @@ import time
 
 import torch
 
-from ..mae import checkpoint, data as data_mod
-from . import outputs, recipes, regularisers
+from ..mae import checkpoint, data as data_mod, track
+from . import health, outputs, recipes, regularisers
 from .env import Distributed
 from .schedule import lr_at, mask_noise, param_groups, to_device
-from .step import FAULTS, TERMS, forward_losses, train_step
+from .step import FAULTS, TERMS, forward_losses, loss_terms, train_step
 
 _NAMES = {"loss": "loss", "loss_mae": "L_MAE", "loss_reg": "R", "loss_ce": "L_CE"}
 
@@ -154,15 +154,27 @@ def train(args) -> dict:
     net = model if world == 1 else torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None,
         find_unused_parameters=unused)
-    fwd = _make_forward(args, net, regularisers.build(args, env.group, world), amp_dtype, world)
+    reg_fn = regularisers.build(args, env.group, world)
+    fwd = _make_forward(args, net, reg_fn, amp_dtype, world)
     metrics_path = os.path.join(run_dir, "metrics.jsonl")
+    run_config = dict(vars(args)) | {"world_size": world, "total_steps": total,
+                                     "warmup_steps": warmup, "peak_lr": peak,
+                                     "precision": precision}
     if rank == 0:
         with _writing(run_dir):
             outputs.trim_metrics(metrics_path, start)
             with open(os.path.join(run_dir, "args.json"), "w") as f:
-                json.dump(dict(vars(args)) | {"world_size": world, "total_steps": total,
-                                              "warmup_steps": warmup, "peak_lr": peak,
-                                              "precision": precision}, f, indent=1)
+                json.dump(run_config, f, indent=1)
+
+    def grad_norms(micro):
+        """The per-term gradient norms of this step (device tensor; health.term_grad_norms)."""
+        try:
+            return health.term_grad_norms(
+                model, micro, lamb=args.lamb, scaler=scaler, group=env.group, world=world,
+                loss_terms=lambda m, i, n, y: loss_terms(m, i, n, y, reg_fn=reg_fn,
+                                                         amp_dtype=amp_dtype))
+        except torch.linalg.LinAlgError:  # a diverged batch: the step itself reports it
+            return None
 
     def save(step: int) -> str:
         # a host sync per checkpoint, not per step: finite weights can come with an inf AdamW
@@ -192,56 +204,66 @@ def train(args) -> dict:
         from tqdm import tqdm
         bar = tqdm(total=total, initial=start, desc=f"train {args.model} reg={args.reg}",
                    unit="step", dynamic_ncols=True, mininterval=1.0)
-    log = _Log(args, env, source, metrics_path, args.batch * world * args.accum_iter,
-               model.head is not None)
-    net.train()
-    for step in range(start, end):
-        lr = lr_at(step, total, warmup, peak, args.min_lr)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        micro = [_micro_batch(args, source, model, device, step, k, rank, world)
-                 for k in range(args.accum_iter)]
-        try:
-            terms, faults, cls = train_step(fwd, micro, net=net, opt=opt, scaler=scaler,
-                                          accum=args.accum_iter,
-                                          skip_nonfinite=args.skip_nonfinite, group=env.group)
-        except torch.linalg.LinAlgError as exc:  # the reference Cholesky on a diverged batch
-            if not args.skip_nonfinite:
-                raise Diverged(f"diverged: R failed at step {step} ({str(exc).split(':')[0]}: "
-                               f"non-finite or collapsed CLS features); "
-                               f"{_last_good(last_good)}") from None
-            opt.zero_grad(set_to_none=True)
-            terms, cls = torch.full((len(TERMS),), math.nan, device=device), None
-            faults = torch.zeros(len(FAULTS), device=device)
-        log.record(step, lr, terms, faults, cls)
-        done = step + 1
-        is_ckpt = args.ckpt_every and done % args.ckpt_every == 0 and done != end
-        if done % args.log_every == 0 or done == end or is_ckpt:
-            log.flush(last_good, bar, final=done == end)
-        if is_ckpt:
-            last_good = (save(done), done)
-    if bar is not None:
-        bar.close()
-    if args.skip_nonfinite and end > start and log.skipped == end - start:
-        raise Diverged(f"every step of the run ({start}->{end}) was skipped as non-finite: no "
-                       f"update was taken; nothing saved; {_last_good(last_good)}; lower --lr / "
-                       f"--blr")
-    result = {"run_dir": run_dir, "losses": log.losses, "metrics": log.last_row,
-              "start_step": start, "end_step": end, "total_steps": total, "model": model,
-              "checkpoint": None, "encoder": None, "png": None, "skipped": log.skipped}
-    if end > start or args.resume:
-        result["checkpoint"] = save(end)
-    if rank == 0 and end == total:
-        with _writing(run_dir):
-            if args.export:
-                result["encoder"] = outputs.export(model, run_dir)
-            if args.plot and os.path.exists(metrics_path):
-                result["png"] = outputs.plot_curves(
-                    metrics_path, os.path.join(run_dir, "curves.png"),
-                    f"{args.model} reg={args.reg} lamb={args.lamb}")
-    env.barrier()
-    result["wall_s"] = time.perf_counter() - t_start
-    return result
+    trackers = track.Trackers(args, group="train", prog="mmae-train", rank=rank,
+                              config=run_config)
+    try:
+        log = _Log(args, env, source, metrics_path, args.batch * world * args.accum_iter,
+                   model.head is not None, trackers)
+        net.train()
+        for step in range(start, end):
+            lr = lr_at(step, total, warmup, peak, args.min_lr)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            micro = [_micro_batch(args, source, model, device, step, k, rank, world)
+                     for k in range(args.accum_iter)]
+            done = step + 1
+            is_ckpt = args.ckpt_every and done % args.ckpt_every == 0 and done != end
+            is_log = done % args.log_every == 0 or done == end or is_ckpt
+            norms = grad_norms(micro) if is_log and args.grad_norm_every and (
+                done % args.grad_norm_every == 0 or done == end) else None
+            try:
+                terms, faults, cls = train_step(fwd, micro, net=net, opt=opt, scaler=scaler,
+                                                accum=args.accum_iter,
+                                                skip_nonfinite=args.skip_nonfinite,
+                                                group=env.group)
+            except torch.linalg.LinAlgError as exc:  # the reference Cholesky on a diverged batch
+                if not args.skip_nonfinite:
+                    raise Diverged(f"diverged: R failed at step {step} "
+                                   f"({str(exc).split(':')[0]}: non-finite or collapsed CLS "
+                                   f"features); {_last_good(last_good)}") from None
+                opt.zero_grad(set_to_none=True)
+                terms, cls = torch.full((len(TERMS),), math.nan, device=device), None
+                faults = torch.zeros(len(FAULTS), device=device)
+            log.record(step, lr, terms, faults, cls, norms)
+            if is_log:
+                log.flush(last_good, bar, final=done == end)
+            if is_ckpt:
+                last_good = (save(done), done)
+        if bar is not None:
+            bar.close()
+        if args.skip_nonfinite and end > start and log.skipped == end - start:
+            raise Diverged(f"every step of the run ({start}->{end}) was skipped as non-finite: "
+                           f"no update was taken; nothing saved; {_last_good(last_good)}; lower "
+                           f"--lr / --blr")
+        result = {"run_dir": run_dir, "losses": log.losses, "metrics": log.last_row,
+                  "start_step": start, "end_step": end, "total_steps": total, "model": model,
+                  "checkpoint": None, "encoder": None, "png": None, "skipped": log.skipped}
+        if end > start or args.resume:
+            result["checkpoint"] = save(end)
+        if rank == 0 and end == total:
+            with _writing(run_dir):
+                if args.export:
+                    result["encoder"] = outputs.export(model, run_dir)
+                if args.plot and os.path.exists(metrics_path):
+                    result["png"] = outputs.plot_curves(
+                        metrics_path, os.path.join(run_dir, "curves.png"),
+                        f"{args.model} reg={args.reg} lamb={args.lamb}")
+            trackers.images({"curves": result["png"]})
+        env.barrier()
+        result["wall_s"] = time.perf_counter() - t_start
+        return result
+    finally:
+        trackers.close()  # also when the run stops: what was logged is kept
 
 
 def _micro_batch(args, source, model, device, step, k, rank, world):
@@ -284,23 +306,41 @@ def _last_good(last_good) -> str:
 
 
 class _Log:
-    """The steps since the last flush, on the device; ``flush`` reads them (one host sync),
-    checks them, appends metrics rows (rank 0)."""
+    """The steps since the last flush, on the device; ``flush`` reads them (one host sync:
+    the window's terms and faults, the last CLS batch's spectrum and the step's per-term
+    gradient norms in one transfer), checks them, appends metrics rows and hands them to the
+    trackers (rank 0)."""
 
-    def __init__(self, args, env, source, path, global_batch, with_head: bool):
+    def __init__(self, args, env, source, path, global_batch, with_head: bool, trackers=None):
         self.args, self.env, self.path, self.global_batch = args, env, path, global_batch
-        self.with_head = with_head
+        self.with_head, self.trackers = with_head, trackers
         self.epoch_size = source.n if args.data != "synthetic" else None
         self.pending, self.losses, self.last_row, self.skipped = [], [], None, 0
-        self.t0, self.cls = time.perf_counter(), None
+        self.t0, self.cls, self.grad_norms = time.perf_counter(), None, None
 
-    def record(self, step: int, lr: float, terms: torch.Tensor, faults, cls) -> None:
+    def record(self, step: int, lr: float, terms: torch.Tensor, faults, cls,
+               grad_norms=None) -> None:
         self.pending.append((step, lr, torch.cat([terms, faults.to(terms.dtype)])))
-        self.cls = cls
+        self.cls, self.grad_norms = cls, grad_norms
+
+    def _read(self):
+        """-> (one list of values per pending step, {health key: value}): one transfer."""
+        window = torch.stack([t for _, _, t in self.pending]).double()
+        parts, keys = [window.flatten()], []
+        if self.cls is not None:
+            parts.append(health.spectrum(self.cls, self.args.mu).to(window.device))
+            keys += health.SPECTRUM
+        if self.grad_norms is not None:
+            parts.append(self.grad_norms.to(window.device, torch.float64))
+            keys += health.GRAD_NORMS
+        flat = self.env.mean(torch.cat(parts)).tolist()
+        n, k = window.shape
+        values = [flat[i * k:(i + 1) * k] for i in range(n)]
+        return values, dict(zip(keys, flat[n * k:]))
 
     def flush(self, last_good, bar, final: bool) -> None:
         args = self.args
-        values = self.env.mean(torch.stack([t for _, _, t in self.pending])).tolist()
+        values, extra = self._read()
         now = time.perf_counter()
         for (step, lr, _), row_values in zip(self.pending, values):
             terms = dict(zip(TERMS, row_values))
@@ -326,6 +366,11 @@ class _Log:
                    "skipped": self.skipped, "eff_rank": None}
             if self.with_head:
                 row["loss_ce"], row["online_acc"] = terms["loss_ce"], terms["online_acc"]
+            row |= {key: extra.get(key) for key in health.SPECTRUM + health.GRAD_NORMS}
+            if not has_reg:
+                row["grad_norm_reg"] = None
+            if not self.with_head:
+                row["grad_norm_ce"] = None
             if args.rank_every and self.cls is not None and math.isfinite(terms["loss"]) and (
                     done % args.rank_every == 0 or final):
                 from .. import effective_rank
@@ -335,5 +380,7 @@ class _Log:
                     pass
             with _writing(args.output_dir):
                 outputs.append_metrics(self.path, row)
+            if self.trackers is not None:
+                self.trackers.log(row, step)
             self.last_row = row
-        self.pending, self.t0 = [], time.perf_counter()
+        self.pending, self.t0, self.grad_norms = [], time.perf_counter(), None

@@ -17,25 +17,39 @@ import torch.nn.functional as F
 TERMS = ("loss", "loss_mae", "loss_reg", "loss_ce", "online_acc")
 
 
-def forward_losses(net, imgs, noise, labels, *, reg_fn, lamb: float, amp_dtype):
-    """-> (loss 0-d float32 to backpropagate, terms (5,) float32 detached (see TERMS), cls (B,
-    width) detached). ``labels`` None: no online head. R runs outside autocast: it takes the
-    CLS feature as the encoder's final LayerNorm leaves it (float32 under autocast)."""
+def _forward(net, imgs, noise, labels, reg_fn, amp_dtype):
+    """-> (loss_mae, loss_reg or None, logits or None, cls), undetached. R runs outside
+    autocast."""
     with torch.autocast(imgs.device.type, dtype=amp_dtype or torch.float32,
                         enabled=amp_dtype is not None):
         out = net(imgs, noise, with_logits=labels is not None)
     loss_mae, cls = out[0].float(), out[1]
+    loss_reg = reg_fn(cls) if reg_fn is not None else None
+    return loss_mae, loss_reg, out[2].float() if labels is not None else None, cls
+
+
+def forward_losses(net, imgs, noise, labels, *, reg_fn, lamb: float, amp_dtype):
+    """-> (loss 0-d float32 to backpropagate, terms (5,) float32 detached (see TERMS), cls (B,
+    width) detached). ``labels`` None: no online head. R runs outside autocast: it takes the
+    CLS feature as the encoder's final LayerNorm leaves it (float32 under autocast)."""
+    loss_mae, loss_reg, logits, cls = _forward(net, imgs, noise, labels, reg_fn, amp_dtype)
     zero = loss_mae.new_zeros(())
-    loss_reg = reg_fn(cls) if reg_fn is not None else zero
     loss = loss_mae + lamb * loss_reg if reg_fn is not None and lamb else loss_mae
+    loss_reg = zero if loss_reg is None else loss_reg
     loss_ce = acc = zero
     if labels is not None:
-        logits = out[2].float()
         loss_ce = F.cross_entropy(logits, labels)
         loss = loss + loss_ce
         acc = (logits.argmax(1) == labels).float().mean()
     terms = torch.stack([loss, loss_mae, loss_reg, loss_ce, acc]).detach()
     return loss, terms, cls.detach()
+
+
+def loss_terms(net, imgs, noise, labels, *, reg_fn, amp_dtype):
+    """-> (L_MAE, R or None, L_CE or None), undetached: the terms ``forward_losses`` sums, for
+    the per-term gradient norms of ``health.term_grad_norms``."""
+    loss_mae, loss_reg, logits, _ = _forward(net, imgs, noise, labels, reg_fn, amp_dtype)
+    return loss_mae, loss_reg, (F.cross_entropy(logits, labels) if labels is not None else None)
 
 
 #: the per-step fault flags returned by train_step beside the terms, in this order
