@@ -9,7 +9,7 @@ import mmae_fast as mf
 from mmae_fast import backends, series
 from mmae_fast.ops.tcr import registry
 from mmae_fast import reference as R
-from tolerances import REFERENCE_TOLERANCES, cancellation
+from tolerances import REFERENCE_TOLERANCES, cancellation, exp_condition
 
 ONE_VIEW = {
     "tcr_loss": lambda z, **kw: mf.tcr_loss(z, 2.0, **kw),
@@ -39,7 +39,7 @@ EXPECTED = {
     "tcr_loss": lambda h: (ind.tcr_exact(h, 2.0), 1.0),
     "uniformity_loss": lambda h: (ind.uniformity(h), 1.0),
     "matrix_entropy": lambda h: (ind.matrix_entropy(h), 1.0),
-    "effective_rank": lambda h: (ind.effective_rank(h), 1.0),
+    "effective_rank": lambda h: (ind.effective_rank(h), exp_condition(ind.matrix_entropy(h))),
     "matrix_joint_entropy": lambda h: (ind.joint_entropy(h, h), 1.0),
     "matrix_mutual_information": lambda h: (
         ind.mutual_information(h, h),

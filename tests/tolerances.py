@@ -56,6 +56,12 @@ def cancellation(terms) -> float:
     return max(1.0, float(np.abs(flat).sum() / max(total, 1e-300)))
 
 
+def exp_condition(log_value: float) -> float:
+    """The factor by which ``exp`` multiplies a relative error: exp(x) is off by the absolute
+    error of x, i.e. its relative error times |x| (the effective rank exp(H_1) by H_1 ~ log n)."""
+    return max(1.0, abs(float(log_value)))
+
+
 def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
     """Relative Frobenius error of x against ref (computed in float64)."""
     x, ref = x.detach().double().cpu(), ref.detach().double().cpu()
