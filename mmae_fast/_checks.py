@@ -14,6 +14,8 @@ GRAD_SEMANTICS = ("exact", "per_rank")
 
 def features(z, name: str = "z", *, check_finite: bool = False) -> torch.Tensor:
     """Check that ``z`` is a non-empty floating (m, d) tensor; return it."""
+    if not isinstance(check_finite, bool):
+        raise TypeError(f"check_finite must be True or False, got {check_finite!r}")
     if not isinstance(z, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (m, d), got {type(z).__name__}")
     if z.dim() != 2:

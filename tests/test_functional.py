@@ -250,3 +250,12 @@ def test_tcr_loss_compiles_without_graph_breaks(estimator, dynamic, gen):
         want.backward()
         assert torch.allclose(got, want, rtol=1e-10) and torch.allclose(w1.grad, w2.grad,
                                                                          rtol=1e-8)
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_check_finite_must_be_a_bool(value):
+    """A truthy non-bool (``"yes"``, ``1``) is refused, not read as True."""
+    with pytest.raises(TypeError, match="check_finite must be True or False"):
+        mf.tcr_loss(torch.randn(4, 3), check_finite=value)
+    with pytest.raises(TypeError, match="check_finite must be True or False"):
+        mf.mec_loss(torch.randn(4, 3), torch.randn(4, 3), check_finite=value)

@@ -32,6 +32,10 @@ def metrics(result):
     (["--data", "imagefolder"], "--data imagefolder needs --data-path"),
     (["--data", "imagefolder", "--data-path", "/no/such/dir"], "--data-path .* not a directory"),
     (["--data", "cifar"], "--data must be one of"),
+    (["--data", "digits", "--data-path", "/tmp"], "--data-path '/tmp' is read only by --data "
+                                                   "imagefolder, not --data digits"),
+    (["--data", "synthetic", "--data-path", "/tmp", "--steps", "2"], "read only by --data "
+                                                                    "imagefolder"),
     (["--lamb", "-0.1"], "--lamb must be >= 0"),
     (["--mu", "0"], "--mu must be > 0"),
     (["--reg", "tcr2"], "--reg must be one of"),
@@ -270,3 +274,20 @@ def test_train_on_an_image_folder(tmp_path):
          "--steps", "2", "--no-progress", "--no-plot", "--device", "cpu",
          "--output-dir", str(tmp_path / "run")]))
     assert len(res["losses"]) == 2 and res["model"].num_classes == 2
+
+
+def test_a_data_path_alone_means_that_folder(tmp_path):
+    """--data-path without --data trains on the folder (imagefolder), never on digits."""
+    args = train.parse_args(["--data-path", str(tmp_path), "--output-dir", str(tmp_path / "o")])
+    assert args.data == "imagefolder"
+    assert train.parse_args(["--output-dir", str(tmp_path / "o")]).data == "digits"
+
+
+def test_the_resolved_backend_is_printed_and_stored(tmp_path, capsys):
+    res = run(tmp_path, "backend", "--steps", "1", "--reg", "tcr")
+    out = capsys.readouterr().out
+    assert "R = tcr_loss on the 'reference' backend (--backend auto)" in out
+    saved = json.load(open(os.path.join(res["run_dir"], "args.json")))
+    assert saved["backend"] == "auto" and saved["resolved_backend"] == "reference"
+    none = run(tmp_path, "none", "--steps", "1", "--reg", "none")
+    assert json.load(open(os.path.join(none["run_dir"], "args.json")))["resolved_backend"] == "none"

@@ -42,17 +42,25 @@ def monitor_main(argv) -> int:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.max_images is not None and args.max_images < 1:
         p.error(f"--max-images must be >= 1, got {args.max_images}")
+    if args.data is not None and args.data_path:
+        from ..mae.data import resolve_data
+        try:
+            resolve_data(args.data, args.data_path)
+        except ValueError as exc:
+            p.error(str(exc))
     rows = []
     for path in args.checkpoints:
         try:
             state, info = load_encoder(path, num_heads=args.num_heads)
-            data = args.data or info["args"].get("data") or "digits"
+            data = args.data or ("imagefolder" if args.data_path else None) \
+                or info["args"].get("data") or "digits"
             if data == "synthetic":
                 raise ValueError(f"{path}: trained on synthetic data; pass --data digits or "
                                  f"--data imagefolder --data-path DIR to evaluate")
             model = build_vit(state, info["kwargs"], num_classes=0)
             res = evaluate_model(model, data=data, img_size=info["kwargs"]["img_size"],
-                                 data_path=args.data_path or info["args"].get("data_path"),
+                                 data_path=(args.data_path or info["args"].get("data_path"))
+                                 if data == "imagefolder" else None,
                                  device=args.device, probe_epochs=args.probe_epochs,
                                  knn=args.knn, max_images=args.max_images, batch=args.batch,
                                  workers=args.workers)

@@ -236,7 +236,8 @@ def add_common_args(p, *, epochs, batch, blr, warmup, min_lr, weight_decay, sour
     """Arguments both protocols share; defaults are the official values (``source``)."""
     p.add_argument("checkpoint", help="training checkpoint (checkpoint-last.pt, any step) or an "
                                       "encoder export (.safetensors / .pt)")
-    p.add_argument("--data", default="digits", help="digits or imagefolder")
+    p.add_argument("--data", help="digits or imagefolder; default: imagefolder with --data-path, "
+                                  "else digits")
     p.add_argument("--data-path", help="imagefolder root with train/ and val/")
     p.add_argument("--num-heads", type=int, help="only for inputs without a preset name")
     p.add_argument("--epochs", type=int, default=epochs, help=f"default {epochs} ({source})")

@@ -61,12 +61,15 @@ class DigitsImages(torch.utils.data.Dataset):
         return (self.transform(img) if self.transform else img), self.targets[i]
 
 
-def check_data(data: str, data_path: str | None) -> None:
-    """Clear errors for a bad ``--data`` / ``--data-path`` (a missing train or val folder)."""
+def check_data(data: str | None, data_path: str | None) -> str:
+    """The data set to evaluate on (``mmae_fast.mae.data.resolve_data``); clear errors for a bad
+    ``--data`` / ``--data-path`` (a missing train or val folder)."""
+    from ..mae.data import resolve_data
+    data = resolve_data(data, data_path)
     if data not in DATASETS:
         raise ValueError(f"--data must be one of {DATASETS}, got {data!r}")
     if data == "digits":
-        return
+        return data
     if not data_path:
         raise ValueError("--data imagefolder needs --data-path DIR (DIR/train/<class>/*, "
                          "DIR/val/<class>/*)")
@@ -75,6 +78,7 @@ def check_data(data: str, data_path: str | None) -> None:
             raise ValueError(f"--data-path {data_path!r} has no {split}/ folder: evaluation "
                              f"needs DIR/train/<class>/* and DIR/val/<class>/* (ImageNet "
                              f"layout); point --data-path at such a folder")
+    return data
 
 
 def dataset(data: str, split: str, transform, data_path: str | None = None):

@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> dict:
     env = common.Env(args.device)
     common.check_common(args, env)
     _check(args)
-    edata.check_data(args.data, args.data_path)
+    args.data = edata.check_data(args.data, args.data_path)
     state, info = load_encoder(args.checkpoint, num_heads=args.num_heads)
     size = info["kwargs"]["img_size"]
     train_ds = edata.evenly(edata.dataset(

@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> dict:
     """Train the probe; returns ``common.fit``'s dict plus ``final`` (last epoch's row)."""
     env = common.Env(args.device)
     common.check_common(args, env)
-    edata.check_data(args.data, args.data_path)
+    args.data = edata.check_data(args.data, args.data_path)
     state, info = load_encoder(args.checkpoint, num_heads=args.num_heads)
     vit = build_vit(state, info["kwargs"], num_classes=0).to(env.device)
     vit.eval().requires_grad_(False)

@@ -155,7 +155,7 @@ def evaluate_model(model, *, data: str = "digits", img_size: int | None = None,
         train_batches, test_batches = _batches(xtr, ytr, batch), _batches(xte, yte, batch)
         classes = 10
     else:
-        edata.check_data(data, data_path)
+        data = edata.check_data(data, data_path)
         tf = edata.eval_transform(img_size)
         tr = edata.evenly(edata.dataset(data, "train", tf, data_path), max_images)
         te = edata.evenly(edata.dataset(data, "val", tf, data_path), max_images)

@@ -24,6 +24,19 @@ import torch
 import torch.nn.functional as F
 
 DATASETS = ("digits", "imagefolder", "synthetic")
+
+
+def resolve_data(data: str | None, data_path: str | None) -> str:
+    """The data set a run uses: ``--data`` as given; left out, ``imagefolder`` when
+    ``--data-path`` names a folder, else ``digits``. A ``--data-path`` beside another data set
+    is an error: it would be ignored."""
+    if data is None:
+        return "imagefolder" if data_path else "digits"
+    if data_path and data != "imagefolder":
+        raise ValueError(f"--data-path {data_path!r} is read only by --data imagefolder, not "
+                         f"--data {data}: pass --data imagefolder (or leave --data out), or drop "
+                         f"--data-path")
+    return data
 PIPELINES = ("auto", "gpu", "pil")
 #: per-channel mean / std used for digits and image folders (ImageNet's)
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

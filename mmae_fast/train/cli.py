@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="same as --online-head none")
     g.add_argument("--drop-path", type=float, default=0.0)
     g = p.add_argument_group("data")
-    g.add_argument("--data", default="digits", help="digits (embedded), imagefolder, synthetic")
+    g.add_argument("--data", help="digits (embedded), imagefolder, synthetic; default: "
+                                  "imagefolder with --data-path, else digits")
     g.add_argument("--data-path", help="ImageNet-layout folder (--data imagefolder)")
     g.add_argument("--data-pipeline", default="auto",
                    help="imagefolder: gpu (JPEG bytes from workers, nvJPEG decode and batched "
@@ -134,6 +135,7 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
     from .._checks import ESTIMATORS, GRAD_SEMANTICS
     _need(args.model in PRESETS, f"--model: unknown preset {args.model!r}; choose one of "
                                  f"{tuple(PRESETS)}")
+    args.data = data_mod.resolve_data(args.data, args.data_path)
     _need(args.data in data_mod.DATASETS, f"--data must be one of {data_mod.DATASETS}, "
                                           f"got {args.data!r}")
     _need(args.data != "imagefolder" or bool(args.data_path),

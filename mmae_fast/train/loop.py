@@ -159,8 +159,12 @@ def train(args) -> dict:
     metrics_path = os.path.join(run_dir, "metrics.jsonl")
     run_config = dict(vars(args)) | {"world_size": world, "total_steps": total,
                                      "warmup_steps": warmup, "peak_lr": peak,
-                                     "precision": precision}
+                                     "precision": precision, "resolved_backend": regularisers
+                                     .resolved_backend(args, device, model.cls_token.shape[-1])}
     if rank == 0:
+        if args.reg == "tcr":
+            print(f"mmae-train: R = tcr_loss on the {run_config['resolved_backend']!r} backend "
+                  f"(--backend {args.backend})", flush=True)
         with _writing(run_dir):
             outputs.trim_metrics(metrics_path, start)
             with open(os.path.join(run_dir, "args.json"), "w") as f:

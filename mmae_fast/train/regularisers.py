@@ -44,6 +44,20 @@ def global_uniformity(z: torch.Tensor, group, world: int, grad_semantics: str = 
     return gram.square().sum() / (m_total * m_total)
 
 
+def resolved_backend(args, device, width: int) -> str:
+    """What computes R in this run: "none" (--reg none), "eager" (--reg uniformity),
+    "official-eager", or the backend ``tcr_loss`` resolves for float32 CLS features of this width
+    on ``device`` (``--backend auto`` resolved: cuda, triton or reference)."""
+    if args.reg == "none":
+        return "none"
+    if args.reg == "uniformity":
+        return "eager"
+    if args.backend == "official-eager":
+        return "official-eager"
+    from .. import backends
+    return backends.resolve_name(args.backend, torch.empty(2, width, device=device))
+
+
 def build(args, group, world: int):
     """cls (B, width) -> R (0-d) for ``args.reg``, or None for ``--reg none``."""
     import mmae_fast
