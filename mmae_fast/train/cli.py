@@ -103,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "forward and a backward per term at those steps only")
     g.add_argument("--ckpt-every", type=int, default=0, help="checkpoint every N steps "
                    "(0: only at the end)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start a new run in an --output-dir that holds an earlier one (its "
+                        "metrics and checkpoint are replaced); without it such a directory is "
+                        "refused unless --resume is given")
     g.add_argument("--resume", help="checkpoint path, or 'auto' (<output-dir>/checkpoint-last.pt "
                    "if present)")
     g.add_argument("--stop-after", type=int, help="stop (with a checkpoint) after this many "
@@ -168,6 +172,8 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
           f"--epochs must be a finite number > 0, got {args.epochs}")
     _need(args.device is None or re.fullmatch(r"auto|cpu|cuda(:\d+)?", args.device) is not None,
           f"--device must be auto, cpu, cuda or cuda:N (N a GPU index), got {args.device!r}")
+    _need(not (args.overwrite and args.resume),
+          "--overwrite starts a new run, --resume continues one: give one of them")
     _need(args.output_dir is None or not os.path.isfile(args.output_dir),
           f"--output-dir {args.output_dir!r} is a file; give a directory")
     if args.backend in ("cuda", "triton"):

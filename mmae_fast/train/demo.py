@@ -36,7 +36,7 @@ def _run(reg: str, steps: int, lamb: float, mu: float, out: str, probe_epochs: i
     t0 = time.perf_counter()
     args = train.parse_args(RECIPE + ["--reg", reg, "--lamb", str(lamb), "--mu", str(mu),
                                       "--steps", str(steps), "--seed", str(seed),
-                                      "--output-dir", os.path.join(out, reg)])
+                                      "--output-dir", os.path.join(out, reg), "--overwrite"])
     res = train.train(args)
     t_train = time.perf_counter() - t0
     ev = monitor.evaluate_model(res["model"], probe_epochs=probe_epochs, seed=seed)

@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from ..mae import checkpoint, data as data_mod, track
+from ..mae import checkpoint, data as data_mod, run_dir as run_dir_mod, track
 from . import health, outputs, recipes, regularisers
 from .env import Distributed
 from .schedule import lr_at, mask_noise, param_groups, to_device
@@ -128,11 +128,33 @@ def train(args) -> dict:
     ``wall_s``, ``model`` (the trained module)."""
     t_start = time.perf_counter()
     env = Distributed(args.device)
-    device, rank, world = env.device, env.rank, env.world
-    run_dir, ckpt_path = args.output_dir, os.path.join(args.output_dir, checkpoint.LAST)
-    if rank == 0:
+    run_dir = args.output_dir
+    earlier = None if args.resume or args.overwrite else run_dir_mod.holds_a_run(run_dir,
+                                                                                 checkpoint.LAST)
+    if earlier:
+        raise ValueError(f"--output-dir {run_dir!r} holds an earlier run ({earlier}); continue "
+                         f"it with --resume auto, replace it with --overwrite, or give another "
+                         f"--output-dir")
+    lock = None
+    if env.rank == 0:
         with _writing(run_dir):  # before the data and the model: fail fast
             os.makedirs(run_dir, exist_ok=True)
+            lock = run_dir_mod.RunLock(run_dir)
+            run_dir_mod.remove_partial_writes(run_dir)
+            if args.overwrite:  # the earlier run's checkpoint must not outlive it
+                for name in (checkpoint.LAST, "metrics.jsonl"):
+                    if os.path.exists(os.path.join(run_dir, name)):
+                        os.unlink(os.path.join(run_dir, name))
+    try:
+        return _train(args, env, t_start)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(args, env, t_start) -> dict:
+    device, rank, world = env.device, env.rank, env.world
+    run_dir, ckpt_path = args.output_dir, os.path.join(args.output_dir, checkpoint.LAST)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.backend == "official-eager" and world > 1:
