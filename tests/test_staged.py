@@ -1,8 +1,8 @@
 """The staged TCR op (mmae_fast.ops.tcr.op): gram -> small side -> grad, on the CPU.
 
-Stages 1 and 3 here are ``torch_stages`` (the "reference" backend's staged ops); the kernel
-backends' own stage tests live in test_triton_backend.py / test_cuda_backend.py, and their
-end-to-end runs through this layer in test_staged_backends.py. Expected values come from the
+Stages 1 and 3 here are ``mmae_fast.ops.tcr.stages`` (the "reference" backend's staged ops);
+the kernel backends' own stage tests live in test_triton_backend.py / test_cuda_backend.py, and
+their end-to-end runs through this layer in test_staged_backends.py. Expected values come from the
 float64 reference (``mmae_fast.reference``) and, independently, from numpy's eigenvalues
 (tests/independent.py).
 """

@@ -46,7 +46,7 @@ def test_triton_kernels_run_and_give_the_independent_value(monkeypatch, estimato
     value = mf.tcr_loss(x, mu, centering=centering, estimator=estimator, order=order,
                         backend="triton")
     if launched is not None:
-        # with centring, stage 1 is torch_stages.centred_gram on every backend (the operand is
+        # with centring, stage 1 is stages.centred_gram on every backend (the operand is
         # centred before the product); without, the forward is the Triton Gram
         assert bool(launched) != centering, "backend='triton': unexpected forward launches"
         forward = len(launched)
