@@ -28,7 +28,8 @@ def _rank_entry(rank, world, store, out_dir, worker, args):
 
 def spawn(worker, *args, world: int = 2) -> list:
     """``[worker(0, world, *args), ..., worker(world - 1, world, *args)]``, each computed in its
-    own gloo rank; a rank that raises makes this raise (torch.multiprocessing's ProcessRaisedException)."""
+    own gloo rank; a rank that raises makes this raise (torch.multiprocessing's
+    ``ProcessRaisedException``, with the rank's traceback)."""
     with tempfile.TemporaryDirectory() as tmp:
         mp.start_processes(_rank_entry, args=(world, os.path.join(tmp, "store"), tmp, worker, args),
                            nprocs=world, join=True, start_method="spawn")

@@ -118,7 +118,8 @@ def test_chebyshev_polynomial_error_within_bound(kappa):
 def test_entropies_match_eigenvalue_formulas(m, d, alpha, gen):
     h1 = torch.randn(m, d, generator=gen, dtype=torch.float64)
     h2 = inputs("powerlaw", m, d + 3, gen)
-    assert R.renyi_entropy(h1, alpha).item() == pytest.approx(ind.matrix_entropy(h1, alpha), rel=1e-9)
+    assert R.renyi_entropy(h1, alpha).item() == pytest.approx(ind.matrix_entropy(h1, alpha),
+                                                                  rel=1e-9)
     assert R.joint_entropy(h1, h2, alpha).item() == pytest.approx(ind.joint_entropy(h1, h2, alpha),
                                                                   rel=1e-9)
     mi = ind.mutual_information(h1, h2, alpha)

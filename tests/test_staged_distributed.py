@@ -1,7 +1,7 @@
 """Two gloo ranks through the staged op (``tcr_loss(..., group=...)``): the value equals one
-process on the concatenated batch computed by numpy's eigenvalues (independent), and the local
-gradients follow the chosen semantics; with unequal shards the series (whose interval comes from
-kappa = 1 + mu·K·m_r/d) refuses with NaN instead of a silently wrong value."""
+process on the concatenated batch computed by numpy's eigenvalues (tests/independent.py), and
+the local gradients follow the chosen semantics; with unequal shards the series (whose interval
+comes from kappa = 1 + mu·K·m_r/d) refuses with NaN instead of a silently wrong value."""
 import numpy as np
 import pytest
 import torch
@@ -59,16 +59,17 @@ def equal():
 @pytest.mark.parametrize("centering,estimator,semantics", CASES)
 def test_equal_shards(equal, centering, estimator, semantics):
     x = _batch(16)
-    expected = ind.tcr_exact(x, MU, centering)
-    tol = {"exact": 1e-12, "series": 1e-4, "taylor": None}[estimator]
+    if estimator == "taylor":  # the order-3 series itself, from the same eigenvalues
+        expected, tol = ind.tcr_taylor(x, MU, 3, centering), 1e-12
+    else:  # the series within its tolerance of the exact value
+        expected, tol = ind.tcr_exact(x, MU, centering), {"exact": 1e-12, "series": 1e-4}[estimator]
     full = x.clone().requires_grad_()
     ref = reference.tcr(full, MU, centering=centering, estimator=estimator,
                         degree=3 if estimator == "taylor" else None)
     ref.backward()
     for rank in range(2):
         value, grad = equal[rank][(centering, estimator, semantics)]
-        if tol is not None:
-            assert abs(value.item() - expected) <= tol * abs(expected)
+        assert abs(value.item() - expected) <= tol * abs(expected)
         assert value.item() == pytest.approx(ref.item(), rel=1e-12)
         factor = 2.0 if semantics == "exact" else 1.0  # exact: K x the local slice
         want = factor * full.grad[8 * rank: 8 * rank + 8]
