@@ -50,7 +50,7 @@ MUTANTS = [
     Mutant("tcr-c-mu-over-m", "constant", "mmae_fast/reference.py",
            "(mu / d) * g", "(mu / m) * g", (VALUES_TCR, FUNCTIONAL, REFERENCE)),
     Mutant("staged-c-mu-over-m", "constant in the staged / distributed path",
-           "mmae_fast/ops/tcr/small_side.py", "c = float(mu) / d", "c = float(mu) / m",
+           "mmae_fast/ops/tcr/small_side.py", "c=float(mu) / d", "c=float(mu) / m",
            (DISTRIBUTED, BACKENDS)),
     Mutant("distributed-local-count", "dropped term: the row count is not all-reduced",
            "mmae_fast/ops/tcr/op.py", "colsum, count = buf[d * d: -1], buf[-1]",

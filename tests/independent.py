@@ -123,3 +123,15 @@ def tcr_exact_grad(h, mu: float, centering: bool = False) -> np.ndarray:
     zc = features(h, centering)
     g = -2.0 * c * zc @ np.linalg.inv(np.eye(d) + c * zc.T @ zc)
     return (g - z * (g * z).sum(1, keepdims=True)) / np.linalg.norm(h, axis=1, keepdims=True)
+
+
+def chebyshev_log1p(kappa: float, degree: int) -> np.ndarray:
+    """(p_0..p_D) in the Chebyshev basis of t = 2y/(kappa-1) - 1 of the series' polynomial
+    ``P(y) = y·q(y)``, q the degree D-1 truncation of log1p(y)/y's Chebyshev series on
+    [0, kappa-1]: numpy's interpolation at degree 400 (coefficients to rounding), truncated, times
+    ``y = h·(1 + t)`` (numpy's chebmulx), ``h = (kappa-1)/2``."""
+    cheb = np.polynomial.chebyshev
+    h = (kappa - 1.0) / 2.0
+    f = cheb.Chebyshev.interpolate(lambda t: np.log1p(h * (t + 1)) / (h * (t + 1)), 400)
+    q = f.coef[:degree]
+    return h * (np.pad(q, (0, 1)) + cheb.chebmulx(q)[: degree + 1])

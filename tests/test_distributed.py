@@ -2,17 +2,15 @@
 both equal the independent float64 eigenvalue formulas (tests/independent.py) on the concatenated
 batch, so a bug shared by the distributed and the one-process path cannot hide."""
 import itertools
-import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import independent as ind
 import mmae_fast as mf
 from mmae_fast import series
+from tests.gloo import spawn
 
 # uneven shards: the global count must come from the all-reduce; the series takes its interval
 # from K·m_r (equal shards, mmae_fast.distributed; uneven ones give NaN: test_staged_distributed)
@@ -38,9 +36,7 @@ def _model(seed=1):
     return torch.nn.Linear(5, 9).double()
 
 
-def _worker(rank, port, out_dir):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=2)
+def _worker(rank, world):
     results = {}
     for d, centering, estimator, semantics in CASES:
         z = _shard(_batch(d, estimator=estimator), rank, estimator).clone().requires_grad_()
@@ -58,21 +54,12 @@ def _worker(rank, port, out_dir):
             dist.all_reduce(g)
             g /= dist.get_world_size()
         results[("ddp", semantics)] = grads
-    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    dist.destroy_process_group()
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return results
 
 
 @pytest.fixture(scope="module")
-def rank_results(tmp_path_factory):
-    out = tmp_path_factory.mktemp("dist")
-    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=2, join=True)
-    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+def rank_results():
+    return spawn(_worker)
 
 
 def _independent_value(x, centering, estimator):

@@ -11,7 +11,6 @@ import sys
 import types
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -19,18 +18,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import common, entropy, kernel_table, plot, targets, train  # noqa: E402
+from tests import independent as ind  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "scripts" / "gpu_check.py")
 gpu_check = sys.modules["gpu_check"] = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(gpu_check)
-
-
-def _tcr_numpy(h: np.ndarray, mu: float) -> float:
-    """-logdet(I + mu/d · ZᵀZ), Z = rows of h normalised, in float64 numpy."""
-    z = h / np.linalg.norm(h, axis=1, keepdims=True)
-    sign, logdet = np.linalg.slogdet(np.eye(h.shape[1]) + mu / h.shape[1] * z.T @ z)
-    assert sign > 0
-    return -logdet
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +83,7 @@ def test_smoke_entropy_rows_match_numpy(smoke):
         assert r["graph_status"] is None and r["reps"] == len(r["times_ms"]) == 2
         gen = torch.Generator().manual_seed(0)
         h = entropy.features(r["m"], r["d"], "anisotropic", gen).to(torch.bfloat16).double()
-        exact = _tcr_numpy(h.numpy(), r["mu"])
+        exact = ind.tcr_exact(h.numpy(), r["mu"])
         assert r["ref_exact"] == pytest.approx(exact, rel=1e-9)
         assert r["rel_err"] == pytest.approx(abs(r["value"] - exact) / abs(exact), rel=1e-6)
         # official: normalise and Gram in bf16 on the CPU; the others compute in float32
@@ -256,7 +248,7 @@ def test_entropy_graph_fields_and_time_limit(tmp_path, limit):
         assert row["graph_status"] == "skipped" and "CUDA" in row["graph_reason"]
         gen = torch.Generator().manual_seed(0)
         h = entropy.features(40, 24, "anisotropic", gen).to(torch.bfloat16).double().numpy()
-        assert row["value"] == pytest.approx(_tcr_numpy(h, 3.0), rel=1e-4)
+        assert row["value"] == pytest.approx(ind.tcr_exact(h, 3.0), rel=1e-4)
     else:
         assert row["status"] == "skipped" and "time limit" in row["reason"]
         assert row["reps"] == 0 and row["value"] is None

@@ -6,33 +6,10 @@ import torch
 from mmae_fast import reference as R
 from mmae_fast import series
 
+import independent as ind
+
 SHAPES = [(7, 13), (13, 13), (29, 11), (1, 5)]  # m < d, m = d, m > d, a single row
 MUS = [0.5, 1.0, 3.0, 10.0]
-
-
-def np_normalized(h, centering=False):
-    """Independent numpy normalisation (+ dense-J centring) in float64."""
-    z = h.detach().double().numpy()
-    z = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
-    if centering:
-        m = z.shape[0]
-        z = (np.eye(m) - np.ones((m, m)) / m) @ z
-    return z
-
-
-def np_tcr(h, mu, centering=False):
-    """-Σ log(1 + mu/d · λ_i(ZᵀZ)) from numpy eigenvalues."""
-    z = np_normalized(h, centering)
-    ev = np.linalg.eigvalsh(z.T @ z)
-    return -np.log1p(mu / z.shape[1] * np.clip(ev, 0, None)).sum()
-
-
-def np_renyi(k, alpha):
-    lam = np.linalg.eigvalsh(k / np.trace(k))
-    lam = lam[lam > k.shape[0] * 2.3e-16 * lam.max()]  # rounding-level eigenvalues are zeros
-    if alpha == 1:
-        return -(lam * np.log(lam)).sum()
-    return np.log((lam**alpha).sum()) / (1 - alpha)
 
 
 def inputs(kind, m, d, gen):
@@ -55,7 +32,7 @@ def inputs(kind, m, d, gen):
 def test_tcr_exact_matches_eigenvalue_formula(m, d, mu, centering, gen):
     h = torch.randn(m, d, generator=gen, dtype=torch.float64)
     got = R.tcr(h, mu, centering=centering).item()
-    assert got == pytest.approx(np_tcr(h, mu, centering), rel=1e-10, abs=1e-12)
+    assert got == pytest.approx(ind.tcr_exact(h, mu, centering), rel=1e-10, abs=1e-12)
 
 
 @pytest.mark.parametrize("m,d", SHAPES)
@@ -72,14 +49,14 @@ def test_sylvester_sides_agree(m, d, gen):
 def test_centering_matches_dense_j(m, d, gen):
     h = inputs("offset", m, d, gen)
     z = R.normalized_features(h, centering=True).numpy()
-    assert np.allclose(z.T @ z, np_normalized(h, True).T @ np_normalized(h, True), atol=1e-12)
+    assert np.allclose(z.T @ z, ind.features(h, True).T @ ind.features(h, True), atol=1e-12)
     assert np.allclose(R.gram(torch.from_numpy(z), "sample").numpy(),
-                       np_normalized(h, True) @ np_normalized(h, True).T, atol=1e-12)
+                       ind.features(h, True) @ ind.features(h, True).T, atol=1e-12)
 
 
 @pytest.mark.parametrize("m,d", SHAPES)
 def test_taylor_order2_is_the_umae_identity(m, d, gen):
-    """R ≈ -c·m + (c²/2)·||ZZᵀ||_F² = -c·m + (c² m²/2)·uniformity (DESIGN §1)."""
+    """R ≈ -c·m + (c²/2)·||ZZᵀ||_F² = -c·m + (c² m²/2)·uniformity."""
     h = torch.randn(m, d, generator=gen, dtype=torch.float64)
     mu = 0.7
     c = mu / d
@@ -95,8 +72,7 @@ def test_taylor_order2_is_the_umae_identity(m, d, gen):
 def test_taylor_matches_truncated_eigen_series(order, gen):
     h = torch.randn(11, 17, generator=gen, dtype=torch.float64)
     mu = 2.0
-    ev = mu / 17 * np.linalg.eigvalsh(np_normalized(h) @ np_normalized(h).T)
-    expected = -sum((-1) ** (k + 1) * (ev**k).sum() / k for k in range(1, order + 1))
+    expected = ind.tcr_taylor(h, mu, order)
     assert R.tcr(h, mu, estimator="taylor", degree=order).item() == pytest.approx(expected, rel=1e-11)
 
 
@@ -107,7 +83,7 @@ def test_taylor_matches_truncated_eigen_series(order, gen):
 def test_safe_series_meets_tolerance(kind, m, d, mu, tol, gen):
     h = inputs(kind, m, d, gen)
     for centering in (False, True):
-        exact = np_tcr(h, mu, centering)
+        exact = ind.tcr_exact(h, mu, centering)
         value, bound = R.tcr_series(h, mu, centering=centering, tol=tol)
         err = abs(value.item() - exact)
         assert err <= tol * abs(exact) + 1e-13, (centering, err, exact)
@@ -142,11 +118,11 @@ def test_chebyshev_polynomial_error_within_bound(kappa):
 def test_entropies_match_eigenvalue_formulas(m, d, alpha, gen):
     h1 = torch.randn(m, d, generator=gen, dtype=torch.float64)
     h2 = inputs("powerlaw", m, d + 3, gen)
-    z1, z2 = np_normalized(h1), np_normalized(h2)
-    k1, k2 = z1 @ z1.T, z2 @ z2.T
-    assert R.renyi_entropy(h1, alpha).item() == pytest.approx(np_renyi(k1, alpha), rel=1e-9)
-    assert R.joint_entropy(h1, h2, alpha).item() == pytest.approx(np_renyi(k1 * k2, alpha), rel=1e-9)
-    mi = np_renyi(k1, alpha) + np_renyi(k2, alpha) - np_renyi(k1 * k2, alpha)
+    assert R.renyi_entropy(h1, alpha).item() == pytest.approx(ind.matrix_entropy(h1, alpha),
+                                                                  rel=1e-9)
+    assert R.joint_entropy(h1, h2, alpha).item() == pytest.approx(ind.joint_entropy(h1, h2, alpha),
+                                                                  rel=1e-9)
+    mi = ind.mutual_information(h1, h2, alpha)
     assert R.mutual_information(h1, h2, alpha).item() == pytest.approx(mi, rel=1e-8, abs=1e-10)
 
 
@@ -169,29 +145,18 @@ def test_effective_rank_extremes(gen):
 def test_mec_matches_direct_formula(gen):
     m, d, eps_sq, order = 10, 6, 4.0, 4
     h1, h2 = (torch.randn(m, d, generator=gen, dtype=torch.float64) for _ in range(2))
-    c = d / (m * eps_sq) * np_normalized(h1) @ np_normalized(h2).T
-    trace_log = sum((-1) ** (k + 1) * np.trace(np.linalg.matrix_power(c, k)) / k
-                    for k in range(1, order + 1))
-    expected = -(m + d) / 2 * trace_log
+    expected = ind.mec(h1, h2, eps_sq=eps_sq, order=order)
     assert R.mec(h1, h2, eps_sq=eps_sq, order=order).item() == pytest.approx(expected, rel=1e-10)
     # d > m (the m x m side), z1 != z2: the same formula on the other side of the products
     w1, w2 = h1[:, :3].repeat(1, 5), h2[:, :3].repeat(1, 5)
-    m, d = w1.shape
-    c = d / (m * eps_sq) * np_normalized(w1) @ np_normalized(w2).T
-    expected = -(m + d) / 2 * sum((-1) ** (k + 1) * np.trace(np.linalg.matrix_power(c, k)) / k
-                                  for k in range(1, order + 1))
-    assert R.mec(w1, w2, eps_sq=eps_sq).item() == pytest.approx(expected, rel=1e-10)
+    expected = ind.mec(w1, w2, eps_sq=eps_sq, order=order)
+    assert R.mec(w1, w2, eps_sq=eps_sq, order=order).item() == pytest.approx(expected, rel=1e-10)
 
 
 def test_matrix_cross_entropy_matches_direct_formula(gen):
     m, d, mu, order = 12, 5, 1.3, 4
     h1, h2 = (torch.randn(m, d, generator=gen, dtype=torch.float64) for _ in range(2))
-    z1, z2 = np_normalized(h1), np_normalized(h2)
-    j = np.eye(m) - np.ones((m, m)) / m
-    q = z1.T @ j @ z2 / m + mu * np.eye(d)
-    log_q = sum((-1) ** (k + 1) * np.linalg.matrix_power(q - np.eye(d), k) / k
-                for k in range(1, order + 1))
-    expected = np.trace(-np.eye(d) / d @ log_q + q)
+    expected = ind.matrix_cross_entropy(h1, h2, mu=mu, order=order)
     assert R.matrix_cross_entropy(h1, h2, mu=mu, order=order).item() == pytest.approx(expected, rel=1e-10)
 
 
@@ -199,7 +164,7 @@ def test_half_inputs_compute_in_float32(gen):
     h = torch.randn(33, 21, generator=gen).half()
     out = R.tcr(h, 3.0)
     assert out.dtype == torch.float32
-    assert out.item() == pytest.approx(np_tcr(h.double(), 3.0), rel=1e-5)
+    assert out.item() == pytest.approx(ind.tcr_exact(h.double(), 3.0), rel=1e-5)
     assert R.tcr(h.double(), 3.0).dtype == torch.float64
 
 
@@ -208,8 +173,7 @@ def test_zero_rows_follow_normalize_eps(gen):
     h[3] = 0.0
     value = R.tcr(h, 2.0)
     without = torch.cat([h[:3], h[4:]])
-    z = np_normalized(without)
-    expected = -np.log1p(2.0 / 5 * np.linalg.eigvalsh(z.T @ z)).sum()  # the zero row adds nothing
+    expected = ind.tcr_exact(without, 2.0)  # the zero row adds nothing
     assert value.item() == pytest.approx(expected, rel=1e-12)
     hr = h.clone().requires_grad_()
     R.tcr(hr, 2.0).backward()
@@ -239,14 +203,12 @@ def test_gradcheck_tcr(estimator, degree, centering, m, d, gen):
 
 
 def test_tcr_gradient_formula(gen):
-    """dR/dZ = -2c·Z·A⁻¹ on the normalised rows (DESIGN §1), through the normalisation."""
+    """The gradient equals its closed form (tests/independent.py: dR/dZ = -2c·Z·A⁻¹ on the
+    normalised rows, A = I + c·ZᵀZ, through the normalisation)."""
     m, d, mu = 9, 6, 3.0
     h = torch.randn(m, d, generator=gen, dtype=torch.float64, requires_grad=True)
     R.tcr(h, mu).backward()
-    z = h.detach() / h.detach().norm(dim=1, keepdim=True)
-    a = torch.eye(d, dtype=torch.float64) + mu / d * z.T @ z
-    g = -2 * mu / d * z @ torch.linalg.inv(a)
-    expected = (g - z * (g * z).sum(1, keepdim=True)) / h.detach().norm(dim=1, keepdim=True)
+    expected = torch.from_numpy(ind.tcr_exact_grad(h, mu))
     assert torch.allclose(h.grad, expected, atol=1e-12)
 
 

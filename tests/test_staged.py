@@ -1,9 +1,10 @@
 """The staged TCR op (mmae_fast.ops.tcr.op): gram -> small side -> grad, on the CPU.
 
-Stages 1 and 3 here are ``torch_stages`` (the "reference" backend's staged ops); the kernel
-backends' own stage tests live in test_triton_backend.py / test_cuda_backend.py, and their
-end-to-end runs through this layer in test_staged_backends.py. Expected values come from the
-float64 reference (``mmae_fast.reference``) and, independently, from numpy's eigenvalues.
+Stages 1 and 3 here are ``mmae_fast.ops.tcr.stages`` (the "reference" backend's staged ops);
+the kernel backends' own stage tests live in test_triton_backend.py / test_cuda_backend.py, and
+their end-to-end runs through this layer in test_staged_backends.py. Expected values come from the
+float64 reference (``mmae_fast.reference``) and, independently, from numpy's eigenvalues
+(tests/independent.py).
 """
 import math
 
@@ -13,6 +14,7 @@ import torch
 
 from mmae_fast import reference, series
 from mmae_fast.ops.tcr import graph_cache, op as staged, small_side, stages as torch_stages
+from tests import independent as ind
 from tests.op_names import OpNames
 from tests.tolerances import (SERIES_SMALL_SIDE_ARITHMETIC, SPLIT3_BF16_FLOOR_FRACTION,
                               SPLIT3_SHIFT_GAIN, STAGED)
@@ -49,17 +51,6 @@ def _features(gen, m, d, kind="offset", dtype=torch.float64):
     else:
         raise ValueError(kind)
     return h.to(dtype)
-
-
-def _eig_tcr(h, mu, centering):
-    """-Σ log(1 + mu/d·λ) from numpy's eigenvalues of the float64 Gram (independent)."""
-    z = h.detach().double().numpy()
-    z = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
-    if centering:
-        z = z - z.mean(axis=0, keepdims=True)
-    m, d = z.shape
-    lam = np.linalg.eigvalsh(z.T @ z if d <= m else z @ z.T)
-    return -float(np.sum(np.log1p(mu / d * np.clip(lam, 0.0, None))))
 
 
 def _run(h, mu, centering, estimator, degree):
@@ -109,7 +100,7 @@ def test_value_matches_eigenvalues(gen, estimator, centering):
         h = _features(gen, m, d)
         degree = reference.default_degree(estimator, series.kappa(3.0, m, d))
         value, _ = _run(h, 3.0, centering, estimator, degree)
-        expected = _eig_tcr(h, 3.0, centering)
+        expected = ind.tcr_exact(h, 3.0, centering)
         tol = 1e-12 if estimator == "exact" else 1e-4
         assert abs(value.item() - expected) <= tol * abs(expected)
 
@@ -131,18 +122,6 @@ _SERIES_FLOAT32_CASES = (
 _SERIES_ROWS = 2048
 
 
-def _chebyshev_log1p(kappa, degree):
-    """(p_0..p_D) of the series' polynomial P(y) = y·q(y), q the degree D-1 truncation of
-    log1p(y)/y's Chebyshev series on [0, kappa-1] in t = 2y/(kappa-1) - 1: numpy's interpolation
-    at degree 400 (coefficients to rounding), truncated, times y = h·(1 + t) (numpy's chebmulx);
-    independent of mmae_fast.series (test_values_tcr.py checks the two agree)."""
-    cheb = np.polynomial.chebyshev
-    h = (kappa - 1.0) / 2.0
-    f = cheb.Chebyshev.interpolate(lambda t: np.log1p(h * (t + 1)) / (h * (t + 1)), 400)
-    q = f.coef[:degree]
-    return h * (np.pad(q, (0, 1)) + cheb.chebmulx(q)[: degree + 1])
-
-
 def _series_small_side_float32(gen, kind, centering, m, d, mu, degree):
     """``(value, R, R_poly)`` for the series' small side alone (stage 2, n = d) on a float32
     feature Gram of m unit rows: _SERIES_ROWS distinct rows of ``_features(kind)``, each repeated
@@ -151,7 +130,7 @@ def _series_small_side_float32(gen, kind, centering, m, d, mu, degree):
     the small side's own ``centering`` flag only changes its Q and v, not the value).
 
     value: the small side's value output [0] only. R = -Σ log1p(c·λ) and R_poly = -Σ P(c·λ)
-    (the degree-D series' own value, P from ``_chebyshev_log1p``), from numpy's float64
+    (the degree-D series' own value, P from ``independent.chebyshev_log1p``), from numpy's float64
     eigenvalues λ of the float32 Gram as passed (its rounding makes a few λ slightly negative,
     and the small side sees them too): value - R_poly is the small side's arithmetic error alone,
     without the truncation error that value - R also holds."""
@@ -167,14 +146,14 @@ def _series_small_side_float32(gen, kind, centering, m, d, mu, degree):
     kap = 1.0 + mu * m / d
     y = mu / d * np.linalg.eigvalsh(g.double().numpy())
     poly = np.polynomial.chebyshev.chebval(2.0 * y / (kap - 1.0) - 1.0,
-                                           _chebyshev_log1p(kap, degree))
+                                           ind.chebyshev_log1p(kap, degree))
     return value.item(), -float(np.log1p(y).sum()), -float(poly.sum())
 
 
 @pytest.mark.parametrize("kind,centering,m,d,mu", _SERIES_FLOAT32_CASES)
 def test_series_contract_in_float32(gen, kind, centering, m, d, mu):
-    """|R_series - R| <= tol·|R| for float32 input at large kappa (the float32 arithmetic of the
-    old kernels broke this: 7.5e-4 at kappa 65); also within the a-priori bound. At d = 768 the
+    """|R_series - R| <= tol·|R| for float32 input at large kappa (float32 arithmetic in the
+    small side breaks this: 7.5e-4 at kappa 65); also within the a-priori bound. At d = 768 the
     small side's value is also within SERIES_SMALL_SIDE_ARITHMETIC of the series' own value
     (float64 arithmetic; float32 arithmetic there is 3e-4 .. 9e-4 off on aniso features, past
     the contract, and >= 4e-5 on the others)."""
@@ -191,7 +170,7 @@ def test_series_contract_in_float32(gen, kind, centering, m, d, mu):
         return
     h = _features(gen, m, d, kind, dtype=torch.float32)
     value, _ = _run(h, mu, centering, "series", degree)
-    expected = _eig_tcr(h.double(), mu, centering)
+    expected = ind.tcr_exact(h.double(), mu, centering)
     assert abs(value.item() - expected) <= tol * abs(expected)
     # the public reference path (reference.tcr in float32 with a float64 log-determinant)
     import mmae_fast
@@ -206,7 +185,7 @@ def test_exact_float32_within_1e5(gen, m, d, centering, kind):
     """Exact on float32 input: <= 1e-5 relative (float64 factorisation of the small side)."""
     h = _features(gen, m, d, kind, dtype=torch.float32)
     value, _ = _run(h, 3.0, centering, "exact", 0)
-    expected = _eig_tcr(h.double(), 3.0, centering)
+    expected = ind.tcr_exact(h.double(), 3.0, centering)
     assert abs(value.item() - expected) <= 1e-5 * abs(expected)
 
 
@@ -540,7 +519,7 @@ def test_centring_rows_close_to_one_direction(gen, spread, m, d):
     u = torch.randn(1, d, generator=gen, dtype=torch.float64)
     h = (u + spread * torch.randn(m, d, generator=gen, dtype=torch.float64)).float()
     value, _ = _run(h, 3.0, True, "exact", 0)
-    expected = _eig_tcr(h.double(), 3.0, True)
+    expected = ind.tcr_exact(h.double(), 3.0, True)
     assert abs(value.item() - expected) <= 1e-5 * abs(expected)
 
 

@@ -67,7 +67,7 @@ def test_backend_matches_reference(backend, dtype, estimator, centering):
             value = mmae_fast.tcr_loss(x, mu, centering=centering, estimator=estimator,
                                        backend=backend)
             (value * 1024.0).backward()
-        # with centring stage 1 is torch_stages.centred_gram (the operand is centred before
+        # with centring stage 1 is stages.centred_gram (the operand is centred before
         # the product) on every backend; the backward is always the backend's
         assert (f"mmae_fast.{backend}_gram.default" in ops.names) == (not centering)
         assert f"mmae_fast.{backend}_grad.default" in ops.names

@@ -1,18 +1,16 @@
 """Two gloo ranks through the staged op (``tcr_loss(..., group=...)``): the value equals one
-process on the concatenated batch computed by numpy's eigenvalues (independent), and the local
-gradients follow the chosen semantics; with unequal shards the series (whose interval comes from
-kappa = 1 + mu·K·m_r/d) refuses with NaN instead of a silently wrong value."""
-import os
-import socket
-
+process on the concatenated batch computed by numpy's eigenvalues (tests/independent.py), and
+the local gradients follow the chosen semantics; with unequal shards the series (whose interval
+comes from kappa = 1 + mu·K·m_r/d) refuses with NaN instead of a silently wrong value."""
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import mmae_fast as mf
 from mmae_fast import reference
+from tests import independent as ind
+from tests.gloo import spawn
 from tests.op_names import OpNames
 
 D = 11
@@ -29,9 +27,7 @@ def _batch(rows):
     return torch.randn(rows, D, generator=g, dtype=torch.float64) * 0.8 + 0.4
 
 
-def _worker(rank, port, out_dir, rows):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=2)
+def _worker(rank, world, rows):
     x = _batch(sum(rows))
     start = sum(rows[:rank])
     results = {}
@@ -52,48 +48,28 @@ def _worker(rank, port, out_dir, rows):
                                group=dist.group.WORLD, grad_semantics="exact", backend=backend)
             loss.backward()
         results[("f32", centering, estimator)] = (loss.detach(), z.grad, backend, ops.names)
-    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    dist.destroy_process_group()
-
-
-def _port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _run(tmp_path, rows):
-    mp.start_processes(_worker, args=(_port(), str(tmp_path), rows), nprocs=2, join=True,
-                       start_method="spawn")
-    return [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
-
-
-def _eig_tcr(x, centering):
-    z = x.numpy() / np.linalg.norm(x.numpy(), axis=1, keepdims=True)
-    if centering:
-        z = z - z.mean(0, keepdims=True)
-    lam = np.linalg.eigvalsh(z.T @ z)
-    return -float(np.log1p(MU / D * np.clip(lam, 0, None)).sum())
+    return results
 
 
 @pytest.fixture(scope="module")
-def equal(tmp_path_factory):
-    return _run(tmp_path_factory.mktemp("equal"), (8, 8))
+def equal():
+    return spawn(_worker, (8, 8))
 
 
 @pytest.mark.parametrize("centering,estimator,semantics", CASES)
 def test_equal_shards(equal, centering, estimator, semantics):
     x = _batch(16)
-    expected = _eig_tcr(x, centering)
-    tol = {"exact": 1e-12, "series": 1e-4, "taylor": None}[estimator]
+    if estimator == "taylor":  # the order-3 series itself, from the same eigenvalues
+        expected, tol = ind.tcr_taylor(x, MU, 3, centering), 1e-12
+    else:  # the series within its tolerance of the exact value
+        expected, tol = ind.tcr_exact(x, MU, centering), {"exact": 1e-12, "series": 1e-4}[estimator]
     full = x.clone().requires_grad_()
     ref = reference.tcr(full, MU, centering=centering, estimator=estimator,
                         degree=3 if estimator == "taylor" else None)
     ref.backward()
     for rank in range(2):
         value, grad = equal[rank][(centering, estimator, semantics)]
-        if tol is not None:
-            assert abs(value.item() - expected) <= tol * abs(expected)
+        assert abs(value.item() - expected) <= tol * abs(expected)
         assert value.item() == pytest.approx(ref.item(), rel=1e-12)
         factor = 2.0 if semantics == "exact" else 1.0  # exact: K x the local slice
         want = factor * full.grad[8 * rank: 8 * rank + 8]
@@ -107,7 +83,7 @@ def test_equal_shards_float32_on_the_fused_path(equal, centering, estimator):
     x = _batch(16)
     full = x.clone().requires_grad_()
     reference.tcr(full, MU, centering=centering, estimator=estimator).backward()
-    expected = _eig_tcr(x.float().double(), centering)
+    expected = ind.tcr_exact(x.float().double(), MU, centering)
     for rank in range(2):
         value, grad, backend, names = equal[rank][("f32", centering, estimator)]
         assert backend == ("triton" if "triton" in mf.available_backends() else "reference")
@@ -120,13 +96,13 @@ def test_equal_shards_float32_on_the_fused_path(equal, centering, estimator):
         assert float((grad.double() - want).norm() / want.norm()) <= 1e-4
 
 
-def test_unequal_shards(tmp_path):
+def test_unequal_shards():
     """Exact and Taylor need no row-count assumption; the series does (NaN on the rank whose
     kappa bound K·m_r is below the true M)."""
-    results = _run(tmp_path, (5, 9))
+    results = spawn(_worker, (5, 9))
     x = _batch(14)
     for centering in (False, True):
-        expected = _eig_tcr(x, centering)
+        expected = ind.tcr_exact(x, MU, centering)
         for rank in range(2):
             value, _ = results[rank][(centering, "exact", "exact")]
             assert abs(value.item() - expected) <= 1e-12 * abs(expected)

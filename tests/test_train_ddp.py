@@ -1,13 +1,10 @@
 """The trainer over ranks (2 gloo ranks): `--reg uniformity` gathered as the official U-MAE loss;
 `--skip-nonfinite` skips the same steps on every rank."""
-import os
-import tempfile
-
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from mmae_fast.train.regularisers import global_uniformity
+from tests.gloo import spawn
 
 
 def _single(z):
@@ -16,18 +13,14 @@ def _single(z):
     return (zn @ zn.T).square().mean()
 
 
-def _worker(rank, world, init, z, out):
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
-    try:
-        res = {}
-        for semantics in ("exact", "per_rank"):
-            rows = z.chunk(world)[rank].clone().requires_grad_(True)
-            loss = global_uniformity(rows, dist.group.WORLD, world, semantics)
-            loss.backward()
-            res[semantics] = {"loss": loss.detach(), "grad": rows.grad}
-        torch.save(res, f"{out}.{rank}")
-    finally:
-        dist.destroy_process_group()
+def _worker(rank, world, z):
+    res = {}
+    for semantics in ("exact", "per_rank"):
+        rows = z.chunk(world)[rank].clone().requires_grad_(True)
+        loss = global_uniformity(rows, dist.group.WORLD, world, semantics)
+        loss.backward()
+        res[semantics] = {"loss": loss.detach(), "grad": rows.grad}
+    return res
 
 
 def test_gathered_uniformity_equals_one_process_on_the_concatenated_batch(gen):
@@ -38,10 +31,7 @@ def test_gathered_uniformity_equals_one_process_on_the_concatenated_batch(gen):
     whole = z.clone().requires_grad_(True)
     ref = _single(whole.double())
     ref.backward()
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "res")
-        mp.spawn(_worker, args=(2, f"file://{tmp}/store", z, out), nprocs=2)
-        res = [torch.load(f"{out}.{r}") for r in range(2)]
+    res = spawn(_worker, z)
     for (semantics, scale), r in [((s, k), r) for s, k in (("exact", 2.0), ("per_rank", 1.0))
                                   for r in range(2)]:
         part = res[r][semantics]
@@ -55,43 +45,35 @@ def test_single_process_uniformity_matches_the_definition(gen):
     torch.testing.assert_close(global_uniformity(z, None, 1), _single(z.double()).float())
 
 
-def _skip_worker(rank, world, init, out):
+def _skip_worker(rank, world):
     """Both ranks hold the same Linear; rank 1's first step has a finite loss whose gradient
     overflows (no DDP wrapper: the gradients are not averaged, only the skip flag is)."""
     from mmae_fast.train.step import train_step
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
-    try:
-        torch.manual_seed(0)
-        net = torch.nn.Linear(4, 3)
-        opt = torch.optim.AdamW(net.parameters(), lr=1e-2, fused=True)
-        scaler = torch.amp.GradScaler("cpu", enabled=False)
-        x = torch.randn(6, 4)
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 3)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-2, fused=True)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    x = torch.randn(6, 4)
 
-        def fwd(scale):
-            def f(x, noise, labels):
-                loss = net(x).square().mean()
-                terms = torch.stack([loss, loss, loss * 0, loss * 0, loss * 0]).detach()
-                return loss * scale, terms, x
-            return f
-        before = [p.detach().clone() for p in net.parameters()]
-        _, faults, _ = train_step(fwd(1e30 if rank == 1 else 1.0), [(x, None, None)], net=net,
-                                  opt=opt, scaler=scaler, accum=1, skip_nonfinite=True,
-                                  group=dist.group.WORLD)
-        after_bad = [p.detach().clone() for p in net.parameters()]
-        train_step(fwd(1.0), [(x, None, None)], net=net, opt=opt, scaler=scaler, accum=1,
-                   skip_nonfinite=True, group=dist.group.WORLD)
-        torch.save({"before": before, "after_bad": after_bad, "faults": faults,
-                    "after_good": [p.detach().clone() for p in net.parameters()]},
-                   f"{out}.{rank}")
-    finally:
-        dist.destroy_process_group()
+    def fwd(scale):
+        def f(x, noise, labels):
+            loss = net(x).square().mean()
+            terms = torch.stack([loss, loss, loss * 0, loss * 0, loss * 0]).detach()
+            return loss * scale, terms, x
+        return f
+    before = [p.detach().clone() for p in net.parameters()]
+    _, faults, _ = train_step(fwd(1e30 if rank == 1 else 1.0), [(x, None, None)], net=net,
+                              opt=opt, scaler=scaler, accum=1, skip_nonfinite=True,
+                              group=dist.group.WORLD)
+    after_bad = [p.detach().clone() for p in net.parameters()]
+    train_step(fwd(1.0), [(x, None, None)], net=net, opt=opt, scaler=scaler, accum=1,
+               skip_nonfinite=True, group=dist.group.WORLD)
+    return {"before": before, "after_bad": after_bad, "faults": faults,
+            "after_good": [p.detach().clone() for p in net.parameters()]}
 
 
 def test_a_fault_on_one_rank_makes_every_rank_skip():
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "res")
-        mp.spawn(_skip_worker, args=(2, f"file://{tmp}/store", out), nprocs=2)
-        res = [torch.load(f"{out}.{r}") for r in range(2)]
+    res = spawn(_skip_worker)
     assert res[0]["faults"].tolist() == [0.0, 0.0] and res[1]["faults"].tolist() == [1.0, 0.0]
     for r in res:
         assert all(torch.equal(a, b) for a, b in zip(r["before"], r["after_bad"]))

@@ -11,7 +11,7 @@ import torch
 import independent as ind
 import mmae_fast as mf
 from mmae_fast import backends
-from tolerances import TOLERANCES
+from tolerances import STAGED_BACKEND
 
 
 def _interpreter_launches(monkeypatch):
@@ -46,7 +46,7 @@ def test_triton_kernels_run_and_give_the_independent_value(monkeypatch, estimato
     value = mf.tcr_loss(x, mu, centering=centering, estimator=estimator, order=order,
                         backend="triton")
     if launched is not None:
-        # with centring, stage 1 is torch_stages.centred_gram on every backend (the operand is
+        # with centring, stage 1 is stages.centred_gram on every backend (the operand is
         # centred before the product); without, the forward is the Triton Gram
         assert bool(launched) != centering, "backend='triton': unexpected forward launches"
         forward = len(launched)
@@ -60,8 +60,8 @@ def test_triton_kernels_run_and_give_the_independent_value(monkeypatch, estimato
     else:
         expected = mf.tcr_loss(h.double(), mu, centering=centering, estimator="series",
                                order=order).item()  # checked against eigenvalues in test_values_tcr
-    assert value.item() == pytest.approx(expected, rel=TOLERANCES[torch.float32][0])
+    assert value.item() == pytest.approx(expected, rel=STAGED_BACKEND[torch.float32][0])
     grad = torch.from_numpy(ind.tcr_exact_grad(h, mu, centering)) if estimator == "exact" else None
     if grad is not None:
         err = float((x.grad.double().cpu() - grad).norm() / grad.norm())
-        assert err <= TOLERANCES[torch.float32][1]
+        assert err <= STAGED_BACKEND[torch.float32][1]
