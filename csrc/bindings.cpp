@@ -1,7 +1,9 @@
 // The only file with torch types: registers torch.ops.mmae_fast.cuda_gram / cuda_grad, the
-// stage-1 and stage-3 ops of the staged TCR regulariser (contract: mmae_fast/ops/tcr/cuda.py).
-// Element-wise work runs in the torch-free kernels of mmae_kernels.h, the GEMMs in cuBLAS through
-// ATen (aten::mm.dtype: half operands, float32 output). Nothing here synchronises the host.
+// stage-1 and stage-3 ops of the staged TCR regulariser (the contract they implement:
+// mmae_fast/ops/tcr/stages.py; precision and chunking: mmae_fast/ops/tcr/cuda.py). Here: the
+// argument checks, and the order of the torch-free kernels of mmae_kernels.h around the GEMMs
+// in cuBLAS through ATen (aten::mm.dtype: half operands, float32 output). Nothing here
+// synchronises the host.
 #include <algorithm>
 #include <cstdlib>
 #include <tuple>
@@ -86,9 +88,8 @@ void check_acc(const at::Tensor& t, const at::Tensor& h, at::ScalarType acc, at:
   TORCH_CHECK(t.sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ", t.sizes());
 }
 
-//! Stage 1: (G, rinv, colsum); see GRAM_DOC in mmae_fast/ops/tcr/cuda.py.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> cuda_gram(const at::Tensor& h_in, bool feature,
-                                                         bool centering) {
+//! Stage 1: (G, rinv), G uncentred, both in acc.
+std::tuple<at::Tensor, at::Tensor> cuda_gram(const at::Tensor& h_in, bool feature) {
   const char* op = "cuda_gram";
   check_h(h_in, op);
   const c10::cuda::CUDAGuard guard(h_in.device());
@@ -105,18 +106,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cuda_gram(const at::Tensor& h_in,
       h.scalar_type() == at::kBFloat16 ? at::kHalf : h.scalar_type()));
   C10_CUDA_CHECK(k::row_normalize(dt, h.data_ptr(), m, d, kEps, rinv.data_ptr(), z.data_ptr(),
                                   stream()));
-  at::Tensor colsum = at::empty({centering ? d : 0}, acc_opts);
-  if (centering) {
-    C10_CUDA_CHECK(k::column_sum(dt, h.data_ptr(), rinv.data_ptr(), m, d, colsum.data_ptr(),
-                                 stream()));
-  }
   at::Tensor g = (feature ? mm_acc(z.t(), z, acc) : mm_acc(z, z.t(), acc)).contiguous();
   C10_CUDA_CHECK(k::symmetrize(dt_acc, g.data_ptr(), g.size(0), stream()));
-  return {g, rinv, colsum};
+  return {g, rinv};
 }
 
-//! Stage 3: dh; see GRAD_DOC in mmae_fast/ops/tcr/cuda.py.
-at::Tensor cuda_grad(const at::Tensor& grad, const at::Tensor& h_in, const at::Tensor& rinv_in,
+//! Stage 3: dh in h's dtype; coef = [s] or [s, t].
+at::Tensor cuda_grad(const at::Tensor& coef_in, const at::Tensor& h_in, const at::Tensor& rinv_in,
                      const at::Tensor& q_in, const at::Tensor& v_in, bool feature, double scale) {
   const char* op = "cuda_grad";
   check_h(h_in, op);
@@ -134,16 +130,17 @@ at::Tensor cuda_grad(const at::Tensor& grad, const at::Tensor& h_in, const at::T
     TORCH_CHECK(v_in.dim() == 1, op, ": v must be (d,) or an empty (0,) tensor, got shape ",
                 v_in.sizes());
   }
-  TORCH_CHECK((grad.numel() == 1 || grad.numel() == 2) && grad.dim() <= 1 &&
-                  grad.device() == h.device() && at::isFloatingType(grad.scalar_type()),
-              op, ": grad must be a float tensor of one or two numbers ([scale] or [scale, "
-              "shift]) on h's device, got shape ", grad.sizes(), " on ", grad.device());
+  TORCH_CHECK((coef_in.numel() == 1 || coef_in.numel() == 2) && coef_in.dim() <= 1 &&
+                  coef_in.device() == h.device() && at::isFloatingType(coef_in.scalar_type()),
+              op, ": coef must be a float tensor of one or two numbers ([s] or [s, t]: q's "
+              "scale and radial shift) on h's device, got shape ", coef_in.sizes(), " on ",
+              coef_in.device());
   const at::Tensor rinv = rinv_in.contiguous();
   const at::Tensor q = q_in.contiguous();
   const at::Tensor v = has_v ? v_in.contiguous() : v_in;
-  const at::Tensor g = grad.to(h.options().dtype(acc)).reshape({-1}).contiguous();
+  const at::Tensor coef = coef_in.to(h.options().dtype(acc)).reshape({-1}).contiguous();
 
-  const bool has_shift = g.numel() == 2;
+  const bool has_shift = coef.numel() == 2;
   at::Tensor dh = at::empty_like(h, at::MemoryFormat::Contiguous);
   if (feature) {
     // gx = z q = diag(rinv) (h q), rows in chunks (launch.h: grad_chunk_rows) so that the acc
@@ -167,7 +164,7 @@ at::Tensor cuda_grad(const at::Tensor& grad, const at::Tensor& h_in, const at::T
       const at::Tensor gx = mm_acc(h.narrow(0, r0, r), rhs, acc).contiguous();  // (r, gx_ld)
       C10_CUDA_CHECK(k::grad_epilogue(dt, gx.data_ptr(), gx_ld, part2, /*row_scaled=*/true,
                                       has_v ? v.data_ptr() : nullptr, row_ptr(h, r0),
-                                      row_ptr(rinv, r0), g.data_ptr(), has_shift, scale, kEps,
+                                      row_ptr(rinv, r0), coef.data_ptr(), has_shift, scale, kEps,
                                       r, d, row_ptr(dh, r0), stream()));
     }
     return dh;
@@ -190,7 +187,7 @@ at::Tensor cuda_grad(const at::Tensor& grad, const at::Tensor& h_in, const at::T
   gx = gx.contiguous();
   C10_CUDA_CHECK(k::grad_epilogue(dt, gx.data_ptr(), /*gx_ld=*/d, /*part2=*/0,
                                   /*row_scaled=*/false, has_v ? v.data_ptr() : nullptr,
-                                  h.data_ptr(), rinv.data_ptr(), g.data_ptr(), has_shift, scale,
+                                  h.data_ptr(), rinv.data_ptr(), coef.data_ptr(), has_shift, scale,
                                   kEps, m, d, dh.data_ptr(), stream()));
   return dh;
 }
@@ -201,8 +198,8 @@ at::Tensor cuda_grad(const at::Tensor& grad, const at::Tensor& h_in, const at::T
 // test compares them). FRAGMENT, so that the Python-defined ops of the mmae_fast namespace
 // (Triton backend) coexist with these.
 TORCH_LIBRARY_FRAGMENT(mmae_fast, m) {
-  m.def("cuda_gram(Tensor h, bool feature, bool centering) -> (Tensor, Tensor, Tensor)");
-  m.def("cuda_grad(Tensor grad, Tensor h, Tensor rinv, Tensor q, Tensor v, bool feature, "
+  m.def("cuda_gram(Tensor h, bool feature) -> (Tensor, Tensor)");
+  m.def("cuda_grad(Tensor coef, Tensor h, Tensor rinv, Tensor q, Tensor v, bool feature, "
         "float scale) -> Tensor");
 }
 

@@ -1,4 +1,4 @@
-// Stage 3 (grad) epilogue: the vT subtraction, grad * scale, and the normalisation Jacobian
+// Stage 3 (grad) epilogue: the vT subtraction, coef * scale, and the normalisation Jacobian
 // (I - z zT) rinv on the GEMM product, written once in the input's type.
 #include "common.cuh"
 
@@ -22,12 +22,12 @@ __global__ void grad_epilogue_kernel(const acc_t<T>* __restrict__ gx, int64_t gx
                                      int64_t part2_offset, bool row_scaled,
                                      const acc_t<T>* __restrict__ v, const T* __restrict__ h,
                                      const acc_t<T>* __restrict__ rinv,
-                                     const acc_t<T>* __restrict__ grad, bool has_shift,
+                                     const acc_t<T>* __restrict__ coef, bool has_shift,
                                      double scale, double eps, int64_t m, int64_t d,
                                      T* __restrict__ dh) {
   using A = acc_t<T>;
-  const A s = static_cast<A>(scale) * grad[0];
-  const A shift = has_shift ? static_cast<A>(scale) * grad[1] : A(0);  // q's radial shift
+  const A s = static_cast<A>(scale) * coef[0];
+  const A shift = has_shift ? static_cast<A>(scale) * coef[1] : A(0);  // q's radial shift
   const A inv_floor = A(1) / A(eps);
   for (int64_t i = blockIdx.x; i < m; i += gridDim.x) {
     const A r = rinv[i];
@@ -56,14 +56,14 @@ __global__ void grad_epilogue_kernel(const acc_t<T>* __restrict__ gx, int64_t gx
 
 cudaError_t grad_epilogue(DType t, const void* gx, int64_t gx_ld, int64_t part2_offset,
                           bool row_scaled, const void* v, const void* h, const void* rinv,
-                          const void* grad, bool has_shift, double scale, double eps, int64_t m,
+                          const void* coef, bool has_shift, double scale, double eps, int64_t m,
                           int64_t d, void* dh, cudaStream_t stream) {
   return detail::dispatch(t, [&](auto tag) {
     using T = decltype(tag);
     using A = acc_t<T>;
     grad_epilogue_kernel<T><<<launch::row_blocks(m), launch::kRowThreads, 0, stream>>>(
         static_cast<const A*>(gx), gx_ld, part2_offset, row_scaled, static_cast<const A*>(v),
-        static_cast<const T*>(h), static_cast<const A*>(rinv), static_cast<const A*>(grad),
+        static_cast<const T*>(h), static_cast<const A*>(rinv), static_cast<const A*>(coef),
         has_shift, scale, eps, m, d, static_cast<T*>(dh));
     return cudaGetLastError();
   });

@@ -28,20 +28,6 @@ inline unsigned elementwise_blocks(int64_t count, int threads, int64_t cap = 409
   return static_cast<unsigned>(blocks);
 }
 
-//! Column-sum grid: blocks of 32 columns x 8 row lanes; x = ceil(d/32) column blocks, y row
-//! stripes of >= 64 rows, at most 1024 blocks in all (unless d alone needs more).
-struct ColumnGrid {
-  unsigned x, y;
-};
-inline ColumnGrid column_grid(int64_t m, int64_t d) {
-  const int64_t col_blocks = d < 1 ? 1 : (d + 31) / 32;
-  int64_t row_blocks = (m + 63) / 64;
-  const int64_t row_cap = col_blocks >= 1024 ? 1 : 1024 / col_blocks;
-  if (row_blocks > row_cap) row_blocks = row_cap;
-  if (row_blocks < 1) row_blocks = 1;
-  return {static_cast<unsigned>(col_blocks), static_cast<unsigned>(row_blocks)};
-}
-
 //! Rows per chunk of the feature-side backward product (m rows of `row_bytes` in acc): one
 //! chunk's product is all the scratch the backward keeps, so it is bounded by
 //! kGradChunkBytes (at least one row), not O(m·d). `override_rows` > 0 replaces the rule

@@ -4,12 +4,10 @@
 // Element types are chosen at run time by DType; "acc" is the accumulation type of a DType:
 // double for kFloat64, float otherwise. Matrices are dense row-major unless stated.
 //
-// The stages (m rows, d features; csrc/bindings.cpp puts cuBLAS GEMMs between the kernels):
-//   gram:  rinv_i = 1 / max(||h_i||, eps),  z_i = h_i rinv_i,  colsum = sum_i z_i,
-//          G = z^T z or z z^T (cuBLAS on z rounded to float16 for half h, else h's type),
-//          then symmetrised;
-//   grad:  gx = z q or q z (cuBLAS; half inputs on split hi + lo operands),
-//          dh_i = rinv_i (g_i - z_i <z_i, g_i>),  g = scale grad (gx - 1 v^T).
+// The contract of the stages these kernels serve (shapes, formulas, coef = [s, t], the floor
+// rows): mmae_fast/ops/tcr/stages.py. csrc/bindings.cpp puts cuBLAS GEMMs between them:
+//   gram:  row_normalize -> cuBLAS on z (float16 for half h, else h's type) -> symmetrize;
+//   grad:  [split_hi_lo for half h] -> cuBLAS z q or q z -> grad_epilogue.
 #pragma once
 
 #include <cstdint>
@@ -30,10 +28,6 @@ enum class DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3
 cudaError_t row_normalize(DType t, const void* h, int64_t m, int64_t d, double eps, void* rinv,
                           void* z, cudaStream_t stream);
 
-//! colsum[j] = sum_i h_ij * rinv_i in acc(t) (zeroes colsum itself; atomics across row stripes).
-cudaError_t column_sum(DType t, const void* h, const void* rinv, int64_t m, int64_t d,
-                       void* colsum, cudaStream_t stream);
-
 //! a = (a + a^T) / 2 in place for a dense n x n matrix of type acc (kFloat32 or kFloat64).
 cudaError_t symmetrize(DType acc, void* a, int64_t n, cudaStream_t stream);
 
@@ -46,17 +40,16 @@ cudaError_t split_hi_lo(DType t, const void* src, bool src_is_acc, const float* 
                         cudaStream_t stream);
 
 // ---- grad_epilogue.cu --------------------------------------------------------------------
-//! The normalisation Jacobian on the product gx (acc(t); row i at gx + i * gx_ld):
-//!   y_i  = s_i (gx_i + gx_i[part2_offset:])      (second part only when part2_offset > 0;
-//!                                                  s_i = rinv_i if row_scaled else 1)
-//!   g_i  = scale * grad[0] * (y_i - v)            (v nullptr: v = 0)
-//!   dh_i = rinv_i (g_i - z_i <z_i, g_i>),  z_i = h_i rinv_i in acc,
-//!          or rinv_i (g_i - scale * grad[1] * z_i) when rinv_i >= 1/eps (||h_i|| <= eps: not
-//!          projected, so q's radial shift grad[1] is removed here; only when has_shift).
-//! h, dh: (m, d) of type t; rinv (m,), v (d,), grad (1 or 2 values): acc(t).
+//! Stage 3's dh from the GEMM product (acc(t); row i at gx + i * gx_ld), which is
+//!   y_i = s_i (gx_i + gx_i[part2_offset:])   (second part only when part2_offset > 0;
+//!                                             s_i = rinv_i if row_scaled else 1)
+//! i.e. (Z q)_i or (q Z)_i; the rest (v, coef = [s, t], the projection and the floor rows,
+//! detected as rinv_i >= 1/eps) as mmae_fast/ops/tcr/stages.py states. v nullptr: v = 0;
+//! coef holds 1 value, or 2 when has_shift. h, dh: (m, d) of type t; rinv (m,), v (d,),
+//! coef: acc(t). z_i = h_i rinv_i is recomputed in acc.
 cudaError_t grad_epilogue(DType t, const void* gx, int64_t gx_ld, int64_t part2_offset,
                           bool row_scaled, const void* v, const void* h, const void* rinv,
-                          const void* grad, bool has_shift, double scale, double eps, int64_t m,
+                          const void* coef, bool has_shift, double scale, double eps, int64_t m,
                           int64_t d, void* dh, cudaStream_t stream);
 
 }  // namespace kernels

@@ -1,4 +1,5 @@
-// Stage 1 (gram) kernels: row norms and normalised rows, column sums, Gram symmetrisation.
+// Stage 1 (gram) kernels: row norms and normalised rows, Gram symmetrisation (the Gram is
+// uncentred: the staged op centres the operand itself, mmae_fast/ops/tcr/stages.py).
 #include "common.cuh"
 
 namespace mmae_fast {
@@ -34,30 +35,6 @@ __global__ void row_normalize_kernel(const T* __restrict__ h, int64_t m, int64_t
   }
 }
 
-//! Block (32 columns x 8 row lanes) sums a stripe of rows, then one atomicAdd per column.
-template <typename T>
-__global__ void column_sum_kernel(const T* __restrict__ h, const acc_t<T>* __restrict__ rinv,
-                                  int64_t m, int64_t d, acc_t<T>* __restrict__ colsum) {
-  using A = acc_t<T>;
-  __shared__ A partial[8][33];
-  const int64_t j = static_cast<int64_t>(blockIdx.x) * 32 + threadIdx.x;
-  A sum = 0;
-  if (j < d) {
-    for (int64_t i = static_cast<int64_t>(blockIdx.y) * 8 + threadIdx.y; i < m;
-         i += static_cast<int64_t>(gridDim.y) * 8) {
-      sum += to_acc(h[i * d + j]) * rinv[i];
-    }
-  }
-  partial[threadIdx.y][threadIdx.x] = sum;
-  __syncthreads();
-  if (threadIdx.y == 0 && j < d) {
-    A total = 0;
-#pragma unroll
-    for (int r = 0; r < 8; ++r) total += partial[r][threadIdx.x];
-    atomicAdd(colsum + j, total);
-  }
-}
-
 //! Each pair i < j: a_ij = a_ji = (a_ij + a_ji) / 2 (one thread per pair, so in place is safe).
 template <typename A>
 __global__ void symmetrize_kernel(A* __restrict__ a, int64_t n) {
@@ -82,20 +59,6 @@ cudaError_t row_normalize(DType t, const void* h, int64_t m, int64_t d, double e
     using Z = typename GramOperand<T>::type;
     row_normalize_kernel<T, Z><<<launch::row_blocks(m), launch::kRowThreads, 0, stream>>>(
         static_cast<const T*>(h), m, d, eps, static_cast<acc_t<T>*>(rinv), static_cast<Z*>(z));
-    return cudaGetLastError();
-  });
-}
-
-cudaError_t column_sum(DType t, const void* h, const void* rinv, int64_t m, int64_t d,
-                       void* colsum, cudaStream_t stream) {
-  return detail::dispatch(t, [&](auto tag) {
-    using T = decltype(tag);
-    using A = acc_t<T>;
-    cudaError_t err = cudaMemsetAsync(colsum, 0, sizeof(A) * static_cast<size_t>(d), stream);
-    if (err != cudaSuccess) return err;
-    const launch::ColumnGrid g = launch::column_grid(m, d);
-    column_sum_kernel<T><<<dim3(g.x, g.y), dim3(32, 8), 0, stream>>>(
-        static_cast<const T*>(h), static_cast<const A*>(rinv), m, d, static_cast<A*>(colsum));
     return cudaGetLastError();
   });
 }

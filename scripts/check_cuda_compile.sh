@@ -43,7 +43,6 @@ namespace k = mmae_fast::kernels;
 int main() {
   const void* fns[] = {
       reinterpret_cast<const void*>(&k::row_normalize),
-      reinterpret_cast<const void*>(&k::column_sum),
       reinterpret_cast<const void*>(&k::symmetrize),
       reinterpret_cast<const void*>(&k::split_hi_lo),
       reinterpret_cast<const void*>(&k::grad_epilogue),

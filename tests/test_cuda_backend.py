@@ -4,7 +4,8 @@ CPU (no extension): availability messages; the C++ sources (schemas, EPS) agree 
 every csrc/*.cu compiles with nvcc; the host-side launch arithmetic and split layouts
 (csrc/launch.h) pass a compiled C++ harness; an emulation of the half-input product roundings
 shows its error against float64; the Python half (fakes, the staged op on emulated ops) runs
-on an eager emulation of the two ops. GPU (marked ``gpu``): the real ops against float64 computed here.
+on an eager emulation of the two ops. GPU (marked ``gpu``): the real ops against the contract,
+``mmae_fast.ops.tcr.stages`` run in float64 on float64 copies of the inputs.
 """
 import math
 import pathlib
@@ -17,7 +18,8 @@ import torch
 
 import mmae_fast
 from mmae_fast import backends, reference
-from mmae_fast.ops.tcr import cuda as cuda_backend, op as staged, stages as reference_backend
+from mmae_fast.ops.tcr import cuda as cuda_backend, op as staged, stages
+from mmae_fast.ops.tcr import stages as reference_backend
 from tests.tolerances import (CUDA_STAGE_TOLERANCES, STAGED_BACKEND, TOLERANCES, assert_close,
                               rel_err)
 
@@ -34,37 +36,27 @@ requires_gpu = pytest.mark.skipif(not (BUILT and torch.cuda.is_available()),
 SHAPES = [(29, 11), (7, 13), (13, 13), (1, 5), (67, 300), (300, 129)]
 
 
-# ----------------------------------------------------------------------------- float64 formulas
-def gram64(h, feature, centering):
-    """(G, rinv, colsum) of the contract in float64 from h's values."""
-    h64 = h.detach().double().cpu()
-    rinv = 1.0 / h64.norm(dim=1).clamp_min(reference.EPS)
-    z = h64 * rinv[:, None]
-    g = z.T @ z if feature else z @ z.T
-    colsum = z.sum(0) if centering else torch.zeros(0, dtype=torch.float64)
-    return g, rinv, colsum
+# ----------------------------------------------------------------------------- float64 oracle
+def _f64(x):
+    return x.detach().double().cpu()
 
 
-def _coef(grad):
-    """``(s, t)`` of the ops' ``grad`` argument: ``[s]`` or ``[s, t]`` (t = 0 when absent)."""
-    vals = [float(x) for x in grad.detach().reshape(-1).cpu()]
+def gram64(h, feature):
+    """``(G, rinv)`` of the contract: ``stages.gram`` on a float64 copy of h."""
+    return stages.gram(_f64(h), feature)
+
+
+def _coef(coef):
+    """``(s, t)`` of the ops' ``coef`` argument: ``[s]`` or ``[s, t]`` (t = 0 when absent)."""
+    vals = [float(x) for x in coef.detach().reshape(-1).cpu()]
     return vals[0], (vals[1] if len(vals) == 2 else 0.0)
 
 
-def grad64(grad, h, q, v, feature, scale):
-    """dh of the contract in float64 from h's values (rinv computed here too)."""
-    s, t = _coef(grad)
-    h64 = h.detach().double().cpu()
-    norm = h64.norm(dim=1)
-    rinv = 1.0 / norm.clamp_min(reference.EPS)
-    z = h64 * rinv[:, None]
-    q64, v64 = q.detach().double().cpu(), v.detach().double().cpu()
-    gx = z @ q64 if feature else q64 @ z
-    if v64.numel():
-        gx = gx - v64[None, :]
-    gx = scale * s * gx
-    dot = torch.where(norm > reference.EPS, (z * gx).sum(1), scale * t)
-    return rinv[:, None] * (gx - z * dot[:, None])
+def grad64(coef, h, q, v, feature, scale):
+    """dh of the contract: ``stages.grad`` on float64 copies (rinv from ``stages.gram``)."""
+    h64 = _f64(h)
+    rinv = stages.gram(h64, feature)[1]
+    return stages.grad(_f64(coef), h64, rinv, _f64(q), _f64(v), feature, scale)
 
 
 def grad_scale(grad, h, q, v, feature, scale):
@@ -92,7 +84,7 @@ def features(m, d, gen, *, zero_row=False, collapsed=False):
 
 def small_side_q(h64, feature, mu=3.0):
     """The exact estimator's q = -2c (I + cG)^-1 scaled to max|q| = 1 (symmetric, n x n)."""
-    g, _, _ = gram64(h64, feature, False)
+    g, _ = gram64(h64, feature)
     c = mu / h64.shape[1]
     q = -2.0 * c * torch.linalg.inv(torch.eye(g.shape[0], dtype=torch.float64) + c * g)
     q = (q + q.T) / 2
@@ -108,7 +100,7 @@ def test_availability_names_the_fix(gen):
     with pytest.raises(RuntimeError, match=r"backend 'cuda' is not available: the CUDA extension"):
         mmae_fast.tcr_loss(torch.randn(8, 5, generator=gen), backend="cuda")
     with pytest.raises(ValueError, match=r"cuda_backend\.gram: the CUDA extension mmae_fast\._C"):
-        cuda_backend.gram(torch.randn(8, 5, generator=gen), True, False)
+        cuda_backend.gram(torch.randn(8, 5, generator=gen), True)
 
 
 def test_auto_falls_back_to_reference_on_cpu(gen, monkeypatch):
@@ -168,7 +160,7 @@ def _round(x, dtype):
     return x.to(dtype).float()
 
 
-def emulate_grad(grad, h, rinv, q, v, feature, scale, *, single=False):
+def emulate_grad(coef, h, rinv, q, v, feature, scale, *, single=False):
     """EMULATION in torch of cuda_grad's arithmetic: fp32 rinv / z, half operands exactly as the
     kernels round them (products exact, sums in fp32), the epilogue in fp32. ``single``: one half
     product z_half q_half instead (what the split avoids). Returns dh in fp32 (not rounded)."""
@@ -187,7 +179,7 @@ def emulate_grad(grad, h, rinv, q, v, feature, scale, *, single=False):
         zhi = _round(z, t)
         zlo = _round(z - zhi, t)
         gx = qhi @ zhi + qhi @ zlo + qlo @ zhi
-    s, t = _coef(grad)
+    s, t = _coef(coef)
     g = scale * s * (gx - (v.float() if v.numel() else 0.0))
     clamped = ~(rinv < 1.0 / torch.tensor(reference.EPS, dtype=torch.float32))
     dot = torch.where(clamped, scale * t, (z * g).sum(1))
@@ -226,16 +218,15 @@ def test_float32_reordered_product_emulation_error(gen, feature, shape):
     assert rel_err(got, want) <= CUDA_STAGE_TOLERANCES[torch.float32]["grad"] / 10
 
 
-def emulate_gram(h, feature, centering):
-    """EMULATION of cuda_gram: rinv / colsum in acc, the Gram on z rounded to its operand type
-    (float16 for both half types, else h's dtype)."""
+def emulate_gram(h, feature):
+    """EMULATION of cuda_gram: rinv in acc, the Gram on z rounded to its operand type (float16
+    for both half types, else h's dtype)."""
     acc = cuda_backend.acc_dtype(h.dtype)
     ha = h.to(acc)
     rinv = 1.0 / ha.pow(2).sum(1).sqrt().clamp_min(reference.EPS)
     z = (ha * rinv[:, None]).to(torch.float16 if h.dtype in HALF else h.dtype).to(acc)
     g = z.T @ z if feature else z @ z.T
-    colsum = (ha * rinv[:, None]).sum(0) if centering else ha.new_zeros(0)
-    return (g + g.T) / 2, rinv, colsum
+    return (g + g.T) / 2, rinv
 
 
 @pytest.fixture
@@ -248,17 +239,17 @@ def emulated_ops(monkeypatch):
     lib.define(cuda_backend.GRAM_SCHEMA)
     lib.define(cuda_backend.GRAD_SCHEMA)
     lib.impl("cuda_gram", emulate_gram, "CPU")
-    lib.impl("cuda_grad", lambda grad, h, rinv, q, v, feature, scale: emulate_grad(
-        grad, h, rinv, q, v, feature, scale).to(h.dtype) if h.dtype != torch.float64 else
-        _grad_float64(grad, h, rinv, q, v, feature, scale), "CPU")
+    lib.impl("cuda_grad", lambda coef, h, rinv, q, v, feature, scale: emulate_grad(
+        coef, h, rinv, q, v, feature, scale).to(h.dtype) if h.dtype != torch.float64 else
+        _grad_float64(coef, h, rinv, q, v, feature, scale), "CPU")
     cuda_backend.register_fakes()
     monkeypatch.setattr(cuda_backend, "_check", lambda h, fn: None)
     yield lib
     lib._destroy()
 
 
-def _grad_float64(grad, h, rinv, q, v, feature, scale):
-    return grad64(grad, h, q, v, feature, scale)
+def _grad_float64(coef, h, rinv, q, v, feature, scale):
+    return stages.grad(coef, h, rinv, q, v, feature, scale)
 
 
 @pytest.mark.parametrize("shape", [(29, 11), (7, 13), (1, 5)])
@@ -359,8 +350,8 @@ def test_staged_cuda_compiles_fullgraph(emulated_ops, gen, estimator, centering)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("feature,centering", [(True, True), (False, False)])
-def test_fakes_match_emulated_ops_under_compile(emulated_ops, gen, dtype, feature, centering):
+@pytest.mark.parametrize("feature", [True, False])
+def test_fakes_match_emulated_ops_under_compile(emulated_ops, gen, dtype, feature):
     """fullgraph torch.compile (aot_eager) through the fakes; outputs as the eager ops'."""
     torch._dynamo.reset()
     h = features(13, 9, gen).to(dtype)
@@ -370,15 +361,15 @@ def test_fakes_match_emulated_ops_under_compile(emulated_ops, gen, dtype, featur
     v = torch.randn(9, generator=gen, dtype=torch.float64).to(acc)
 
     def step(x):
-        g, rinv, colsum = cuda_backend.gram(x, feature, centering)
-        return g, rinv, colsum, cuda_backend.grad(torch.tensor(2.0), x, rinv, q, v, feature, 0.5)
+        g, rinv = cuda_backend.gram(x, feature)
+        return g, rinv, cuda_backend.grad(torch.tensor(2.0), x, rinv, q, v, feature, 0.5)
 
     got = torch.compile(step, backend="aot_eager", fullgraph=True)(h)
     want = step(h)
     for a, b in zip(got, want):
         assert (a.shape, a.stride(), a.dtype) == (b.shape, b.stride(), b.dtype)
         torch.testing.assert_close(a, b)
-    assert got[0].shape == (n, n) and got[2].shape == ((9,) if centering else (0,))
+    assert got[0].shape == (n, n) and got[1].shape == (13,)
 
 
 # ----------------------------------------------------------------------------- GPU: the real ops
@@ -399,22 +390,19 @@ def test_schemas_match_the_extension():
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("feature", [True, False])
-@pytest.mark.parametrize("centering", [False, True])
-def test_gram_against_float64(gen, dtype, shape, feature, centering, monkeypatch):
+def test_gram_against_float64(gen, dtype, shape, feature, monkeypatch):
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     h = _on_gpu(features(*shape, gen, zero_row=True), dtype)
-    g, rinv, colsum = cuda_backend.gram(h, feature, centering)
-    want_g, want_rinv, want_colsum = gram64(h, feature, centering)
+    g, rinv = cuda_backend.gram(h, feature)
+    want_g, want_rinv = gram64(h, feature)
     acc = cuda_backend.acc_dtype(dtype)
     n = shape[1] if feature else shape[0]
     tol = CUDA_STAGE_TOLERANCES[dtype]
-    assert g.dtype == rinv.dtype == colsum.dtype == acc and g.is_cuda
+    assert g.dtype == rinv.dtype == acc and g.is_cuda
     assert g.shape == (n, n) and g.is_contiguous() and torch.equal(g, g.T)
-    assert rinv.shape == (shape[0],) and colsum.shape == ((shape[1],) if centering else (0,))
+    assert rinv.shape == (shape[0],)
     assert rel_err(g, want_g) <= tol["gram"], rel_err(g, want_g)
     assert rel_err(rinv, want_rinv) <= tol["stats"]
-    if centering:
-        assert rel_err(colsum, want_colsum) <= tol["stats"] * max(1.0, math.sqrt(shape[0]))
 
 
 @gpu
@@ -438,7 +426,7 @@ def test_grad_against_float64(gen, dtype, shape, feature, with_v, chunk_rows, mo
     v = (0.1 * torch.randn(d, generator=gen, dtype=torch.float64) if with_v
          else torch.zeros(0, dtype=torch.float64))
     grad_out = torch.tensor(0.75 if chunk_rows is None else [0.75, 0.3], dtype=torch.float64)
-    _, rinv, _ = cuda_backend.gram(h, feature, False)
+    _, rinv = cuda_backend.gram(h, feature)
     dh = cuda_backend.grad(_on_gpu(grad_out, torch.float32), h, rinv, _on_gpu(q, acc),
                            _on_gpu(v, acc), feature, 1.5)
     want = grad64(grad_out, h, q.to(acc).double(), v.to(acc).double(), feature, 1.5)
@@ -469,7 +457,7 @@ def test_grad_collapsed_half_features_match_emulation(gen, dtype, feature, shape
     q = small_side_q(h.double(), feature)
     empty = torch.zeros(0)
     want = grad64(torch.tensor(1.0), h, q.float().double(), empty, feature, 1.0)
-    _, rinv, _ = cuda_backend.gram(_on_gpu(h), feature, False)
+    _, rinv = cuda_backend.gram(_on_gpu(h), feature)
     dh = cuda_backend.grad(_on_gpu(torch.tensor(1.0)), _on_gpu(h), rinv, _on_gpu(q.float()),
                            _on_gpu(empty), feature, 1.0)
     assert rel_err(dh, want) <= min(CUDA_STAGE_TOLERANCES[dtype]["grad"],
@@ -483,15 +471,15 @@ def test_fakes_match_real_outputs(gen, dtype):
     from torch._subclasses.fake_tensor import FakeTensorMode
     h = _on_gpu(features(21, 10, gen), dtype)
     acc = cuda_backend.acc_dtype(dtype)
-    for feature, centering in [(True, True), (False, False)]:
+    for feature in (True, False):
         n = 10 if feature else 21
         args = (_on_gpu(torch.tensor(1.0)), h, None, _on_gpu(torch.eye(n), acc),
                 _on_gpu(torch.zeros(10), acc), feature, 1.0)
-        real = cuda_backend.gram(h, feature, centering)
+        real = cuda_backend.gram(h, feature)
         real_dh = torch.ops.mmae_fast.cuda_grad(args[0], h, real[1], *args[3:])
         with FakeTensorMode(allow_non_fake_inputs=True) as mode:
             fh = mode.from_tensor(h)
-            fake = torch.ops.mmae_fast.cuda_gram(fh, feature, centering)
+            fake = torch.ops.mmae_fast.cuda_gram(fh, feature)
             fake_dh = torch.ops.mmae_fast.cuda_grad(args[0], fh, fake[1], *args[3:])
         for a, b in zip(list(fake) + [fake_dh], list(real) + [real_dh]):
             assert (a.shape, a.stride(), a.dtype, a.device) == (b.shape, b.stride(), b.dtype, b.device)
@@ -511,21 +499,21 @@ def test_the_kernels_ran(gen, dtype, feature):
     v = _on_gpu(torch.zeros(24), acc)
     one = _on_gpu(torch.tensor(1.0))
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        _, rinv, _ = cuda_backend.gram(h, feature, True)
+        _, rinv = cuda_backend.gram(h, feature)
         dh = cuda_backend.grad(one, h, rinv, q, v, feature, 1.0)
         torch.cuda.synchronize()
     names = " ".join(e.name for e in prof.events())
-    for kernel in ("row_normalize_kernel", "column_sum_kernel", "symmetrize_kernel",
+    for kernel in ("row_normalize_kernel", "symmetrize_kernel",
                    "grad_epilogue_kernel") + (("split_hi_lo_kernel",) if dtype in HALF else ()):
         assert kernel in names, kernel
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):  # warm-up outside the capture
-        cuda_backend.grad(one, h, cuda_backend.gram(h, feature, True)[1], q, v, feature, 1.0)
+        cuda_backend.grad(one, h, cuda_backend.gram(h, feature)[1], q, v, feature, 1.0)
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        out = cuda_backend.grad(one, h, cuda_backend.gram(h, feature, True)[1], q, v, feature, 1.0)
+        out = cuda_backend.grad(one, h, cuda_backend.gram(h, feature)[1], q, v, feature, 1.0)
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(out, dh) and n > 0
@@ -540,8 +528,8 @@ def test_compiled_ops_fullgraph(gen):
     v = _on_gpu(torch.zeros(0))
 
     def step(x):
-        g, rinv, colsum = cuda_backend.gram(x, True, True)
-        return g, colsum, cuda_backend.grad(torch.ones((), device=x.device), x, rinv, q, v, True, 1.0)
+        g, rinv = cuda_backend.gram(x, True)
+        return g, rinv, cuda_backend.grad(torch.ones((), device=x.device), x, rinv, q, v, True, 1.0)
 
     got = torch.compile(step, fullgraph=True)(h)
     for a, b in zip(got, step(h)):

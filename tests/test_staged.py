@@ -263,7 +263,8 @@ def test_non_finite_input_gives_nan_not_an_exception(gen):
 
 def test_count_above_kappa_bound_is_nan(gen):
     """The distributed path assumes equal shards: more rows than kappa assumed -> NaN."""
-    g, rinv, colsum = torch_stages.gram(_features(gen, 10, 4), True, False)
+    g, rinv = torch_stages.gram(_features(gen, 10, 4), True)
+    colsum = g.new_empty((0,))
     count = torch.tensor(11.0, dtype=g.dtype)
     value = _small(g, colsum, count, mu=1.0, m=10, d=4, feature=True,
                                   centering=False, estimator="series", degree=5,
@@ -409,7 +410,7 @@ def test_small_side_graph_replay_equals_eager(estimator, monkeypatch):
     gen = torch.Generator().manual_seed(3)
     for call in range(3):
         h = _features(gen, 300, 129, dtype=torch.float32).cuda()
-        g, rinv, colsum = torch_stages.gram(h, True, True)
+        g, rinv, colsum = torch_stages.centred_gram(h, True)
         args = (g, colsum, torch.tensor(300.0, device="cuda"), 2.0, 300, 129, True, True,
                 estimator, 6, 1e-4, True)
         graphed = torch.ops.mmae_fast.small_side(*args)
@@ -429,7 +430,10 @@ def test_small_side_fake_matches_real(gen, estimator, feature, centering):
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     h = _features(gen, 30 if feature else 12, 12 if feature else 30, dtype=torch.float32)
-    g, rinv, colsum = torch_stages.gram(h, feature, centering)
+    if centering:
+        g, rinv, colsum = torch_stages.centred_gram(h, feature)
+    else:
+        (g, rinv), colsum = torch_stages.gram(h, feature), h.new_empty((0,))
     args = (g, colsum, torch.tensor(float(h.shape[0])), 2.0, h.shape[0], h.shape[1], feature,
             centering, estimator, 5, 1e-4, True)
     real = torch.ops.mmae_fast.small_side(*args)
@@ -446,7 +450,7 @@ def test_small_side_loop_fallback_equals_fused(gen, estimator, monkeypatch):
     small side combines the basis with a loop of axpys instead of one fused product: same
     numbers."""
     h = _features(gen, 40, 16, dtype=torch.float32)
-    g, rinv, colsum = torch_stages.gram(h, True, True)
+    g, rinv, colsum = torch_stages.centred_gram(h, True)
     args = dict(mu=3.0, m=40, d=16, feature=True, centering=True, estimator=estimator,
                 degree=9, need_grad=True)
     fused = _small(g, colsum, torch.tensor(40.0), **args)
@@ -591,7 +595,8 @@ def test_small_side_combinations_are_fused(gen, estimator, monkeypatch):
     the basis products (mm/addmm) the op count is the same at every degree (~26 passes over n²
     numbers), while the loop fallback adds an axpy per term (bench/NOTES.md: the element-wise
     passes, not the products, were most of the small side's time on an H100)."""
-    g, _, colsum = torch_stages.gram(_features(gen, 400, 64, dtype=torch.float32), True, False)
+    g, _ = torch_stages.gram(_features(gen, 400, 64, dtype=torch.float32), True)
+    colsum = g.new_empty((0,))
     degrees = (8, 19, 41) if estimator == "series" else (4, 6, 9)
     rest = []
     for degree in degrees:

@@ -1,8 +1,9 @@
-"""The "triton" backend's staged ops (issue 13) against float64 formulas written here (Triton's
-interpreter on CPU, the real kernels on a GPU when there is one).
+"""The "triton" backend's staged ops against the contract, ``mmae_fast.ops.tcr.stages`` run in
+float64 on float64 copies of the inputs (Triton's interpreter on CPU, the real kernels on a GPU
+when there is one).
 
-    triton_gram(h, feature, centering) -> G (n, n), rinv (m,), colsum (d,) or (0,)
-    triton_grad(grad, h, rinv, q, v, feature, scale) -> dh (m, d) in h's dtype
+    triton_gram(h, feature) -> G (n, n), rinv (m,)
+    triton_grad(coef, h, rinv, q, v, feature, scale) -> dh (m, d) in h's dtype
 
 Shapes are odd and straddle the interpreter's 32-wide tiles, with m < d and m > d and the Gram on
 either side; every input has a zero row (except fp16 gradients, where the contract's
@@ -27,6 +28,7 @@ triton = pytest.importorskip("triton")
 
 import mmae_fast  # noqa: E402
 from mmae_fast import backends, reference  # noqa: E402
+from mmae_fast.ops.tcr import stages  # noqa: E402
 from mmae_fast.ops.tcr import stages as reference_backend  # noqa: E402
 from mmae_fast.ops.tcr.triton import backend as triton_backend  # noqa: E402
 from mmae_fast.ops.tcr.triton import config, grad_kernel as stage_grad, gram_kernel as stage_gram  # noqa: E402
@@ -55,29 +57,24 @@ def _collapsed(gen, m, d, dtype):
     return (u + 0.03 * torch.randn(m, d, generator=gen, dtype=torch.float64)).to(dtype)
 
 
+def _f64(x):
+    return x.detach().double().cpu()
+
+
+def _gram64(h, feature):
+    """``(G, rinv)`` of the contract: ``stages.gram`` on a float64 copy of h."""
+    return stages.gram(_f64(h), feature)
+
+
 def _z64(h):
-    """(z, rinv, nonzero) in float64 from the input values."""
-    h = h.double().cpu()
-    norms = h.norm(dim=1)
-    rinv = 1.0 / norms.clamp_min(EPS)
-    return h * rinv[:, None], rinv, norms > EPS
+    """(z, rinv) in float64 from the input values (``stages.gram``'s rinv)."""
+    rinv = _gram64(h, True)[1]
+    return _f64(h) * rinv[:, None], rinv
 
 
-def _gram64(h, feature, centering):
-    z, rinv, _ = _z64(h)
-    g = z.T @ z if feature else z @ z.T
-    return g, rinv, z.sum(0) if centering else z.new_empty(0)
-
-
-def _grad64(grad, h, q, v, feature, scale):
-    """dh_i = rinv_i (gx_i − z_i<z_i, gx_i>) (rinv_i gx_i for zero rows), gx = s(ZQ − 1vᵀ) or
-    s(QZ − 1vᵀ), all in float64."""
-    z, rinv, nonzero = _z64(h)
-    q, v = q.double().cpu(), v.double().cpu()
-    prod = z @ q if feature else q @ z
-    gx = float(grad) * scale * (prod - (v if v.numel() else 0.0))
-    radial = (z * gx).sum(1, keepdim=True)
-    return rinv[:, None] * torch.where(nonzero[:, None], gx - z * radial, gx)
+def _grad64(coef, h, q, v, feature, scale):
+    """dh of the contract: ``stages.grad`` on float64 copies (rinv from ``stages.gram``)."""
+    return stages.grad(_f64(coef), _f64(h), _z64(h)[1], _f64(q), _f64(v), feature, scale)
 
 
 def _q(g64, mu=2.0):
@@ -125,28 +122,28 @@ def test_ops_are_registered_and_run(gen, monkeypatch):
         monkeypatch.setattr(torch.ops.mmae_fast, op, lambda *a, _p=packet, _o=op: (
             seen.append(_o), _p(*a))[1])
     h = _features(gen, 37, 21, torch.float32).to(DEVICE)
-    g, rinv, _ = triton_backend.gram(h, True, False)
+    g, rinv = triton_backend.gram(h, True)
     triton_backend.grad(torch.tensor(1.0, device=DEVICE), h, rinv, g, g.new_empty(0), True, 1.0)
     assert seen == ["triton_gram", "triton_grad"] and calls == ["gram", "grad"]
 
 
-def _grad_call(grad=(), rinv=5, q=4, v=0, feature=True, qdtype=torch.float32):
+def _grad_call(coef=(), rinv=5, q=4, v=0, feature=True, qdtype=torch.float32):
     """A triton_grad call on h = ones(5, 4) with one argument made wrong."""
     def call(h):
         dev = h.device
-        return triton_backend.grad(torch.ones(grad, device=dev), h, torch.ones(rinv, device=dev),
+        return triton_backend.grad(torch.ones(coef, device=dev), h, torch.ones(rinv, device=dev),
                                    torch.eye(q, dtype=qdtype, device=dev),
                                    torch.ones(v, device=dev), feature, 1.0)
     return call
 
 
 @pytest.mark.parametrize("call, match", [
-    (lambda h: triton_backend.gram(h.double(), True, False), "float64"),
-    (lambda h: triton_backend.gram(h.int(), True, False), "int32"),
-    (lambda h: triton_backend.gram(h[None], True, False), r"\(m, d\)"),
-    (lambda h: triton_backend.gram(h[:0], True, False), "non-empty"),
-    (_grad_call(grad=(3,)), "grad must be a floating tensor of one or two numbers"),
-    (_grad_call(grad=(1, 2)), "grad must be a floating tensor of one or two numbers"),
+    (lambda h: triton_backend.gram(h.double(), True), "float64"),
+    (lambda h: triton_backend.gram(h.int(), True), "int32"),
+    (lambda h: triton_backend.gram(h[None], True), r"\(m, d\)"),
+    (lambda h: triton_backend.gram(h[:0], True), "non-empty"),
+    (_grad_call(coef=(3,)), "coef must be a floating tensor of one or two numbers"),
+    (_grad_call(coef=(1, 2)), "coef must be a floating tensor of one or two numbers"),
     (_grad_call(rinv=4), "rinv must be"),
     (_grad_call(feature=False), r"q must be.*feature=False"),
     (_grad_call(qdtype=torch.float64), "q must be a float32"),
@@ -171,38 +168,32 @@ def test_interpreter_config_emulates_bf16():
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("feature", [True, False])
-@pytest.mark.parametrize("centering", [False, True])
-def test_gram(gen, shape, dtype, feature, centering):
+def test_gram(gen, shape, dtype, feature):
     h = _features(gen, *shape, dtype)
-    g, rinv, colsum = triton_backend.gram(h.to(DEVICE), feature, centering)
-    g64, rinv64, colsum64 = _gram64(h, feature, centering)
+    g, rinv = triton_backend.gram(h.to(DEVICE), feature)
+    g64, rinv64 = _gram64(h, feature)
     n = shape[1] if feature else shape[0]
     assert g.shape == (n, n) and g.dtype == torch.float32 and g.is_contiguous()
     assert torch.equal(g, g.T), "both triangles, mirrored"
     _check(g, g64, TOL[dtype]["gram"], "G")
     _check(rinv, rinv64, 2e-7, "rinv")  # float32 sum of squares of exact input values
     assert float(rinv[2]) == pytest.approx(1.0 / EPS, rel=1e-6)  # the zero row
-    if centering:
-        _check(colsum, colsum64, TOL[dtype]["colsum"], "colsum")
-    else:
-        assert colsum.shape == (0,) and colsum.dtype == torch.float32
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_gram_row_splits(gen, dtype, monkeypatch):
     """Feature side with the rows split over several programs per tile (split-K, as for large
-    m on a GPU): partial Grams and column sums added, G still exactly symmetric."""
+    m on a GPU): partial Grams added, G still exactly symmetric."""
     monkeypatch.setattr(stage_gram, "MIN_SPLIT_BLOCKS", 1)
     cfg = config.choose_stage(dtype, 37)
     m = 3 * cfg.block_k + 5
     h = _features(gen, m, 37, dtype)
     splits, rows = stage_gram._row_splits(m, 37, cfg.block_n, cfg.block_k)
     assert splits >= 2 and rows % cfg.block_k == 0 and (splits - 1) * rows < m
-    g, rinv, colsum = triton_backend.gram(h.to(DEVICE), True, True)
-    g64, rinv64, colsum64 = _gram64(h, True, True)
+    g, rinv = triton_backend.gram(h.to(DEVICE), True)
+    g64, rinv64 = _gram64(h, True)
     assert torch.equal(g, g.T)
     _check(g, g64, TOL[dtype]["gram"], "G")
-    _check(colsum, colsum64, TOL[dtype]["colsum"], "colsum")
     _check(rinv, rinv64, 2e-7, "rinv")
 
 
@@ -213,11 +204,11 @@ def test_gram_row_splits(gen, dtype, monkeypatch):
 def test_grad(gen, shape, dtype, feature, with_v):
     m, d = shape
     h = _features(gen, m, d, dtype, zero_row=dtype != torch.float16)
-    g64, _, _ = _gram64(h, feature, False)
+    g64, _ = _gram64(h, feature)
     q = _q(g64).float()
     v = (0.3 * torch.randn(d, generator=gen)) if with_v else torch.empty(0)
     grad = torch.tensor(0.7)
-    _, rinv, _ = triton_backend.gram(h.to(DEVICE), feature, False)
+    _, rinv = triton_backend.gram(h.to(DEVICE), feature)
     dh = triton_backend.grad(grad.to(DEVICE), h.to(DEVICE), rinv, q.to(DEVICE), v.to(DEVICE),
                              feature, -1.3)
     assert dh.shape == (m, d) and dh.dtype == dtype and dh.is_contiguous()
@@ -233,7 +224,7 @@ def test_grad(gen, shape, dtype, feature, with_v):
 def test_grad_accepts_any_float_grad_and_row_strides(gen, feature):
     """grad in float64 / bfloat16; h a column slice (row stride > d) or a transposed view."""
     h = _features(gen, 37, 21, torch.float32)
-    g64, _, _ = _gram64(h, feature, False)
+    g64, _ = _gram64(h, feature)
     q = _q(g64).float().to(DEVICE)
     v = torch.empty(0, device=DEVICE)
     wide = torch.zeros(37, 30, device=DEVICE)
@@ -242,7 +233,7 @@ def test_grad_accepts_any_float_grad_and_row_strides(gen, feature):
     assert views[0].stride() == (30, 1) and views[1].stride() == (1, 37)
     ref = _grad64(torch.tensor(0.5), h, q, v, feature, 1.0)
     for x, gdt in zip(views, (torch.float64, torch.bfloat16)):
-        g, rinv, _ = triton_backend.gram(x, feature, False)
+        g, rinv = triton_backend.gram(x, feature)
         _check(g, g64, TOL[torch.float32]["gram"], "G of a strided view")
         dh = triton_backend.grad(torch.tensor(0.5, dtype=gdt, device=DEVICE), x, rinv, q, v,
                                  feature, 1.0)
@@ -265,8 +256,9 @@ def _products(z32, q32, dtype, feature):
 
 
 def _project(h, prod):
-    """dh from a given Z·Q (or Q·Z) product, in float64 (grad = scale = 1, v = 0)."""
-    z, rinv, _ = _z64(h)
+    """dh from a given (emulated) Z·Q (or Q·Z) product, in float64 (coef = scale = 1, v = 0;
+    no floor rows in these inputs)."""
+    z, rinv = _z64(h)
     return rinv[:, None] * (prod - z * (z * prod).sum(1, keepdim=True))
 
 
@@ -281,10 +273,10 @@ def test_split3_emulation_on_collapsed_features(gen, dtype, feature):
     projection's cancellation), well below it."""
     m, d = 512, 128
     h = _collapsed(gen, m, d, dtype)
-    z64, rinv, _ = _z64(h)
+    g64, rinv = _gram64(h, feature)
     z32 = (h.float() * rinv.float()[:, None])
-    q32 = _q(z64.T @ z64 if feature else z64 @ z64.T, mu=3.0).float()
-    exact = _project(h, z64 @ q32.double() if feature else q32.double() @ z64)
+    q32 = _q(g64, mu=3.0).float()
+    exact = _grad64(torch.tensor(1.0), h, q32, torch.empty(0), feature, 1.0)
     single, split = (_project(h, p) for p in _products(z32, q32, dtype, feature))
     floor = rel_err(exact.to(dtype), exact)
     assert rel_err(single, exact) > 5 * floor
@@ -297,13 +289,12 @@ def test_kernel_split3_on_collapsed_features(gen, dtype, shape, feature):
     """The kernel on collapsed features is as close to float64 as dh's own rounding (within
     10 %), where the single-product emulation is at least 3x worse: split3 is what ran."""
     h = _collapsed(gen, *shape, dtype)
-    z64, rinv64, _ = _z64(h)
-    g64 = z64.T @ z64 if feature else z64 @ z64.T
+    g64, rinv64 = _gram64(h, feature)
     q = _q(g64, mu=3.0).float()
-    _, rinv, _ = triton_backend.gram(h.to(DEVICE), feature, False)
+    _, rinv = triton_backend.gram(h.to(DEVICE), feature)
     dh = triton_backend.grad(torch.tensor(1.0, device=DEVICE), h.to(DEVICE), rinv,
                              q.to(DEVICE), torch.empty(0, device=DEVICE), feature, 1.0).cpu()
-    exact = _project(h, z64 @ q.double() if feature else q.double() @ z64)
+    exact = _grad64(torch.tensor(1.0), h, q, torch.empty(0), feature, 1.0)
     floor = rel_err(exact.to(dtype), exact)
     assert rel_err(dh, exact) <= 1.1 * floor
     z32 = h.float() * rinv64.float()[:, None]
@@ -312,13 +303,12 @@ def test_kernel_split3_on_collapsed_features(gen, dtype, shape, feature):
 
 
 # ----------------------------------------------------------------------------- ops / compile
-@pytest.mark.parametrize("shape, feature, centering", [((37, 21), True, True),
-                                                       ((21, 37), False, False)])
-def test_fake_matches_real_and_opcheck(gen, shape, feature, centering):
+@pytest.mark.parametrize("shape, feature", [((37, 21), True), ((21, 37), False)])
+def test_fake_matches_real_and_opcheck(gen, shape, feature):
     """The fake kernels give the real outputs' shapes, strides and dtypes; torch.library.opcheck
     (schema, fake tensors, AOT dispatch) passes for both ops."""
     h = _features(gen, *shape, torch.bfloat16).to(DEVICE)
-    real = triton_backend.gram(h, feature, centering)
+    real = triton_backend.gram(h, feature)
     n = real[0].shape[0]
     q = _q(real[0].double().cpu()).float().to(DEVICE)
     v = torch.randn(shape[1], generator=gen).to(DEVICE)
@@ -326,14 +316,14 @@ def test_fake_matches_real_and_opcheck(gen, shape, feature, centering):
     real_dh = torch.ops.mmae_fast.triton_grad(*args)
     with FakeTensorMode(allow_non_fake_inputs=True) as mode:
         fh = mode.from_tensor(h)
-        fake = torch.ops.mmae_fast.triton_gram(fh, feature, centering)
+        fake = torch.ops.mmae_fast.triton_gram(fh, feature)
         fake_dh = torch.ops.mmae_fast.triton_grad(*(mode.from_tensor(a) if torch.is_tensor(a)
                                                     else a for a in args))
     for f, r in zip((*fake, fake_dh), (*real, real_dh)):
         assert (f.shape, f.stride(), f.dtype, f.device) == (r.shape, r.stride(), r.dtype,
                                                             r.device)
     assert real[0].shape == (n, n)
-    torch.library.opcheck(torch.ops.mmae_fast.triton_gram.default, (h, feature, centering))
+    torch.library.opcheck(torch.ops.mmae_fast.triton_gram.default, (h, feature))
     torch.library.opcheck(torch.ops.mmae_fast.triton_grad.default, args)
 
 
@@ -348,7 +338,8 @@ def test_torch_compile_fullgraph(gen, dynamic, monkeypatch):
     monkeypatch.setattr(stage_gram, "gram", lambda *a: (ran.append("gram"), real(*a))[1])
 
     def staged(h, grad):
-        g, rinv, colsum = triton_backend.gram(h, True, True)
+        g, rinv = triton_backend.gram(h, True)
+        colsum = (h.float() * rinv[:, None]).sum(0)
         n = g.shape[0]
         s = g - torch.outer(colsum, colsum) / h.shape[0]
         q = torch.linalg.inv(torch.eye(n, device=h.device) + s / n)
@@ -406,7 +397,7 @@ def test_public_api_uses_the_kernels(gen, monkeypatch):
 # ----------------------------------------------------------------------------- GPU compilation
 def test_kernels_compile_for_sm90():
     """The interpreter never compiles a kernel: compile the launches of two cases (fp16 feature
-    side with centring and v, bf16 sample side) for sm_90 with Triton's own ptxas, in a process
+    side with v, bf16 sample side) for sm_90 with Triton's own ptxas, in a process
     without TRITON_INTERPRET (``python -m mmae_fast.ops.tcr.triton.compile_check`` runs every case)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     root = pathlib.Path(__file__).resolve().parents[1]

@@ -1,33 +1,25 @@
 """The "cuda" backend: stages 1 and 3 of the staged TCR regulariser as C++ ops of ``mmae_fast._C``.
 
-``torch.ops.mmae_fast.cuda_gram`` and ``torch.ops.mmae_fast.cuda_grad`` (csrc/bindings.cpp:
-torch-free kernels of csrc/*.cu around cuBLAS GEMMs). No autograd here: the staged layer calls
-``gram`` in its forward and ``grad`` in its backward. m rows, d features, n = d if ``feature``
-else m, EPS = ``mmae_fast.reference.EPS``, acc = float64 for float64 h, else float32::
-
-    gram(h, feature, centering) -> (G, rinv, colsum)
-        rinv_i = 1 / max(||h_i||, EPS)                      (m,)   acc
-        z_i    = h_i rinv_i
-        G      = ZᵀZ (d, d) if feature else ZZᵀ (m, m)      (n, n) acc, contiguous, symmetric
-        colsum = Σ_i z_i (d,) acc if centering else an empty (0,) tensor
-
-    grad(grad, h, rinv, q, v, feature, scale) -> dh        (m, d) h.dtype, contiguous
-        gx   = scale·s·(Z q − 1vᵀ) if feature else scale·s·(q Z − 1vᵀ)
-        dh_i = rinv_i (gx_i − z_i ⟨z_i, gx_i⟩) if ||h_i|| > EPS, else rinv_i (gx_i − scale·t·z_i)
-        q: (n, n) acc, symmetric; v: (d,) acc or an empty (0,) tensor (v = 0); grad: [s] or
-        [s, t] (0-d, (1,) or (2,); t, q's radial shift, is 0 when absent).
+``torch.ops.mmae_fast.cuda_gram(h, feature) -> (G, rinv)`` and
+``torch.ops.mmae_fast.cuda_grad(coef, h, rinv, q, v, feature, scale) -> dh`` (csrc/bindings.cpp:
+torch-free kernels of csrc/*.cu around cuBLAS GEMMs); what they compute, ``coef = [s, t]``
+included: ``mmae_fast/ops/tcr/stages.py``. No autograd here: the staged layer calls ``gram`` in
+its forward and ``grad`` in its backward. Specific here: acc = float64 for float64 h, else
+float32; G, rinv, q and a non-empty v are acc, G contiguous and exactly symmetric, dh in h's
+dtype and contiguous.
 
 Precision. Gram: half h multiplies z rounded to float16 (bfloat16 h too) on tensor cores (fp32
-accumulation);
-float32 / float64 h multiply z in acc (cuBLAS fp32 / fp64; fp32 follows
+accumulation); float32 / float64 h multiply z in acc (cuBLAS fp32 / fp64; fp32 follows
 ``torch.backends.cuda.matmul.allow_tf32``). Grad, half h: feature side ``h @ [qhi | qlo]`` (h is
 exact in its dtype, z q = diag(rinv) h q; q = qhi + qlo, hi = round(q), lo = round(q − hi)),
 sample side ``[qhi | qhi | qlo] @ [zhi; zlo; zhi]`` (the split3 product, z from h·rinv in fp32):
-one tensor-core GEMM each. The projection uses z in acc recomputed from h and rinv. Scale q so
-that max|q| ≈ 1 (no fp16 underflow of qlo) and pass the factor in ``grad``/``scale``.
-float32 / float64 h: one product in acc. The feature side's product runs in row chunks of at
-most 32 MiB of acc (``MMAE_FAST_CUDA_GRAD_CHUNK_ROWS`` overrides the row count, for tests),
-not the (m, 2d) float32 of the whole batch.
+one tensor-core GEMM each. The projection uses z in acc recomputed from h and rinv. The caller
+scales q so that max|q| ≈ 1 (no fp16 underflow of qlo) and passes the factor in ``coef``.
+float32 / float64 h: one product in acc.
+
+Chunking. The feature side's product runs in row chunks of at most 32 MiB of acc
+(``MMAE_FAST_CUDA_GRAD_CHUNK_ROWS`` overrides the row count, for tests), not the (m, 2d) float32
+of the whole batch.
 """
 from __future__ import annotations
 
@@ -42,8 +34,8 @@ NOT_BUILT = ("the CUDA extension mmae_fast._C was not built (install with a CUDA
              "and nvcc: pip install --no-build-isolation .)")
 
 #: Op schemas; csrc/bindings.cpp defines the same strings (a GPU test compares them).
-GRAM_SCHEMA = "cuda_gram(Tensor h, bool feature, bool centering) -> (Tensor, Tensor, Tensor)"
-GRAD_SCHEMA = ("cuda_grad(Tensor grad, Tensor h, Tensor rinv, Tensor q, Tensor v, bool feature, "
+GRAM_SCHEMA = "cuda_gram(Tensor h, bool feature) -> (Tensor, Tensor)"
+GRAD_SCHEMA = ("cuda_grad(Tensor coef, Tensor h, Tensor rinv, Tensor q, Tensor v, bool feature, "
                "float scale) -> Tensor")
 
 #: Input dtypes the kernels are compiled for.
@@ -71,15 +63,14 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
 def register_fakes() -> None:
     """Shape functions of the ops for torch.compile / FakeTensor (once the ops exist)."""
     @torch.library.register_fake("mmae_fast::cuda_gram")
-    def _gram_fake(h, feature, centering):
+    def _gram_fake(h, feature):
         m, d = h.shape
         acc = acc_dtype(h.dtype)
         n = d if feature else m
-        return (h.new_empty((n, n), dtype=acc), h.new_empty((m,), dtype=acc),
-                h.new_empty((d if centering else 0,), dtype=acc))
+        return h.new_empty((n, n), dtype=acc), h.new_empty((m,), dtype=acc)
 
     @torch.library.register_fake("mmae_fast::cuda_grad")
-    def _grad_fake(grad, h, rinv, q, v, feature, scale):
+    def _grad_fake(coef, h, rinv, q, v, feature, scale):
         return h.new_empty(h.shape)
 
 
@@ -108,15 +99,15 @@ def _check(h: torch.Tensor, fn: str) -> None:
         raise ValueError(f"cuda_backend.{fn}: {reason}")
 
 
-def gram(h: torch.Tensor, feature: bool, centering: bool):
-    """Stage 1: ``(G, rinv, colsum)`` of h (m, d); see the module docstring."""
+def gram(h: torch.Tensor, feature: bool):
+    """Stage 1: ``(G, rinv)`` of h (m, d) in acc."""
     _check(h, "gram")
-    return torch.ops.mmae_fast.cuda_gram(h, bool(feature), bool(centering))
+    return torch.ops.mmae_fast.cuda_gram(h, bool(feature))
 
 
-def grad(grad: torch.Tensor, h: torch.Tensor, rinv: torch.Tensor, q: torch.Tensor,
+def grad(coef: torch.Tensor, h: torch.Tensor, rinv: torch.Tensor, q: torch.Tensor,
          v: torch.Tensor, feature: bool, scale: float) -> torch.Tensor:
-    """Stage 3: dh (m, d) in h.dtype; see the module docstring."""
+    """Stage 3: dh (m, d) in h.dtype, ``coef = [s, t]`` or ``[s]``."""
     _check(h, "grad")
-    return torch.ops.mmae_fast.cuda_grad(grad, h, rinv, q, v, bool(feature), float(scale))
+    return torch.ops.mmae_fast.cuda_grad(coef, h, rinv, q, v, bool(feature), float(scale))
 

@@ -1,7 +1,8 @@
 """The staged TCR op: one autograd boundary over three stages, the same for every backend and for
 the distributed path (docs/staged.md).
 
-    stage 1  gram   (backend)  h (m, d) -> G (n, n), rinv (m,), colsum (d,) | (0,)
+    stage 1  gram   (backend)  h (m, d) -> G (n, n), rinv (m,); centring: stages.centred_gram,
+                               which also gives colsum (d,) (else colsum is (0,))
              [group: all-reduce of [G, colsum, count] — d×d + d + 1 numbers, no host sync]
     stage 2  small side (shared, float64; mmae_fast.ops.tcr.small_side) -> R, Q, v, qinfo
     stage 3  grad   (backend)  (grad·qinfo, h, rinv, Q, v) -> dh (m, d)      [backward only]
@@ -10,8 +11,9 @@ Stage 2 is the custom op ``torch.ops.mmae_fast.small_side`` so that ``torch.comp
 opaque call whose Python (degree, coefficients, warnings) runs at run time, not while tracing.
 Stages 1 and 3 are the backend's ops (``torch.ops.mmae_fast.<backend>_gram`` / ``_grad``; the
 "reference" backend runs ``mmae_fast.ops.tcr.stages``). Four op calls from Python per step
-without a group (``tests/test_staged_backends.py::test_four_op_calls_from_python``): gram and
-small side in the forward, the product ``grad·qinfo`` and grad in the backward; with a group
+without a group (``tests/test_staged_backends.py::test_four_op_calls_from_python``; besides
+the empty colsum of an uncentred run, a zero-size ``new_empty``): gram and small side in the
+forward, the product ``grad·qinfo`` and grad in the backward; with a group
 also the row count, the buffer for the all-reduce and the all-reduce (and with centring the
 all-gather of the ranks' means).
 """
@@ -78,7 +80,8 @@ def _gram(h, backend, feature, centering, group):
     if centering:
         g, rinv, colsum = torch_stages.centred_gram(h, feature)
     else:
-        g, rinv, colsum = _module(backend).gram(h, feature, False)
+        g, rinv = _module(backend).gram(h, feature)
+        colsum = g.new_empty((0,))
     if group is None:
         return g, rinv, colsum, None, m
     count = torch.full((), m, dtype=g.dtype, device=g.device)
@@ -128,8 +131,8 @@ class _StagedTCR(torch.autograd.Function):
             raise RuntimeError("the fused TCR kernels have no double backward (create_graph="
                                "True); use backend='reference' without group= or torch.compile")
         with torch.autocast(h.device.type, enabled=False):
-            # [grad·qscale, grad·alpha]: the scale of Q, and the radial shift that rows with
-            # ||h_i|| <= EPS (not projected) must lose (mmae_fast.ops.tcr.small_side)
+            # coef = [grad·qscale, grad·alpha] = [s, t]: the scale of Q, and its radial shift,
+            # which rows with ||h_i|| <= EPS (not projected) must lose (stages.py)
             dh = _module(ctx.backend).grad(grad_value * qinfo, h, rinv, q, v, ctx.feature,
                                            ctx.grad_scale)
         return dh, None, None, None, None, None, None, None, None, None

@@ -1,21 +1,27 @@
 """Stages 1 and 3 of the staged TCR op in plain PyTorch (any device, any float dtype).
 
-The semantics every kernel backend implements (docs/staged.md); used by the "reference" backend
-on the distributed path and as the readable statement of the contract. Computed in acc =
-float64 for float64 input, else float32 (no half rounding: this path is for the CPU)::
+The contract of stages 1 and 3, written once: every backend's ``gram`` / ``grad`` (the
+"triton" and "cuda" ops included) implements what this docstring states, and is tested against
+these functions run in float64. Also the "reference" backend's stages on the distributed path. m rows, d features,
+n = d if ``feature`` else m, EPS = ``mmae_fast.reference.EPS``; acc = float64 for float64 input,
+else float32 (computed here without half rounding: this path is for the CPU)::
 
-    gram(h, feature, centering) -> (G, rinv, colsum)
-        rinv_i = 1/max(||h_i||, EPS), z_i = h_i·rinv_i                     (m,)
-        G = ZᵀZ (d, d) if feature else ZZᵀ (m, m), uncentred               (n, n)
-        colsum = 1ᵀZ (d,) if centering else (0,)
-    centred_gram(h, feature) -> (G_c, rinv, colsum)   the Gram of Z - 1z̄ᵀ (every backend's
-                                                      stage 1 when centring)
-    grad(grad, h, rinv, q, v, feature, scale) -> dh                         (m, d), h.dtype
-        grad = [s] or [s, t] (one or two numbers; t = 0 when absent)
-        gx = scale·s·(Z q - 1vᵀ)  (feature)  or  scale·s·(q Z - 1vᵀ)  (v empty: 0)
+    gram(h, feature) -> (G, rinv)
+        rinv_i = 1/max(||h_i||, EPS), z_i = h_i·rinv_i                     (m,)    acc
+        G = ZᵀZ (d, d) if feature else ZZᵀ (m, m), uncentred               (n, n)  acc, symmetric
+    centred_gram(h, feature) -> (G_c, rinv, colsum)
+        G_c the Gram of the centred rows Z - 1z̄ᵀ, colsum = 1ᵀZ (d,): stage 1 of every backend
+        when centring (the kernels' Gram is uncentred only)
+    grad(coef, h, rinv, q, v, feature, scale) -> dh                         (m, d)  h.dtype
+        coef = [s, t] (or [s]: t = 0), s: the scale of Q, t: its radial shift
+        q (n, n) acc, symmetric; v (d,) acc, or (0,) meaning v = 0
+        gx = scale·s·(Z q - 1vᵀ)  (feature)  or  scale·s·(q Z - 1vᵀ)
         dh_i = rinv_i (gx_i - z_i <z_i, gx_i>)  if ||h_i|| > EPS,
-               rinv_i (gx_i - scale·t·z_i)      else (t: q's radial shift, which the projection
-                                                 removes from every other row)
+               rinv_i (gx_i - scale·t·z_i)      else (the floor rows: not projected, so they
+                                                 lose the radial shift here, which the
+                                                 projection removes from every other row)
+    A row is at the floor when rinv_i = 1/EPS rounded to acc (``rinv < _inv_floor(acc)``: the
+    test is made on rinv, in its own dtype).
 """
 from __future__ import annotations
 
@@ -54,13 +60,11 @@ def _rinv(h: Tensor) -> Tensor:
     return 1.0 / torch.linalg.vector_norm(h.to(_acc(h.dtype)), dim=1).clamp_min(reference.EPS)
 
 
-def gram(h: Tensor, feature: bool, centering: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """Stage 1; see the module docstring."""
+def gram(h: Tensor, feature: bool) -> tuple[Tensor, Tensor]:
+    """Stage 1, uncentred: ``(G, rinv)``; see the module docstring."""
     rinv = _rinv(h)
     z = h.to(rinv.dtype) * rinv[:, None]
-    g = z.mT @ z if feature else z @ z.mT
-    colsum = z.sum(dim=0) if centering else z.new_empty((0,))
-    return g, rinv, colsum
+    return (z.mT @ z if feature else z @ z.mT), rinv
 
 
 def centred_gram(h: Tensor, feature: bool) -> tuple[Tensor, Tensor, Tensor]:
@@ -72,7 +76,7 @@ def centred_gram(h: Tensor, feature: bool) -> tuple[Tensor, Tensor, Tensor]:
     5e-2 at 1e-3, against 1e-8 here; tests/test_staged.py). For half inputs on CUDA the centred
     rows (|x| <= 2) are rounded to float16 — for bfloat16 inputs too: 8x finer there at the same
     tensor-core rate — and multiplied with float32 output.
-    Costs two float32 copies of h (this option only).
+    Costs two float32 (m, d) copies of h (Z and Z - 1z̄ᵀ; centred runs only).
     """
     rinv = _rinv(h)
     z = h.to(rinv.dtype) * rinv[:, None]
@@ -98,11 +102,11 @@ def centred_gram(h: Tensor, feature: bool) -> tuple[Tensor, Tensor, Tensor]:
 _HALF_MM_OUT_FLOAT32 = [True]
 
 
-def grad(grad_out: Tensor, h: Tensor, rinv: Tensor, q: Tensor, v: Tensor, feature: bool,
+def grad(coef: Tensor, h: Tensor, rinv: Tensor, q: Tensor, v: Tensor, feature: bool,
          scale: float) -> Tensor:
-    """Stage 3; see the module docstring."""
+    """Stage 3: dh; ``coef = [s, t]`` or ``[s]``; see the module docstring."""
     acc = rinv.dtype
-    coef = grad_out.to(acc).reshape(-1) * scale
+    coef = coef.to(acc).reshape(-1) * scale
     z = h.to(acc) * rinv[:, None]
     gx = z @ q.to(acc) if feature else q.to(acc) @ z
     if v.numel():

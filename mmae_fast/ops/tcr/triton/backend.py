@@ -1,12 +1,12 @@
-"""The "triton" backend: the TCR stages from the Triton kernels in ``mmae_fast.ops.tcr.triton``.
+"""The "triton" backend: stages 1 and 3 of the staged TCR from the Triton kernels in
+``mmae_fast.ops.tcr.triton`` (the contract: ``mmae_fast/ops/tcr/stages.py``).
 
 Runs on CUDA tensors, and on CPU tensors in Triton's interpreter (``TRITON_INTERPRET=1`` set
 before import; slow, for tests): ``supports`` accepts CPU tensors exactly when the interpreter is
 on, so the tests run the same public path (``tcr_loss(..., backend="triton")``) as a GPU does.
 ``"auto"`` still never picks a kernel backend for CPU tensors (``mmae_fast.backends``).
-Inputs float16 / bfloat16 / float32, float32 accumulation. Stages 1 and 3 of the staged TCR
-(``mmae_fast.ops.tcr.op``, issue 13): ``gram`` / ``grad``, the custom ops of
-``mmae_fast.ops.tcr.triton.custom_ops``.
+Inputs float16 / bfloat16 / float32, float32 accumulation and outputs; ``gram`` / ``grad`` call
+the custom ops of ``mmae_fast.ops.tcr.triton.custom_ops``.
 """
 from __future__ import annotations
 
@@ -42,17 +42,13 @@ def supports(z: torch.Tensor) -> str | None:
                         dtype_hint="; use backend='cuda' or 'reference' for float64")
 
 
-def gram(h: torch.Tensor, feature: bool, centering: bool):
-    """Stage 1: ``(G, rinv, colsum)`` (float32): ``G = ZᵀZ`` (d, d) if ``feature`` else ``ZZᵀ``
-    (m, m), uncentred, both triangles; ``rinv`` (m,); ``colsum = Σ_i z_i`` (d,) if
-    ``centering`` else (0,). Through ``torch.ops.mmae_fast.triton_gram``."""
-    return torch.ops.mmae_fast.triton_gram(h, bool(feature), bool(centering))
+def gram(h: torch.Tensor, feature: bool):
+    """Stage 1: ``(G, rinv)`` in float32, through ``torch.ops.mmae_fast.triton_gram``."""
+    return torch.ops.mmae_fast.triton_gram(h, bool(feature))
 
 
-def grad(grad: torch.Tensor, h: torch.Tensor, rinv: torch.Tensor, q: torch.Tensor,
+def grad(coef: torch.Tensor, h: torch.Tensor, rinv: torch.Tensor, q: torch.Tensor,
          v: torch.Tensor, feature: bool, scale: float) -> torch.Tensor:
-    """Stage 3: ``dh`` (m, d) in h's dtype, ``rinv_i (gx_i − z_i⟨z_i, gx_i⟩)`` with
-    ``gx = scale·s·(ZQ − 1vᵀ)`` if ``feature`` else ``scale·s·(QZ − 1vᵀ)`` (v empty: v = 0),
-    ``grad = [s]`` or ``[s, t]``; rows with ``||h_i|| <= EPS`` get ``rinv_i (gx_i − scale·t·z_i)``
-    (``mmae_fast.ops.tcr.stages``). Through ``torch.ops.mmae_fast.triton_grad``."""
-    return torch.ops.mmae_fast.triton_grad(grad, h, rinv, q, v, bool(feature), float(scale))
+    """Stage 3: dh (m, d) in h's dtype, ``coef = [s, t]`` or ``[s]``, through
+    ``torch.ops.mmae_fast.triton_grad``."""
+    return torch.ops.mmae_fast.triton_grad(coef, h, rinv, q, v, bool(feature), float(scale))

@@ -4,7 +4,7 @@
 
 The interpreter never compiles a kernel, so errors of the GPU path (tl.dot operand shapes and
 dtypes, layouts, shared memory) stay hidden on a CPU machine. This module runs the real launch
-code of the staged ops (``stage_gram.gram``, ``stage_grad.grad``, block sizes from
+code of the staged ops (``gram_kernel.gram``, ``grad_kernel.grad``, block sizes from
 ``config.choose_stage`` / ``choose_grad``) on CPU tensors with every kernel launch *recorded*
 instead of run, then compiles each distinct
 launch (kernel, argument types, constexprs, num_warps, num_stages) with ``triton.compile`` for
@@ -63,9 +63,9 @@ def _signature(fn, args, kwargs):
 
 
 def record_launches(cases) -> list:
-    """Run the staged ops' launch code (``stage_gram.gram``, ``stage_grad.grad``) for every
-    ``(m, d, dtype, feature, centering, has_v)`` case with the kernels replaced by recorders;
-    return the launches."""
+    """Run the staged ops' launch code (``gram_kernel.gram``, ``grad_kernel.grad``) for every
+    ``(m, d, dtype, feature, has_v)`` case with the kernels replaced by recorders; return the
+    launches."""
     import triton.runtime.jit as jit
 
     from .... import reference
@@ -83,13 +83,13 @@ def record_launches(cases) -> list:
         raise RuntimeError("no JITFunction found: unset TRITON_INTERPRET before importing "
                            "mmae_fast")
     try:
-        for m, d, dtype, feature, centering, has_v in cases:
+        for m, d, dtype, feature, has_v in cases:
             h = torch.zeros(m, d, dtype=dtype)
             n = d if feature else m
-            stage_gram.gram(h, feature, centering, reference.EPS, choose_stage(dtype, n))
+            stage_gram.gram(h, feature, reference.EPS, choose_stage(dtype, n))
             q = torch.zeros(n, n)
             v = torch.zeros(d if has_v else 0)
-            for coef in (torch.ones(2), torch.ones(())):  # [s, shift] (the staged op), [s]
+            for coef in (torch.ones(2), torch.ones(())):  # [s, t] (the staged op), [s]
                 stage_grad.grad(coef, h, torch.ones(m), q, v, feature, 1.0, reference.EPS,
                                 choose_grad(dtype, m, d))
     finally:
@@ -99,17 +99,17 @@ def record_launches(cases) -> list:
 
 
 def cases(quick: bool):
-    """Both Gram sides on odd shapes with m > d and m < d, every dtype, centring and v on/off,
-    and half inputs with m·d >= 2**24 (``choose_grad``'s 128 x 128 tiles); quick: two cases."""
+    """Both Gram sides on odd shapes with m > d and m < d, every dtype, v on/off, and half
+    inputs with m·d >= 2**24 (``choose_grad``'s 128 x 128 tiles); quick: two cases."""
     if quick:
-        return [(37, 21, torch.float16, True, True, True),
-                (21, 37, torch.bfloat16, False, False, False)]
-    out = [(m, d, dt, feature, c, v)
-           for (m, d), dt, feature, c, v in itertools.product(
-               [(37, 21), (21, 37)], DTYPE_NAMES, (True, False), (False, True), (False, True))]
+        return [(37, 21, torch.float16, True, True),
+                (21, 37, torch.bfloat16, False, False)]
+    out = [(m, d, dt, feature, v)
+           for (m, d), dt, feature, v in itertools.product(
+               [(37, 21), (21, 37)], DTYPE_NAMES, (True, False), (False, True))]
     halves = (torch.float16, torch.bfloat16)
-    out += [(4100, 4099, dt, True, c, c) for dt in halves for c in (False, True)]
-    out += [(4099, 4100, dt, False, c, c) for dt in halves for c in (False, True)]
+    out += [(4100, 4099, dt, True, v) for dt in halves for v in (False, True)]
+    out += [(4099, 4100, dt, False, v) for dt in halves for v in (False, True)]
     return out
 
 

@@ -2,7 +2,7 @@
 
 No autotuning: a small heuristic picks one configuration per dtype and size (autotune's
 ``do_bench`` needs a GPU, and the TCR shapes are few and known), from a sweep on an H100
-(``python -m mmae_fast.ops.tcr.triton.stage_bench --sweep``).
+(``python -m mmae_fast.ops.tcr.triton.stage_bench --sweep``; the timings: docs/triton.md).
 """
 from __future__ import annotations
 
@@ -23,12 +23,12 @@ def interpreting() -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class StageConfig:
-    """Tile sizes and dot settings of the staged ops (``stage_gram``, ``stage_grad``).
+    """Tile sizes and dot settings of the staged ops (``gram_kernel``, ``grad_kernel``).
 
     block_n: square Gram tile, and dh's column block; block_k: contraction step; block_m: rows
     per program of the row-norm kernel and of dh; half_dot: dot operands in the input's half
     dtype (tensor cores, float32 accumulation); emulate_bf16: the interpreter with bfloat16
-    input, whose tl.dot is wrong there (DESIGN §4) and whose float32 -> bfloat16 cast truncates:
+    input, whose tl.dot is wrong there and whose float32 -> bfloat16 cast truncates:
     operands are the same rounded values held in float32, rounded to nearest in float32
     arithmetic (``tiles.rne_bf16``); precision: ``input_precision`` of float32 dots ("ieee":
     float32 accuracy; tf32x3 was not measured against the float32 contract);
@@ -45,11 +45,10 @@ class StageConfig:
 
 
 def choose_stage(dtype: torch.dtype, n: int) -> StageConfig:
-    """Configuration of ``stage_gram`` for an input of ``dtype`` whose Gram side is ``n``.
+    """Configuration of ``gram_kernel`` for an input of ``dtype`` whose Gram side is ``n``.
 
     Half inputs on a GPU: 128-wide tiles, 64-deep steps, 4 warps, the fastest of five
-    configurations swept on an H100 (bf16, 65536 x 1024: 1.30 ms against 1.67 ms for 64-wide
-    tiles; 4096 x 768: 0.127 ms, equal), ``python -m mmae_fast.ops.tcr.triton.stage_bench --sweep``.
+    configurations swept on an H100 (``stage_bench --sweep``; figures in docs/triton.md).
     """
     half = dtype in (torch.float16, torch.bfloat16)
     if interpreting():  # large blocks: the interpreter pays per program, not per element
@@ -65,11 +64,11 @@ LARGE_GRAD = 1 << 24
 
 
 def choose_grad(dtype: torch.dtype, m: int, d: int) -> StageConfig:
-    """Configuration of ``stage_grad`` (block_m x block_n tiles of dh, block_k deep steps).
+    """Configuration of ``grad_kernel`` (block_m x block_n tiles of dh, block_k deep steps).
 
-    Half inputs on a GPU, swept on an H100 (bf16, seven configurations): 128 x 128 x 32 with 8
-    warps for m·d >= 2**24 (65536 x 1024: 2.38 ms against 3.00 ms for 64 x 64 x 64), else
-    64 x 64 x 64 with 4 warps (4096 x 768: 0.163 ms, the fastest there).
+    Half inputs on a GPU, the fastest of seven configurations swept on an H100 (bf16;
+    ``stage_bench --sweep``, figures in docs/triton.md): 128 x 128 x 32 with 8 warps for
+    m·d >= 2**24, else 64 x 64 x 64 with 4 warps.
     """
     half = dtype in (torch.float16, torch.bfloat16)
     if interpreting():

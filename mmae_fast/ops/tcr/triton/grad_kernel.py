@@ -1,11 +1,8 @@
-"""Stage 3 of the staged TCR: the input gradient through the Gram and the normalisation.
+"""Stage 3 of the staged TCR on Triton: the input gradient through the Gram and the normalisation.
 
-With z_i = rinv_i·h_i (recomputed in float32 from h and rinv), q (n, n) symmetric, v (d,) or
-empty (v = 0), grad = [g] or [g, t] (t = 0 when absent) and s = scale·g::
-
-    gx  = s·(Z Q − 1 vᵀ)   (feature side, q: (d, d))   or   s·(Q Z − 1 vᵀ)   (sample side, q: (m, m))
-    dh_i = rinv_i·(gx_i − z_i ⟨z_i, gx_i⟩)   if ||h_i|| > eps,
-           rinv_i·(gx_i − scale·t·z_i)      else (t: the radial shift of Q)        (m, d)
+The contract (``coef = [s, t]``, gx, dh and the floor rows): ``mmae_fast/ops/tcr/stages.py``.
+Specific here: float32 arithmetic, z = rinv_i·h_i recomputed in float32 from h and rinv (no m×d
+copy kept between the stages), dh stored once in h's dtype.
 
 For half inputs the product is "split3": Z = Zhi + Zlo, Q = Qhi + Qlo (hi = round(x), lo =
 round(x − hi) in h's dtype, split in registers, never stored) and Z·Q ≈ Zlo·Qhi + Zhi·Qlo +
@@ -30,7 +27,7 @@ from .tiles import rne_bf16, split3_dot, x_tile
 
 
 @triton.jit
-def _grad_kernel(h_ptr, r_ptr, q_ptr, v_ptr, g_ptr, part_ptr, dh_ptr, m, d, stride_h, scale,
+def _grad_kernel(h_ptr, r_ptr, q_ptr, v_ptr, coef_ptr, part_ptr, dh_ptr, m, d, stride_h, scale,
                  inv_eps, nbd, FEATURE: tl.constexpr, HAS_V: tl.constexpr, HAS_SHIFT: tl.constexpr,
                  SPLIT: tl.constexpr,
                  HALF_DOT: tl.constexpr, EMU_BF16: tl.constexpr, PREC: tl.constexpr,
@@ -46,7 +43,7 @@ def _grad_kernel(h_ptr, r_ptr, q_ptr, v_ptr, g_ptr, part_ptr, dh_ptr, m, d, stri
     if FEATURE:  # Σ_k z[rows, k] q[k, cols],  q (d, d)
         for k0 in range(0, d, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)
-            z = x_tile(h_ptr, r_ptr, r_ptr, rows, ks, m, d, stride_h, True, False)
+            z = x_tile(h_ptr, r_ptr, rows, ks, m, d, stride_h, True)
             q = tl.load(q_ptr + ks[:, None] * d + cols[None, :],
                         mask=(ks[:, None] < d) & cmask[None, :], other=0.0)
             acc = split3_dot(z, q, acc, h_ptr, SPLIT, HALF_DOT, EMU_BF16, PREC)
@@ -55,12 +52,12 @@ def _grad_kernel(h_ptr, r_ptr, q_ptr, v_ptr, g_ptr, part_ptr, dh_ptr, m, d, stri
             ks = k0 + tl.arange(0, BLOCK_K)
             q = tl.load(q_ptr + rows[:, None] * m + ks[None, :],
                         mask=rmask[:, None] & (ks[None, :] < m), other=0.0)
-            z = x_tile(h_ptr, r_ptr, r_ptr, ks, cols, m, d, stride_h, True, False)
+            z = x_tile(h_ptr, r_ptr, ks, cols, m, d, stride_h, True)
             acc = split3_dot(q, z, acc, h_ptr, SPLIT, HALF_DOT, EMU_BF16, PREC)
     if HAS_V:
         acc -= tl.load(v_ptr + cols, mask=cmask, other=0.0)[None, :]
-    gx = acc * (tl.load(g_ptr).to(tl.float32) * scale)
-    z = x_tile(h_ptr, r_ptr, r_ptr, rows, cols, m, d, stride_h, True, False)
+    gx = acc * (tl.load(coef_ptr).to(tl.float32) * scale)
+    z = x_tile(h_ptr, r_ptr, rows, cols, m, d, stride_h, True)
     if PROJECT:
         js = tl.arange(0, NBD)
         part = tl.load(part_ptr + rows[:, None] * nbd + js[None, :],
@@ -69,7 +66,7 @@ def _grad_kernel(h_ptr, r_ptr, q_ptr, v_ptr, g_ptr, part_ptr, dh_ptr, m, d, stri
         r = tl.load(r_ptr + rows, mask=rmask, other=0.0)
         keep = r < inv_eps  # ||h_i|| > eps: project; else (r = 1/eps) remove Q's shift only
         if HAS_SHIFT:
-            kept = gx - z * (tl.load(g_ptr + 1).to(tl.float32) * scale)
+            kept = gx - z * (tl.load(coef_ptr + 1).to(tl.float32) * scale)
         else:
             kept = gx
         dh = r[:, None] * tl.where(keep[:, None], gx - z * radial[:, None], kept)
@@ -81,11 +78,11 @@ def _grad_kernel(h_ptr, r_ptr, q_ptr, v_ptr, g_ptr, part_ptr, dh_ptr, m, d, stri
         tl.store(part_ptr + rows * nbd + pid_n, tl.sum(z * gx, axis=1), mask=rmask)
 
 
-def grad(grad_out: torch.Tensor, h: torch.Tensor, rinv: torch.Tensor, q: torch.Tensor,
+def grad(coef: torch.Tensor, h: torch.Tensor, rinv: torch.Tensor, q: torch.Tensor,
          v: torch.Tensor, feature: bool, scale: float, eps: float,
          cfg: StageConfig) -> torch.Tensor:
-    """dh (m, d), contiguous, in h's dtype (h with unit column stride); ``grad_out`` (1,) or
-    (2,) float32; see the module docstring."""
+    """dh (m, d), contiguous, in h's dtype (h with unit column stride); ``coef`` = [s] or
+    [s, t], (1,) or (2,) float32; see the module docstring."""
     m, d = h.shape
     # 1/eps as float32 rounds it (exactly what rinv holds for a row at the floor; a division in
     # the kernel would be approximate)
@@ -96,8 +93,8 @@ def grad(grad_out: torch.Tensor, h: torch.Tensor, rinv: torch.Tensor, q: torch.T
     split = h.dtype in (torch.float16, torch.bfloat16)
     for project in (False, True):
         _grad_kernel[grid](
-            h, rinv, q, v, grad_out, part, dh, m, d, h.stride(0), scale, inv_eps, grid[1],
-            FEATURE=feature, HAS_V=v.numel() > 0, HAS_SHIFT=grad_out.numel() == 2,
+            h, rinv, q, v, coef, part, dh, m, d, h.stride(0), scale, inv_eps, grid[1],
+            FEATURE=feature, HAS_V=v.numel() > 0, HAS_SHIFT=coef.numel() == 2,
             SPLIT=split, HALF_DOT=cfg.half_dot,
             EMU_BF16=cfg.emulate_bf16, PREC=cfg.precision, PROJECT=project,
             NBD=triton.next_power_of_2(grid[1]),

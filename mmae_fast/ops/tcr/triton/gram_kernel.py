@@ -1,21 +1,19 @@
-"""Stage 1 of the staged TCR: row norms, column sums and the uncentred Gram on one side.
+"""Stage 1 of the staged TCR on Triton: row norms and the uncentred Gram on one side.
 
-For raw features h (m, d), ``rinv_i = 1/max(||h_i||, eps)``, ``z_i = rinv_i·h_i``::
-
-    G = Zᵀ Z (d, d) if feature else Z Zᵀ (m, m)        float32, both triangles written
-    colsum = Σ_i z_i (d,) float32 if centering          (the small side centres)
+The contract (``(G, rinv)``, shapes, formulas): ``mmae_fast/ops/tcr/stages.py``. Specific here:
+float32 outputs, both triangles of G written; centring is not done here (the staged op centres
+the operand with ``stages.centred_gram``).
 
 The Gram's dot operands are half tensors for half inputs (tensor cores, float32 accumulation):
 on the feature side z rounded to float16 (bfloat16 inputs too: ``tiles.gram_operand``), on the
-sample side h itself with the row scaling
-``G = D (h hᵀ) D`` (D = diag(rinv)) as the epilogue, so the norms come from the same pass (the
-tiles stream every row). Only tiles on and above the diagonal run; each is stored with its
-mirror (a diagonal tile: its upper triangle both ways, so G is exactly symmetric).
+sample side h itself with the row scaling ``G = D (h hᵀ) D`` (D = diag(rinv)) as the epilogue,
+so the norms come from the same pass (the tiles stream every row). Only tiles on and above the
+diagonal run; each is stored with its mirror (a diagonal tile: its upper triangle both ways, so
+G is exactly symmetric).
 
-Launches: feature side ``_row_norms_kernel`` + ``_gram_feature_kernel`` (the diagonal tiles also
-sum the columns; with many rows and few tiles the rows are split over several programs per tile
-and one torch sum adds the partial Grams, ``_row_splits``); sample side ``_gram_sample_kernel``
-alone (+ one torch sum of the per-row-block column sums when centring).
+Launches: feature side ``_row_norms_kernel`` + ``_gram_feature_kernel`` (with many rows and few
+tiles the rows are split over several programs per tile and one torch sum adds the partial
+Grams, ``_row_splits``); sample side ``_gram_sample_kernel`` alone.
 """
 from __future__ import annotations
 
@@ -35,18 +33,17 @@ def _row_norms_kernel(h_ptr, r_ptr, m, d, stride_h, eps,
     ss = tl.zeros((BLOCK_M,), tl.float32)
     for k0 in range(0, d, BLOCK_D):
         cols = k0 + tl.arange(0, BLOCK_D)
-        x = x_tile(h_ptr, r_ptr, r_ptr, rows, cols, m, d, stride_h, False, False).to(tl.float32)
+        x = x_tile(h_ptr, r_ptr, rows, cols, m, d, stride_h, False).to(tl.float32)
         ss += tl.sum(x * x, axis=1)
     tl.store(r_ptr + rows, inv_norm(ss, eps), mask=rows < m)
 
 
 @triton.jit
-def _gram_feature_kernel(h_ptr, r_ptr, g_ptr, cs_ptr, m, d, stride_h, rows_per_split,
-                         CENTER: tl.constexpr, HALF_DOT: tl.constexpr,
-                         PREC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _gram_feature_kernel(h_ptr, r_ptr, g_ptr, m, d, stride_h, rows_per_split,
+                         HALF_DOT: tl.constexpr, PREC: tl.constexpr, BLOCK_N: tl.constexpr,
+                         BLOCK_K: tl.constexpr):
     """Split s = program_id(1) of the rows (``rows_per_split``, a multiple of BLOCK_K):
-    g[s, a, b] = Σ_(i in split) z[i, a] z[i, b] (d x d); diagonal tiles with CENTER:
-    cs[s, a] = Σ_(i in split) z[i, a]."""
+    g[s, a, b] = Σ_(i in split) z[i, a] z[i, b] (d x d)."""
     pa, pb = triangle_pid(tl.program_id(0), d, BLOCK_N)
     if pa > pb:  # below the diagonal: the mirror of tile (pb, pa)
         return
@@ -54,29 +51,23 @@ def _gram_feature_kernel(h_ptr, r_ptr, g_ptr, cs_ptr, m, d, stride_h, rows_per_s
     offs_a = pa * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_b = pb * BLOCK_N + tl.arange(0, BLOCK_N)
     acc = tl.zeros((BLOCK_N, BLOCK_N), tl.float32)
-    csum = tl.zeros((BLOCK_N,), tl.float32)
     row0 = split * rows_per_split
     row_end = tl.minimum(row0 + rows_per_split, m)
     for k0 in range(row0, row_end, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
-        za = x_tile(h_ptr, r_ptr, r_ptr, ks, offs_a, row_end, d, stride_h, True, False)
-        zb = x_tile(h_ptr, r_ptr, r_ptr, ks, offs_b, row_end, d, stride_h, True, False)
-        if CENTER:
-            csum += tl.sum(za, axis=0)
+        za = x_tile(h_ptr, r_ptr, ks, offs_a, row_end, d, stride_h, True)
+        zb = x_tile(h_ptr, r_ptr, ks, offs_b, row_end, d, stride_h, True)
         acc = tl.dot(tl.trans(gram_operand(za, h_ptr, HALF_DOT)), gram_operand(zb, h_ptr, HALF_DOT),
                      acc, input_precision=PREC)
     sym_store_upper(g_ptr + split.to(tl.int64) * d * d, acc, offs_a, offs_b, d, pa, pb)
-    if CENTER:
-        if pa == pb:
-            tl.store(cs_ptr + split * d + offs_a, csum, mask=offs_a < d)
 
 
 @triton.jit
-def _gram_sample_kernel(h_ptr, r_ptr, g_ptr, part_ptr, m, d, stride_h, eps,
-                        CENTER: tl.constexpr, HALF_DOT: tl.constexpr,
-                        PREC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _gram_sample_kernel(h_ptr, r_ptr, g_ptr, m, d, stride_h, eps,
+                        HALF_DOT: tl.constexpr, PREC: tl.constexpr, BLOCK_N: tl.constexpr,
+                        BLOCK_K: tl.constexpr):
     """G[i, j] = rinv_i rinv_j Σ_k h[i, k] h[j, k] (m x m); diagonal tiles write rinv of their
-    rows and, with CENTER, part[pa, k] = Σ_(i in block pa) z[i, k] (a second sweep)."""
+    rows."""
     pa, pb = triangle_pid(tl.program_id(0), m, BLOCK_N)
     if pa > pb:
         return
@@ -87,8 +78,8 @@ def _gram_sample_kernel(h_ptr, r_ptr, g_ptr, part_ptr, m, d, stride_h, eps,
     ss_b = tl.zeros((BLOCK_N,), tl.float32)
     for k0 in range(0, d, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
-        xa = x_tile(h_ptr, r_ptr, r_ptr, offs_a, ks, m, d, stride_h, False, False)
-        xb = x_tile(h_ptr, r_ptr, r_ptr, offs_b, ks, m, d, stride_h, False, False)
+        xa = x_tile(h_ptr, r_ptr, offs_a, ks, m, d, stride_h, False)
+        xb = x_tile(h_ptr, r_ptr, offs_b, ks, m, d, stride_h, False)
         fa = xa.to(tl.float32)
         fb = xb.to(tl.float32)
         ss_a += tl.sum(fa * fa, axis=1)
@@ -100,12 +91,6 @@ def _gram_sample_kernel(h_ptr, r_ptr, g_ptr, part_ptr, m, d, stride_h, eps,
     sym_store_upper(g_ptr, acc * ra[:, None] * rb[None, :], offs_a, offs_b, m, pa, pb)
     if pa == pb:
         tl.store(r_ptr + offs_a, ra, mask=offs_a < m)
-        if CENTER:
-            for k0 in range(0, d, BLOCK_K):
-                ks = k0 + tl.arange(0, BLOCK_K)
-                xa = x_tile(h_ptr, r_ptr, r_ptr, offs_a, ks, m, d, stride_h, False, False)
-                tl.store(part_ptr + pa * d + ks, tl.sum(xa.to(tl.float32) * ra[:, None], axis=0),
-                         mask=ks < d)
 
 
 #: Programs to aim for on the feature side (about two per SM of an H100), by splitting the rows.
@@ -125,29 +110,22 @@ def _row_splits(m: int, d: int, block_n: int, block_k: int) -> tuple[int, int]:
     return -(-m // rows), rows
 
 
-def gram(h: torch.Tensor, feature: bool, centering: bool, eps: float, cfg: StageConfig):
-    """``(G, rinv, colsum)`` of a contiguous-row h (m, d): see the module docstring."""
+def gram(h: torch.Tensor, feature: bool, eps: float, cfg: StageConfig):
+    """``(G, rinv)`` (float32) of a contiguous-row h (m, d): see the module docstring."""
     m, d = h.shape
     f32 = dict(device=h.device, dtype=torch.float32)
     rinv = torch.empty(m, **f32)
     bn = cfg.block_n
-    common = dict(CENTER=centering, HALF_DOT=cfg.half_dot,
-                  PREC=cfg.precision, BLOCK_N=bn,
-                  BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    common = dict(HALF_DOT=cfg.half_dot, PREC=cfg.precision, BLOCK_N=bn, BLOCK_K=cfg.block_k,
+                  num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if feature:
         ntiles = triton.cdiv(d, bn) ** 2
         splits, rows = _row_splits(m, d, bn, cfg.block_k)
         g = torch.empty((splits, d, d), **f32)
-        colsum = torch.empty((splits, d) if centering else (0,), **f32)
         _row_norms_kernel[(triton.cdiv(m, cfg.block_m),)](
             h, rinv, m, d, h.stride(0), eps, BLOCK_M=cfg.block_m, BLOCK_D=bn, num_warps=4)
-        _gram_feature_kernel[(ntiles, splits)](
-            h, rinv, g, colsum, m, d, h.stride(0), rows, **common)
-        if splits == 1:
-            return g[0], rinv, colsum[0] if centering else colsum
-        return g.sum(0), rinv, colsum.sum(0) if centering else colsum
+        _gram_feature_kernel[(ntiles, splits)](h, rinv, g, m, d, h.stride(0), rows, **common)
+        return (g[0] if splits == 1 else g.sum(0)), rinv
     g = torch.empty((m, m), **f32)
-    part = torch.empty((triton.cdiv(m, bn), d) if centering else (0,), **f32)
-    _gram_sample_kernel[(triton.cdiv(m, bn) ** 2,)](
-        h, rinv, g, part, m, d, h.stride(0), eps, **common)
-    return g, rinv, part.sum(0) if centering else part
+    _gram_sample_kernel[(triton.cdiv(m, bn) ** 2,)](h, rinv, g, m, d, h.stride(0), eps, **common)
+    return g, rinv

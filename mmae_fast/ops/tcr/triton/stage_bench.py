@@ -3,11 +3,12 @@
     python -m mmae_fast.ops.tcr.triton.stage_bench [--shapes 1024x1024,4096x768,65536x1024] [--dtype bf16]
         [--sweep]
 
-Per shape (feature side, d <= m): ``triton_gram`` (h -> G, rinv, colsum with centring),
-``triton_grad`` (dh from q, v), each the median of CUDA-event timings; beside them ``torch.mm``
-of the bf16/fp16 operands of the same product (Zᵀ Z, and Z Q: one half product; split3 makes
-three, the two-launch projection six) and the copy floor (read h + write dh). Also the relative
-errors of G and dh against float64 on the same input. Prints one line per shape.
+Per shape (feature side, d <= m): ``triton_gram`` (h -> G, rinv), ``triton_grad`` (dh from q,
+v), each the median of CUDA-event timings; beside them ``torch.mm`` of the bf16/fp16 operands of
+the same product (Zᵀ Z, and Z Q: one half product; split3 makes three, the two-launch projection
+six) and the copy floor (read h + write dh). Also the relative errors of G and dh against the
+contract (``mmae_fast.ops.tcr.stages``) run in float64 on the same input. Prints one line per
+shape.
 """
 from __future__ import annotations
 
@@ -33,29 +34,35 @@ def _time(fn, reps: int = 20) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def _oracle(h: torch.Tensor, q: torch.Tensor, v: torch.Tensor, coef: torch.Tensor):
+    """``(G, dh)`` of the contract, ``stages.gram`` / ``stages.grad`` on float64 copies (feature
+    side, scale 1)."""
+    from .. import stages
+    h64 = h.double()
+    g64, rinv64 = stages.gram(h64, True)
+    return g64, stages.grad(coef.double(), h64, rinv64, q.double(), v.double(), True, 1.0)
+
+
 def run(m: int, d: int, dtype: torch.dtype) -> str:
     from . import backend as tb
     gen = torch.Generator(device="cuda").manual_seed(0)
     h = (torch.randn(m, d, device="cuda", generator=gen) + 0.3).to(dtype)
-    g, rinv, colsum = tb.gram(h, True, True)
+    g, rinv = tb.gram(h, True)
     q = torch.linalg.inv(torch.eye(d, device="cuda") + 3.0 / d * g)
     q = q / q.abs().max()
-    v = q @ colsum / m
+    v = q @ (h.float() * rinv[:, None]).sum(0) / m
     one = torch.tensor(1.0, device="cuda")
-    t_gram = _time(lambda: tb.gram(h, True, True))
+    t_gram = _time(lambda: tb.gram(h, True))
     t_grad = _time(lambda: tb.grad(one, h, rinv, q, v, True, 1.0))
     half = dtype if dtype != torch.float32 else torch.bfloat16
     zh, qh = h.to(half), q.to(half)
     t_mm_gram = _time(lambda: torch.mm(zh.T, zh))
     t_mm_grad = _time(lambda: torch.mm(zh, qh))
     floor = 2 * h.numel() * h.element_size() / 2.9e12 * 1e3  # ms at the measured 2.9 TB/s copy
-    # accuracy against float64 on the same input
-    h64 = h.double()
-    z64 = h64 / h64.norm(dim=1, keepdim=True)
-    g_err = float((g.double() - z64.T @ z64).norm() / (z64.T @ z64).norm())
+    # accuracy against the float64 contract on the same input
+    g64, ref = _oracle(h, q, v, one)
+    g_err = float((g.double() - g64).norm() / g64.norm())
     dh = tb.grad(one, h, rinv, q, v, True, 1.0)
-    gx = z64 @ q.double() - v.double()
-    ref = (gx - z64 * (z64 * gx).sum(1, keepdim=True)) / h64.norm(dim=1, keepdim=True)
     dh_err = float((dh.double() - ref).norm() / ref.norm())
     round_err = float((ref.to(dtype).double() - ref).norm() / ref.norm())
     return (f"{m}x{d} {str(dtype)[6:]}: gram {t_gram:.3f} ms (torch.mm {half} ZᵀZ "
@@ -78,22 +85,20 @@ def sweep(m: int, d: int, dtype: torch.dtype) -> None:
     from .config import StageConfig
     gen = torch.Generator(device="cuda").manual_seed(0)
     h = (torch.randn(m, d, device="cuda", generator=gen) + 0.3).to(dtype)
-    h64 = h.double()
-    z64 = h64 / h64.norm(dim=1, keepdim=True)
-    g64 = z64.T @ z64
+    one = torch.tensor(1.0, device="cuda")
+    from .. import stages
+    g64, rinv64 = stages.gram(h.double(), True)
     q = torch.linalg.inv(torch.eye(d, device="cuda", dtype=torch.float64) + 3.0 / d * g64)
     q = (q / q.abs().max()).float()
-    v = (q.double() @ z64.sum(0) / m).float()
-    gx = z64 @ q.double() - v.double()
-    ref = (gx - z64 * (z64 * gx).sum(1, keepdim=True)) / h64.norm(dim=1, keepdim=True)
+    v = (q.double() @ (h.double() * rinv64[:, None]).sum(0) / m).float()
+    ref = _oracle(h, q, v, one)[1]
     half = dtype != torch.float32
-    one = torch.tensor(1.0, device="cuda")
     err = lambda x, y: float((x.double() - y).norm() / y.norm())  # noqa: E731
     for bn, bk, w, st in GRAM_SWEEP:
         cfg = StageConfig(bn, bk, 64, half, False, "ieee", w, st)
         try:
-            g = stage_gram.gram(h, True, True, reference.EPS, cfg)[0]
-            t = _time(lambda: stage_gram.gram(h, True, True, reference.EPS, cfg))
+            g = stage_gram.gram(h, True, reference.EPS, cfg)[0]
+            t = _time(lambda: stage_gram.gram(h, True, reference.EPS, cfg))
             print(f"  gram {m}x{d} bn={bn} bk={bk} w={w} st={st}: {t:.3f} ms, "
                   f"err {err(g, g64):.1e}", flush=True)
         except Exception as exc:  # a configuration the GPU cannot take (shared memory)

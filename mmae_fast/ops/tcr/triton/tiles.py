@@ -8,12 +8,11 @@ import triton.language as tl
 
 
 @triton.jit
-def x_tile(h_ptr, r_ptr, zbar_ptr, rows, cols, m, d, stride_h,
-           SCALE: tl.constexpr, CENTER: tl.constexpr):
+def x_tile(h_ptr, r_ptr, rows, cols, m, d, stride_h, SCALE: tl.constexpr):
     """Tile ``x[rows, cols]`` of the features, zero outside the (m, d) matrix.
 
-    SCALE: ``x = h·r`` (r = 1/max(||h_i||, eps), float32), CENTER: ``x = h·r - zbar``;
-    without SCALE the raw ``h`` tile in the input dtype.
+    SCALE: ``x = h·r`` (r = 1/max(||h_i||, eps), float32); without SCALE the raw ``h`` tile in
+    the input dtype.
     """
     rmask = rows < m
     cmask = cols < d
@@ -22,9 +21,6 @@ def x_tile(h_ptr, r_ptr, zbar_ptr, rows, cols, m, d, stride_h,
     if SCALE:
         r = tl.load(r_ptr + rows, mask=rmask, other=0.0)
         x = x.to(tl.float32) * r[:, None]
-        if CENTER:
-            zb = tl.load(zbar_ptr + cols, mask=cmask, other=0.0)
-            x = tl.where(msk, x - zb[None, :], 0.0)
     return x
 
 
@@ -83,7 +79,7 @@ def rounded_operand(x, like_ptr, HALF_DOT: tl.constexpr, EMU_BF16: tl.constexpr)
     """float32 tile ``x`` rounded to the element type of ``like_ptr`` (the input's dtype), as a
     tl.dot operand: in that dtype (tensor cores) when HALF_DOT, else the same rounded values
     held in float32 (a no-op for float32 inputs). EMU_BF16 (interpreter, bfloat16 input, whose
-    tl.dot and cast are wrong there, DESIGN §4): round to nearest in float32 arithmetic."""
+    tl.dot and cast are wrong there): round to nearest in float32 arithmetic."""
     if EMU_BF16:
         y = rne_bf16(x)
     else:
