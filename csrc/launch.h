@@ -1,6 +1,6 @@
 // Host-only launch arithmetic of the kernels (no CUDA headers): grid sizes and the layouts of the
 // split (hi/lo) GEMM operands. Plain C++ so that tests compile and check it without a GPU
-// (tests/test_cuda_backend.py, tests/cuda_host/launch_test.cpp).
+// (tests/ops/test_cuda_backend.py, tests/cuda_host/launch_test.cpp).
 #pragma once
 
 #include <cstdint>

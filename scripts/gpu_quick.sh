@@ -21,5 +21,5 @@ timeout ${BENCH_S:-70} $PY bench/entropy.py --device cuda --dtype bf16 --mode fw
 timeout ${STAGES_S:-40} $PY -m bench.stages --reps 10 --out "$R" 2>&1 | tee "$OUT/stages.log"
 XDIST=$($PY -c "import xdist" 2>/dev/null && echo "-n 8")  # Triton JIT compiles: use the cores
 timeout ${TESTS_S:-60} $PY -m pytest -q -p no:cacheprovider --maxfail=10 $XDIST \
-  tests/test_staged_backends.py tests/test_staged.py -k "cuda or graph_replay or reduce" \
+  tests/ops/test_staged_backends.py tests/ops/test_staged.py -k "cuda or graph_replay or reduce" \
   > "$OUT/tests.log" 2>&1; echo "tests rc=$?"; tail -n 30 "$OUT/tests.log"

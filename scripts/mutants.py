@@ -24,16 +24,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-VALUES_TCR = "tests/test_values_tcr.py"
-VALUES_METRICS = "tests/test_values_metrics.py"
-REFERENCE = "tests/test_reference.py"
-FUNCTIONAL = "tests/test_functional.py"
-DISTRIBUTED = "tests/test_distributed.py"
-BACKENDS = "tests/test_values_backends.py"
-TRITON = "tests/test_triton_backend.py"
-README = "tests/test_readme.py"
-STAGED = "tests/test_staged.py"
-STAGED_BACKENDS = "tests/test_staged_backends.py"
+VALUES_TCR = "tests/library/test_values_tcr.py"
+VALUES_METRICS = "tests/library/test_values_metrics.py"
+REFERENCE = "tests/library/test_reference.py"
+FUNCTIONAL = "tests/library/test_functional.py"
+DISTRIBUTED = "tests/library/test_distributed.py"
+BACKENDS = "tests/library/test_values_backends.py"
+TRITON = "tests/ops/test_triton_backend.py"
+README = "tests/tooling/test_readme.py"
+STAGED = "tests/ops/test_staged.py"
+STAGED_BACKENDS = "tests/ops/test_staged_backends.py"
 
 
 @dataclass(frozen=True)

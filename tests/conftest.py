@@ -1,12 +1,17 @@
 """Test set-up shared by every test file.
 
-Without a GPU, Triton kernels run in Triton's interpreter, which must be switched on before any
+The tests mirror the package (``library/``, ``ops/``, ``mae/``, ``train/``, ``eval/``,
+``tooling/``); the helpers beside this file (``independent``, ``tolerances``, ``gloo``, ...) are
+imported by name from every folder. Without a GPU, Triton kernels run in Triton's interpreter, which must be switched on before any
 ``@triton.jit`` decorator runs, i.e. before ``mmae_fast.ops.tcr.triton`` is imported.
 """
 import os
+import sys
 
 import pytest
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the shared helpers
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -1,4 +1,4 @@
-"""Shared set-up of the tests/test_eval_*.py files: a tiny MAE checkpoint, a tiny image folder."""
+"""Shared set-up of the tests/eval/test_eval_*.py files: a tiny MAE checkpoint, a tiny image folder."""
 from __future__ import annotations
 
 import inspect

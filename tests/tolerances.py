@@ -66,7 +66,7 @@ def assert_close(x, ref, dtype, *, kind="value", table=None, scale=1.0):
     assert err <= rtol, f"{kind} relative error {err:.3e} > {rtol:.1e} for {dtype}"
 
 
-#: The staged op on the "reference" stages (tests/test_staged.py): input dtype ->
+#: The staged op on the "reference" stages (tests/ops/test_staged.py): input dtype ->
 #: (value rtol, gradient rtol) against the float64 reference on the same rounded input. The
 #: arithmetic is float32 for every non-float64 input (float64 small side), so half inputs are as
 #: accurate as float32 in value; half gradients are compared after rounding the reference to
@@ -84,7 +84,7 @@ STAGED = {
 
 
 #: The series' small side (float64 arithmetic) alone on a float32 feature Gram at a realistic
-#: n = 768, kappa 65 and 257 (tests/test_staged.py::test_series_contract_in_float32, d = 768
+#: n = 768, kappa 65 and 257 (tests/ops/test_staged.py::test_series_contract_in_float32, d = 768
 #: cases): |value - R_poly| / |R|, R_poly the degree-D series' own value from the float64
 #: eigenvalues of that Gram, so the truncation error (up to the 1e-4 contract) is not in it.
 #: Measured worst 5.0e-8 (aniso / collapsed / offset, centred and not, both kappas, seeds 0..4):
@@ -94,7 +94,7 @@ STAGED = {
 SERIES_SMALL_SIDE_ARITHMETIC = 5e-7
 
 #: The radial shift of Q in the half-input backward product (mmae_fast/ops/tcr/small_side.py), by the
-#: CPU emulation of tests/test_staged.py::test_split3_backward_emulation (bf16, 2048x256, mu = 3,
+#: CPU emulation of tests/ops/test_staged.py::test_split3_backward_emulation (bf16, 2048x256, mu = 3,
 #: seeds 0..5). SPLIT3_BF16_FLOOR_FRACTION: split3's gradient error / the bf16 output's own
 #: rounding (1.66e-3) measured worst 1.7e-2 (collapsed; aniso 1.2e-3, offset 6.0e-4) -> 0.04
 #: (2.4x); without the shift collapsed features measured 0.071 .. 0.095. SPLIT3_SHIFT_GAIN:
@@ -104,23 +104,23 @@ SPLIT3_BF16_FLOOR_FRACTION = 0.04
 SPLIT3_SHIFT_GAIN = 3.0
 
 
-#: The triton backend's staged ops (``triton_gram`` / ``triton_grad``, tests/test_triton_backend.py)
+#: The triton backend's staged ops (``triton_gram`` / ``triton_grad``, tests/ops/test_triton_backend.py)
 #: vs float64 formulas on the same input values, relative Frobenius errors, by input dtype:
 #: "gram": G (float32: float32 accumulation, ~sqrt(m)·u_32; half inputs: the operand is z rounded
 #: to float16, bf16 inputs too, whose rounding ~0.5 of fp16's unit roundoff u = 4.9e-4 dominates);
-#: "colsum": Σ z_i (float32 from z in float32 for every dtype); "grad": dh in the input dtype
+#: "grad": dh in the input dtype
 #: (half inputs: the rounding of dh itself, ~0.5 u of that dtype; the split3 product adds < 1e-4).
 TRITON_STAGE_TOLERANCES = {
-    torch.float32: {"gram": 2e-6, "colsum": 2e-6, "grad": 2e-5},
-    torch.float16: {"gram": 6e-4, "colsum": 2e-6, "grad": 6e-4},
-    torch.bfloat16: {"gram": 6e-4, "colsum": 2e-6, "grad": 5e-3},
+    torch.float32: {"gram": 2e-6, "grad": 2e-5},
+    torch.float16: {"gram": 6e-4, "grad": 6e-4},
+    torch.bfloat16: {"gram": 6e-4, "grad": 5e-3},
 }
 
 
-#: The cuda backend's staged ops (tests/test_cuda_backend.py), input dtype -> relative Frobenius
+#: The cuda backend's staged ops (tests/ops/test_cuda_backend.py), input dtype -> relative Frobenius
 #: error vs a float64 computation from the same input values: "gram": G (half: z rounded to
 #: float16 for both half types, worst 5.1e-4 / 4.3e-4 (fp16 / bf16) by the CPU emulation on
-#: the GPU test's shapes); "stats": rinv and colsum (acc arithmetic); "grad": dh in the input dtype (half:
+#: the GPU test's shapes); "stats": rinv (acc arithmetic); "grad": dh in the input dtype (half:
 #: the split product; floor = dh's own rounding, bf16 1.7e-3 / fp16 2.1e-4 by the CPU emulation,
 #: where a single half product gives 4.8e-2 / 5.8e-3 on collapsed features).
 CUDA_STAGE_TOLERANCES = {
@@ -132,8 +132,8 @@ CUDA_STAGE_TOLERANCES = {
 
 
 #: Kernel backends (Triton, CUDA) end to end through the staged op / tcr_loss
-#: (tests/test_staged_backends.py, tests/test_values_backends.py, the end-to-end tests of
-#: tests/test_triton_backend.py and tests/test_cuda_backend.py): input dtype -> (value rtol,
+#: (tests/ops/test_staged_backends.py, tests/library/test_values_backends.py, the end-to-end tests of
+#: tests/ops/test_triton_backend.py and tests/ops/test_cuda_backend.py): input dtype -> (value rtol,
 #: gradient rtol) vs float64 on the same rounded input.
 #: - float64: rounding only (GEMM vs factorisation summation orders, a few N·eps_64).
 #: - float32: the float32 Gram (error ~ sqrt(N)·u_32, u_32 = 6e-8, N the summed length)

@@ -11,7 +11,7 @@ Stage 2 is the custom op ``torch.ops.mmae_fast.small_side`` so that ``torch.comp
 opaque call whose Python (degree, coefficients, warnings) runs at run time, not while tracing.
 Stages 1 and 3 are the backend's ops (``torch.ops.mmae_fast.<backend>_gram`` / ``_grad``; the
 "reference" backend runs ``mmae_fast.ops.tcr.stages``). Four op calls from Python per step
-without a group (``tests/test_staged_backends.py::test_four_op_calls_from_python``; besides
+without a group (``tests/ops/test_staged_backends.py::test_four_op_calls_from_python``; besides
 the empty colsum of an uncentred run, a zero-size ``new_empty``): gram and small side in the
 forward, the product ``grad·qinfo`` and grad in the backward; with a group
 also the row count, the buffer for the all-reduce and the all-reduce (and with centring the

@@ -17,7 +17,7 @@ Output, for ``R = -logdet(I + c·G_c)``, ``c = mu/d`` and ``P = dR/dG_c`` (symme
 with ``z̄ = s/m``, ``Q' = 2P + alpha·I`` (feature) or ``2 JPJ + alpha·I`` (sample) and
 ``v = 2 P z̄``. The shift ``alpha = -tr(2P)/n`` changes nothing after the normalisation Jacobian
 (``alpha·z_i`` is radial) but removes the radial bulk of ``Z Q'`` that a half-precision product
-would otherwise round (tests/test_staged.py shows the error). ``Q = Q'/qscale``, ``v/qscale``
+would otherwise round (tests/ops/test_staged.py shows the error). ``Q = Q'/qscale``, ``v/qscale``
 with ``qscale = max(|Q'|, |v|)`` (so fp16 operands neither underflow nor overflow). The op returns
 ``qinfo = [qscale, alpha]``; the backward multiplies it by its incoming gradient and hands the
 pair to the grad stage, which scales by the first and removes ``alpha·z_i`` from the rows it does

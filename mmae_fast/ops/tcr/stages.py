@@ -73,7 +73,7 @@ def centred_gram(h: Tensor, feature: bool) -> tuple[Tensor, Tensor, Tensor]:
 
     Centring the operand, not the product: ``G - s sᵀ/m`` from a float32 G loses everything
     when the rows are close to one direction (a relative error of 4e-4 at a spread of 1e-2,
-    5e-2 at 1e-3, against 1e-8 here; tests/test_staged.py). For half inputs on CUDA the centred
+    5e-2 at 1e-3, against 1e-8 here; tests/ops/test_staged.py). For half inputs on CUDA the centred
     rows (|x| <= 2) are rounded to float16 — for bfloat16 inputs too: 8x finer there at the same
     tensor-core rate — and multiplied with float32 output.
     Costs two float32 (m, d) copies of h (Z and Z - 1z̄ᵀ; centred runs only).

@@ -13,7 +13,7 @@ import independent as ind
 import mmae_fast
 from tolerances import REFERENCE_TOLERANCES, cancellation, exp_condition
 
-README = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+README = (pathlib.Path(__file__).parents[2] / "README.md").read_text()
 BLOCKS = re.findall(r"```python\n(.*?)```", README, flags=re.S)
 PUBLIC = ["tcr_loss", "uniformity_loss", "matrix_entropy", "effective_rank",
           "matrix_joint_entropy", "matrix_mutual_information", "mec_loss", "matrix_cross_entropy"]
@@ -77,7 +77,7 @@ def recorded(monkeypatch):
 def test_readme_python_examples_print_true_values(index, capsys, recorded):
     code = BLOCKS[index]
     if "torch.distributed.group.WORLD" in code:
-        pytest.skip("needs an initialised process group (covered by tests/test_distributed.py)")
+        pytest.skip("needs an initialised process group (covered by tests/library/test_distributed.py)")
     torch.manual_seed(0)
     exec(compile(code, f"README.md[python block {index}]", "exec"), {})
     printed = capsys.readouterr().out

@@ -400,7 +400,7 @@ def test_kernels_compile_for_sm90():
     side with v, bf16 sample side) for sm_90 with Triton's own ptxas, in a process
     without TRITON_INTERPRET (``python -m mmae_fast.ops.tcr.triton.compile_check`` runs every case)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    root = pathlib.Path(__file__).resolve().parents[1]
+    root = pathlib.Path(__file__).resolve().parents[2]
     proc = subprocess.run([sys.executable, "-W", "ignore", "-m", "mmae_fast.ops.tcr.triton.compile_check",
                            "--quick", "--arch", "90"], cwd=root, env=env, capture_output=True,
                           text=True, timeout=600)

@@ -3,7 +3,7 @@ backend's own kernels ran (a fallback to the reference would give the right valu
 
 On the CPU the Triton kernels run in Triton's interpreter (tests/conftest.py), where every
 ``@triton.jit`` launch goes through ``InterpretedFunction.run``: counting those calls proves the
-kernels executed. Kernel-specific tests: tests/test_triton_backend.py, tests/test_cuda_backend.py.
+kernels executed. Kernel-specific tests: tests/ops/test_triton_backend.py, tests/ops/test_cuda_backend.py.
 """
 import pytest
 import torch

@@ -128,7 +128,7 @@ def test_train_with_the_gpu_pipeline_fallback(tmp_path):
 def test_bench_data_runs_and_writes_rows(tmp_path, capsys):
     import importlib.util
     import json
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     spec = importlib.util.spec_from_file_location("bench_data", os.path.join(root, "bench",
                                                                              "data.py"))
     bench_data = importlib.util.module_from_spec(spec)

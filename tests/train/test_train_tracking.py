@@ -267,7 +267,7 @@ def test_grad_norms_at_the_steps_asked_and_none_for_an_absent_term(tmp_path, ext
 
 
 def test_grad_norms_add_no_host_read_per_step(tmp_path, monkeypatch):
-    """As tests/test_train_sync.py's whole-loop count, with the gradient norms and spectrum at
+    """As tests/train/test_train_sync.py's whole-loop count, with the gradient norms and spectrum at
     every log step: 12 and 24 steps differ only by the flushes, each one read."""
     orig, per_flush = loop._Log.flush, []
 

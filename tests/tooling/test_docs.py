@@ -1,7 +1,7 @@
 """The docs stay true: every Python block of README.md, docs/*.md, bench/README.md and
 tests/README.md compiles; the runnable ones run (the CPU export example of docs/evaluation.md,
 end to end with its bash commands, and its printed value is the one the text states); the
-README's own examples are checked value by value in tests/test_readme.py."""
+README's own examples are checked value by value in tests/tooling/test_readme.py."""
 import os
 import pathlib
 import re
@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", ROOT / "bench" / "README.md", ROOT / "tests" / "README.md",
         *sorted((ROOT / "docs").glob("*.md"))]
 

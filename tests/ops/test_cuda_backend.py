@@ -23,7 +23,7 @@ from mmae_fast.ops.tcr import stages as reference_backend
 from tests.tolerances import (CUDA_STAGE_TOLERANCES, STAGED_BACKEND, TOLERANCES, assert_close,
                               rel_err)
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 CSRC = ROOT / "csrc"
 BUILT = cuda_backend._C is not None
 HALF = (torch.float16, torch.bfloat16)

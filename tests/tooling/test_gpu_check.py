@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bench import common, entropy, kernel_table, plot, targets, train  # noqa: E402
@@ -361,9 +361,9 @@ if sys.argv[1:3] == ["-m", "pip"]:
     sys.exit(int(os.environ.get("FAKE_PIP_RC", "0")))
 if sys.argv[1:3] == ["-m", "pytest"]:
     assert os.environ["MMAE_FAST_REQUIRE_GPU"] == "1"
-    print("tests/test_cuda_backend.py::test_a PASSED [ 50%]")
-    print("tests/test_cuda_backend.py::test_b FAILED [100%]")
-    print("FAILED tests/test_cuda_backend.py::test_b - AssertionError")
+    print("tests/ops/test_cuda_backend.py::test_a PASSED [ 50%]")
+    print("tests/ops/test_cuda_backend.py::test_b FAILED [100%]")
+    print("FAILED tests/ops/test_cuda_backend.py::test_b - AssertionError")
     print("1 failed, 1 passed in 0.50s")
     sys.exit(1)
 if sys.argv[1] == "-c" and "common.environment" in sys.argv[2]:
@@ -429,7 +429,7 @@ def test_tests_stage_runs_the_suite_gpu_first(fake_gpu):
     ctx, calls = fake_gpu
     res = gpu_check.stage_tests(ctx, 60)
     assert res["status"] == "failed" and res["counts"] == {"failed": 1, "passed": 1}
-    assert res["failures"] == ["FAILED tests/test_cuda_backend.py::test_b - AssertionError"]
+    assert res["failures"] == ["FAILED tests/ops/test_cuda_backend.py::test_b - AssertionError"]
     (argv,) = [a for a in calls() if a[:2] == ["-m", "pytest"]]
     assert argv[:3] == ["-m", "pytest", "-v"] and argv[-len(gpu_check.test_files()):] == \
         gpu_check.test_files()
