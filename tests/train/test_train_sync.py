@@ -60,11 +60,13 @@ def test_the_loop_reads_the_device_only_at_log_steps(tmp_path, monkeypatch):
     assert reads == [4, 4, 4] and len(res["losses"]) == 12
 
 
-def test_the_whole_loop_reads_the_device_only_at_log_steps(tmp_path, monkeypatch):
+@pytest.mark.parametrize("extra", [[], ["--grad-norm-every", "4"]])
+def test_the_whole_loop_reads_the_device_only_at_log_steps(tmp_path, monkeypatch, extra):
     """Every host read of a whole ``train()`` run (set-up, steps, logging, the final
     checkpoint) counted: 12 and 24 steps with --log-every 4 differ only by the 3 more flushes,
-    each one read of its window. A read per step anywhere in the loop (e.g. ``float(loss)``
-    beside ``log.record``) fails here, though ``train_step`` itself stays clean."""
+    each one read of its window, also with the per-term gradient norms and the spectrum at every
+    log step. A read per step anywhere in the loop (e.g. ``float(loss)`` beside
+    ``log.record``) fails here, though ``train_step`` itself stays clean."""
     orig, per_flush = loop._Log.flush, []
 
     def flush(self, *a, **k):
@@ -80,7 +82,7 @@ def test_the_whole_loop_reads_the_device_only_at_log_steps(tmp_path, monkeypatch
             train.train(train.parse_args(
                 ["--model", "tiny", "--batch", "8", "--device", "cpu", "--no-progress",
                  "--steps", str(steps), "--log-every", "4", "--rank-every", "0", "--no-plot",
-                 "--no-export", "--output-dir", str(tmp_path / str(steps))]))
+                 "--no-export", "--output-dir", str(tmp_path / str(steps)), *extra]))
         assert per_flush == [1] * (steps // 4), per_flush  # one read of the window
         outside[steps] = collections.Counter(calls)
         outside[steps].subtract({"tolist": steps // 4})

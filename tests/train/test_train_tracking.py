@@ -5,7 +5,6 @@ a missing package is one usage line; a failing tracker is one warning and the ru
 rank 0 tracks. The health metrics (spectrum of the CLS batch, per-term gradient norms) against
 independent computations, and no host read per step."""
 import argparse
-import collections
 import copy
 import math
 import sys
@@ -18,7 +17,7 @@ from mmae_fast import train
 from mmae_fast.mae import track
 from mmae_fast.train import health, loop, outputs, step
 from track_helpers import numeric, tensorboard_scalars, wandb_offline_run
-from train_helpers import _setup, count_host_reads
+from train_helpers import _setup
 
 BASE = ["--model", "tiny", "--data", "digits", "--steps", "4", "--batch", "16", "--no-progress",
         "--device", "cpu", "--no-export", "--rank-every", "0", "--warmup-steps", "0"]
@@ -265,30 +264,3 @@ def test_grad_norms_at_the_steps_asked_and_none_for_an_absent_term(tmp_path, ext
     assert all(r[none] is None for r in rows)
     assert all(r["tcr_R"] is not None for r in rows)  # the spectrum: every log step
 
-
-def test_grad_norms_add_no_host_read_per_step(tmp_path, monkeypatch):
-    """As tests/train/test_train_sync.py's whole-loop count, with the gradient norms and spectrum at
-    every log step: 12 and 24 steps differ only by the flushes, each one read."""
-    orig, per_flush = loop._Log.flush, []
-
-    def flush(self, *a, **k):
-        before = len(calls)
-        orig(self, *a, **k)
-        per_flush.append(len(calls) - before)
-
-    monkeypatch.setattr(loop._Log, "flush", flush)
-    outside = {}
-    for steps in (12, 24):
-        per_flush.clear()
-        with count_host_reads() as calls:
-            train.train(train.parse_args(
-                ["--model", "tiny", "--batch", "8", "--device", "cpu", "--no-progress",
-                 "--steps", str(steps), "--log-every", "4", "--grad-norm-every", "4",
-                 "--rank-every", "0", "--no-plot", "--no-export",
-                 "--output-dir", str(tmp_path / str(steps))]))
-        assert per_flush == [1] * (steps // 4), per_flush
-        outside[steps] = collections.Counter(calls)
-        outside[steps].subtract({"tolist": steps // 4})
-    # the per-flush work (spectrum, gradient norms) is per log step: 3 more flushes
-    grown = {k: n for k, n in (outside[24] - outside[12]).items() if n}
-    assert not grown, f"host reads per step: {grown}"
