@@ -6,6 +6,7 @@
                      backend, and at float64 the oracle the kernels are tested against
     small_side.py    stage 2, the n×n side (float64; exact, Taylor, series) as one custom op
     graph_cache.py   the CUDA graphs that replay stage 2, keyed by its arguments
+    registry.py      the backend modules by name (``mmae_fast.backends`` chooses among them)
     input_check.py   the input contract of the kernel backends
     triton/          the Triton backend: kernels, launchers, custom-op registration
     cuda.py          the CUDA backend: the Python side of ``csrc/``
