@@ -20,7 +20,7 @@ triton-check: install  # compile every Triton kernel launch for sm_90 and sm_80 
 	env -u TRITON_INTERPRET $(PYTHON) -W ignore -m mmae_fast.ops.tcr.triton.compile_check --arch 90
 	env -u TRITON_INTERPRET $(PYTHON) -W ignore -m mmae_fast.ops.tcr.triton.compile_check --arch 80
 
-mutants:  # plant ~15 typical bugs in a temporary copy, report which tests catch each (slow; not in CI)
+mutants:  # plant each bug of scripts/mutants.py in a temporary copy, report which tests catch each (slow; not in CI)
 	$(PYTHON) scripts/mutants.py
 
 # On a GPU machine: build for its arch, run the whole suite, bench, profile, plot, within BUDGET s

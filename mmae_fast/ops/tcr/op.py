@@ -28,7 +28,7 @@ from torch import Tensor
 from ... import reference, series
 from .registry import MODULES
 from . import small_side as _small
-from . import stages as torch_stages
+from . import stages
 
 
 @functools.lru_cache(maxsize=256)
@@ -74,11 +74,11 @@ def _module(backend: str):
 
 def _gram(h, backend, feature, centering, group):
     """Stage 1 (and, with a group, the all-reduce): ``(G, rinv, colsum, count, m_bound)`` with G
-    of the centred rows when ``centering`` (``torch_stages.centred_gram``, every backend);
+    of the centred rows when ``centering`` (``stages.centred_gram``, every backend);
     ``count`` is None without a group (exactly m rows), else the summed row count (0-d)."""
     m, d = h.shape
     if centering:
-        g, rinv, colsum = torch_stages.centred_gram(h, feature)
+        g, rinv, colsum = stages.centred_gram(h, feature)
     else:
         g, rinv = _module(backend).gram(h, feature)
         colsum = g.new_empty((0,))

@@ -2,8 +2,8 @@
 
 The contract of stages 1 and 3, written once: every backend's ``gram`` / ``grad`` (the
 "triton" and "cuda" ops included) implements what this docstring states, and is tested against
-these functions run in float64. Also the "reference" backend's stages on the distributed path. m rows, d features,
-n = d if ``feature`` else m, EPS = ``mmae_fast.reference.EPS``; acc = float64 for float64 input,
+these functions run in float64. Also the "reference" backend's stages on the distributed path.
+m rows, d features, n = d if ``feature`` else m, EPS = ``mmae_fast.reference.EPS``; acc = float64 for float64 input,
 else float32 (computed here without half rounding: this path is for the CPU)::
 
     gram(h, feature) -> (G, rinv)
