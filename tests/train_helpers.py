@@ -78,3 +78,34 @@ def _steps(args, model, opt, scaler, fwd, batches):
         out.append(step.train_step(fwd, micro, net=model, opt=opt, scaler=scaler,
                                    accum=args.accum_iter, skip_nonfinite=args.skip_nonfinite))
     return out
+
+
+def flip_bit(path) -> None:
+    """Flip the lowest bit of the middle byte of the largest tensor storage in the
+    ``torch.save`` zip at ``path`` (the storages are stored uncompressed: the value changes,
+    the file still loads)."""
+    import struct
+    import zipfile
+    with zipfile.ZipFile(path) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename),
+                   key=lambda i: (i.file_size, i.filename))
+    with open(path, "r+b") as f:
+        f.seek(info.header_offset + 26)  # the local header: name and extra-field lengths
+        name_len, extra_len = struct.unpack("<HH", f.read(4))
+        pos = info.header_offset + 30 + name_len + extra_len + info.file_size // 2
+        f.seek(pos)
+        byte = f.read(1)[0]
+        f.seek(pos)
+        f.write(bytes([byte ^ 1]))
+
+
+def changed_tensors(before: dict, after: dict, prefix: str = "") -> list[str]:
+    """The '/'-joined paths of the tensors that differ between two loaded checkpoints."""
+    out = []
+    for k, v in before.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out += changed_tensors(v, after[k], name + "/")
+        elif torch.is_tensor(v) and not torch.equal(v, after[k]):
+            out.append(name)
+    return out

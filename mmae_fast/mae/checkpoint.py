@@ -1,12 +1,20 @@
-"""Training checkpoints: atomic writes, ``weights_only=True`` loads, RNG state capture.
+"""Training checkpoints: atomic writes with checksums, ``weights_only=True`` loads, RNG state
+capture, finiteness checks.
 
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts (so ``torch.load(...,
 weights_only=True)`` reads it): ``model``, ``optimizer``, ``scaler`` state dicts, ``step`` (the
 next optimizer step; the data position and the LR schedule are functions of it), ``args`` (the
-run's arguments), ``rng`` (torch CPU/CUDA and Python ``random`` states).
+run's arguments), ``rng`` (torch CPU/CUDA and Python ``random`` states), and ``checksum``
+(:func:`checksums`: a SHA-256 of every tensor's bytes, dtype and shape, and one of the other
+entries), which :func:`verify` compares on reading: ``torch.load`` does not check the file.
+
+Entries are named by their '/'-joined path: ``model/blocks.0.attn.qkv.weight``,
+``optimizer/state/3/exp_avg_sq``.
 """
 from __future__ import annotations
 
+import errno
+import hashlib
 import math
 import os
 import pickle
@@ -15,15 +23,27 @@ import re
 import tempfile
 import warnings
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
 LAST = "checkpoint-last.pt"
+#: the entry holding :func:`checksums` of the rest of the checkpoint
+CHECKSUM = "checksum"
+#: the key, in :func:`checksums`, of the digest of every entry that is not a tensor
+VALUES = "<values>"
+#: the errors of a full disk (or a full quota)
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def save_atomic(obj: dict, path: str) -> str:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``:
-    a reader (or a run killed mid-write) never sees a partial file."""
+    """``torch.save`` of ``obj`` and its :func:`checksums` (entry ``checksum``) to a temporary
+    file in the same folder, fsync, then rename over ``path``: a reader (or a run killed
+    mid-write) never sees a partial file. A failed write removes the temporary file and raises
+    the OSError beneath it (torch's writer wraps e.g. ENOSPC in RuntimeErrors) with ``path`` as
+    its ``filename``."""
+    obj = {k: v for k, v in obj.items() if k != CHECKSUM}
+    obj[CHECKSUM] = checksums(obj)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
@@ -36,11 +56,103 @@ def save_atomic(obj: dict, path: str) -> str:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # as a plain torch.save would (mkstemp makes it 0600)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+        cause = _os_error(exc)
+        if cause is None or cause is exc and cause.filename:
+            raise
+        raise OSError(cause.errno, cause.strerror or str(cause), path) from None
     return path
+
+
+def _os_error(exc: BaseException | None) -> OSError | None:
+    """The first OSError in ``exc``'s chain (itself, its cause or context), or None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL
+
+
+def entries(obj, prefix: str = ""):
+    """``(path, leaf)`` of every value inside nested dicts / lists / tuples, depth first in
+    their order; paths join keys and indices with '/'."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from entries(v, f"{prefix}{k}/")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from entries(v, f"{prefix}{i}/")
+    else:
+        yield prefix[:-1], obj
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    """SHA-256 (hex) of a tensor's dtype, shape and bytes (a device tensor is copied to the
+    host)."""
+    t = t.detach()
+    h = hashlib.sha256(f"{t.dtype} {tuple(t.shape)};".encode())
+    if t.numel():
+        h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)
+    return h.hexdigest()
+
+
+def checksums(obj: dict) -> dict:
+    """``{path: tensor_digest}`` of every tensor in ``obj`` (its ``checksum`` entry left out)
+    and ``{VALUES: SHA-256}`` of the paths and ``repr`` of every other entry. The tensors are
+    hashed on a few threads (hashlib releases the GIL)."""
+    tensors, values = {}, hashlib.sha256()
+    for path, leaf in entries({k: v for k, v in obj.items() if k != CHECKSUM}):
+        if torch.is_tensor(leaf):
+            tensors[path] = leaf
+        else:
+            values.update(repr((path, leaf)).encode())
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        out = dict(zip(tensors, pool.map(tensor_digest, tensors.values())))
+    out[VALUES] = values.hexdigest()
+    return out
+
+
+def verify(state: dict, path: str) -> bool:
+    """Compare ``state``'s ``checksum`` entry with its content: True if it matches, False if
+    there is none (a file of another program, or an mmae_fast checkpoint older than checksums);
+    a mismatch is a ValueError naming the file and the first entry that differs."""
+    stored = state.get(CHECKSUM) if isinstance(state, dict) else None
+    if stored is None:
+        return False
+    now = checksums(state)
+    if not isinstance(stored, dict):
+        bad = [CHECKSUM]
+    else:
+        bad = [k for k in list(now) + [k for k in stored if k not in now]
+               if stored.get(k) != now.get(k)]
+    if bad:
+        what = {VALUES: "its non-tensor entries", CHECKSUM: "its checksum entry"}.get(
+            bad[0], f"tensor {bad[0]}")
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise ValueError(f"checksum mismatch: {path} is corrupt ({what}{more} differ from the "
+                         f"checksum written with it); restore the file from a copy, or use "
+                         f"another checkpoint")
+    return True
+
+
+def first_non_finite(obj, prefix: str = "") -> str | None:
+    """``"<path> (NaN)"`` / ``"<path> (inf)"`` of the first floating tensor or float inside
+    ``obj`` that is not finite, else None (one host read per tensor: for files being loaded)."""
+    for path, leaf in entries(obj, prefix):
+        if isinstance(leaf, float) and not math.isfinite(leaf):
+            return f"{path} ({'NaN' if math.isnan(leaf) else 'inf'})"
+        if torch.is_tensor(leaf) and leaf.is_floating_point() and not bool(
+                torch.isfinite(leaf).all()):
+            return f"{path} ({'NaN' if bool(torch.isnan(leaf).any()) else 'inf'})"
+    return None
 
 
 #: what an mmae-train checkpoint holds (``load`` rejects files without these)
@@ -49,8 +161,8 @@ KEYS = ("model", "optimizer", "scaler", "step", "args", "rng")
 
 def load(path: str) -> dict:
     """Read an mmae-train checkpoint with ``weights_only=True`` onto the CPU; a missing,
-    truncated or foreign file, or one whose entries have the wrong types, is a one-line
-    ValueError naming it."""
+    truncated or foreign file, one whose entries have the wrong types or whose checksum does
+    not match (:func:`verify`), is a one-line ValueError naming it."""
     if not os.path.isfile(path):
         raise ValueError(f"--resume: no checkpoint file at {path!r}")
     try:
@@ -77,6 +189,7 @@ def load(path: str) -> dict:
     problem = _type_problem(state)
     if problem:
         raise unusable(path, problem)
+    verify(state, path)
     return state
 
 

@@ -7,7 +7,7 @@ import os
 import re
 
 from ..mae import data as data_mod, track
-from . import recipes
+from . import recipes, resume
 
 REGS = ("none", "uniformity", "tcr")
 BACKENDS = ("auto", "reference", "triton", "cuda", "official-eager")
@@ -109,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "refused unless --resume is given")
     g.add_argument("--resume", help="checkpoint path, or 'auto' (<output-dir>/checkpoint-last.pt "
                    "if present)")
+    g.add_argument("--override-on-resume", metavar="FLAGS",
+                   help="with --resume: flags that change the optimisation (lr, blr, min-lr, "
+                        "warmup-steps, warmup-epochs, weight-decay, lamb, mu, centering, "
+                        "estimator, grad-semantics, no-norm-pix-loss, drop-path; comma-separated) "
+                        "that may differ from the checkpoint's; recorded in args.json "
+                        "(resume_overrides). Without it a changed one is refused")
     g.add_argument("--stop-after", type=int, help="stop (with a checkpoint) after this many "
                    "steps of this run, as if killed: for preemptible jobs and tests")
     g.add_argument("--no-export", dest="export", action="store_false",
@@ -174,6 +180,10 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
           f"--device must be auto, cpu, cuda or cuda:N (N a GPU index), got {args.device!r}")
     _need(not (args.overwrite and args.resume),
           "--overwrite starts a new run, --resume continues one: give one of them")
+    overrides = getattr(args, "override_on_resume", None)
+    _need(not overrides or bool(args.resume),
+          "--override-on-resume needs --resume (a new run has nothing to override)")
+    args.override_on_resume = resume.parse_overrides(overrides)
     _need(args.output_dir is None or not os.path.isfile(args.output_dir),
           f"--output-dir {args.output_dir!r} is a file; give a directory")
     if args.backend in ("cuda", "triton"):

@@ -26,6 +26,7 @@ import torch
 from ..mae import checkpoint, data as data_mod, run_dir as run_dir_mod, track
 from . import health, outputs, recipes, regularisers
 from .env import Distributed
+from .resume import resume
 from .schedule import lr_at, mask_noise, param_groups, to_device
 from .step import FAULTS, TERMS, forward_losses, loss_terms, train_step
 
@@ -67,48 +68,6 @@ def _build(args, source, device, world):
     opt = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=1.0, betas=(0.9, 0.95),
                             fused=True)
     return model, opt
-
-
-#: flags a resumed run must share with the checkpoint's (schedule, data order, model, numerics)
-RUN_DEFINING = ("model", "steps", "epochs", "batch", "accum_iter", "seed", "cls_norm", "reg",
-                "precision", "data", "img_size", "mask_ratio")
-
-
-def _resume(args, model, opt, scaler, ckpt_path, total):
-    """-> (start step, last good checkpoint or None)."""
-    path = ckpt_path if args.resume == "auto" else args.resume
-    if not path or (args.resume == "auto" and not os.path.exists(ckpt_path)):
-        return 0, None
-    state = checkpoint.load(path)  # also checks the entries' types
-    try:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
-        first = str(exc).strip().splitlines()[0][:160]
-        raise ValueError(f"--resume {path!r}: its weights do not fit --model {args.model} with "
-                         f"these flags ({first}); resume with the run's own flags") from None
-    saved = state["args"]
-    for key in RUN_DEFINING:
-        if key in saved and saved[key] != getattr(args, key, None):
-            raise ValueError(f"--resume {path!r}: the run used --{key.replace('_', '-')} "
-                             f"{saved[key]!r}, now {getattr(args, key, None)!r}; resume with the "
-                             f"run's own flags (or start a new --output-dir)")
-    if not state["scaler"] and scaler.is_enabled():
-        raise ValueError(f"--resume {path!r}: the run had no fp16 loss scaling; resume with its "
-                         f"own --precision")
-    # whatever else in the file cannot be restored: one line naming it, not a traceback
-    for what, restore, value in (("loss-scaler state", scaler.load_state_dict, state["scaler"]),
-                                 ("RNG state", checkpoint.set_rng_state, state["rng"])):
-        try:
-            if value:
-                restore(value)
-        except Exception as exc:  # noqa: BLE001
-            raise checkpoint.unusable(path, f"its {what}: {checkpoint.first_line(exc)}") from None
-    start = state["step"]
-    if start > total:
-        raise ValueError(f"--resume {path!r}: the checkpoint is at step {start}, past --steps "
-                         f"{total}")
-    return start, (path, start)
 
 
 def _make_forward(args, net, reg_fn, amp_dtype, world):
@@ -171,7 +130,7 @@ def _train(args, env, t_start) -> dict:
         recipes.warn_off_recipe(args, world)
     model, opt = _build(args, source, device, world)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    start, last_good = _resume(args, model, opt, scaler, ckpt_path, total)
+    start, last_good = resume(args, model, opt, scaler, ckpt_path, total)
     unused = args.cls_norm == "separate" and (args.reg == "none" or not args.lamb)  # its norm
     net = model if world == 1 else torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None,
@@ -187,7 +146,7 @@ def _train(args, env, t_start) -> dict:
         if args.reg == "tcr":
             print(f"mmae-train: R = tcr_loss on the {run_config['resolved_backend']!r} backend "
                   f"(--backend {args.backend})", flush=True)
-        with _writing(run_dir):
+        with _writing(run_dir, last_good):
             outputs.trim_metrics(metrics_path, start)
             with open(os.path.join(run_dir, "args.json"), "w") as f:
                 json.dump(run_config, f, indent=1)
@@ -216,7 +175,7 @@ def _train(args, env, t_start) -> dict:
                            + (", or pass --skip-nonfinite" if bad == ["weights"]
                               and not args.skip_nonfinite else ""))
         if rank == 0:
-            with _writing(run_dir):
+            with _writing(run_dir, last_good):
                 checkpoint.save_atomic({"model": model.state_dict(),
                                         "optimizer": opt.state_dict(),
                                         "scaler": scaler.state_dict(), "step": step,
@@ -301,11 +260,17 @@ def _micro_batch(args, source, model, device, step, k, rank, world):
 
 
 @contextlib.contextmanager
-def _writing(run_dir: str):
-    """An OSError while writing the run's outputs -> one line naming the path (exit 2)."""
+def _writing(run_dir: str, last_good=None):
+    """An OSError while writing the run's outputs -> one line naming the path (exit 2); a full
+    disk also names the last good checkpoint (the one a write that failed left in place)."""
     try:
         yield
     except OSError as exc:
+        if checkpoint.is_disk_full(exc):
+            then = ("continue the run with --resume auto" if last_good else
+                    "start the run again")
+            raise ValueError(f"disk full at {exc.filename or run_dir} (nothing written); "
+                             f"{_last_good(last_good)}; free space, then {then}") from None
         where = f"{exc.filename!r}: " if exc.filename and exc.filename != run_dir else ""
         raise ValueError(f"--output-dir {run_dir!r}: cannot write there ({where}"
                          f"{exc.strerror or exc}); give a writable directory") from None
@@ -404,7 +369,7 @@ class _Log:
                     row["eff_rank"] = float(effective_rank(self.cls.float()))
                 except torch.linalg.LinAlgError:  # non-finite features under --skip-nonfinite
                     pass
-            with _writing(args.output_dir):
+            with _writing(args.output_dir, last_good):
                 outputs.append_metrics(self.path, row)
             if self.trackers is not None:
                 self.trackers.log(row, step)
