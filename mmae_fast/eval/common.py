@@ -104,7 +104,31 @@ def seed_epoch(seed: int, epoch: int, rank: int) -> None:
 
 
 # ----------------------------------------------------------------------------- checkpoints
-save_atomic = checkpoint.save_atomic  # one implementation: torch.save, fsync, rename
+save_atomic = checkpoint.save_atomic  # one implementation: torch.save, checksum, fsync, rename
+
+#: flags a resumed run of either protocol must share with its checkpoint's (``lr``: the peak lr
+#: derived from ``--blr`` and ``--batch`` unless given)
+RUN_DEFINING = ("epochs", "batch", "accum_iter", "blr", "lr", "min_lr", "warmup_epochs",
+                "weight_decay", "seed", "data", "max_images")
+
+
+def check_resumed(saved: dict, args, path: str, run_defining=()) -> None:
+    """A resumed run continues the checkpoint's: the same encoder (``encoder_digest``:
+    ``checkpoint.state_digest`` of its weights, whichever file holds them) and the same
+    run-defining flags (:data:`RUN_DEFINING` and the protocol's ``run_defining``); else a
+    one-line ValueError naming the checkpoint and what differs."""
+    now = getattr(args, "encoder_digest", None)
+    was = saved.get("encoder_digest")
+    if was is not None and now is not None and was != now:
+        raise ValueError(f"--resume {path}: the run was trained on the encoder of "
+                         f"{saved.get('checkpoint')} (weights {was[:12]}), not on that of "
+                         f"{args.checkpoint} ({now[:12]}); resume with the run's own encoder "
+                         f"checkpoint, or start a new --output-dir")
+    for key in RUN_DEFINING + tuple(run_defining):
+        if key in saved and saved[key] != getattr(args, key, None):
+            raise ValueError(f"--resume {path}: the run used --{key.replace('_', '-')} "
+                             f"{saved[key]!r}, now {getattr(args, key, None)!r}; resume with "
+                             f"the run's own flags, or start a new --output-dir")
 
 
 def resume_path(resume: str | None, output_dir: str) -> str | None:
@@ -150,7 +174,7 @@ def evaluate(predict, loader, env: Env, precision: str = "auto") -> dict:
 
 # ----------------------------------------------------------------------------- epoch loop
 def fit(args, env: Env, *, kind: str, loader, opt, train_step, after_step, evaluate_fn,
-        get_state, set_state) -> dict:
+        get_state, set_state, run_defining=()) -> dict:
     """The epoch loop of both protocols.
 
     ``train_step(x, y, sync) -> loss`` runs forward and backward of one micro-batch (scaled by
@@ -158,11 +182,13 @@ def fit(args, env: Env, *, kind: str, loader, opt, train_step, after_step, evalu
     optimizer step (EMA), ``evaluate_fn() -> dict`` after each epoch. Checkpoint every epoch;
     ``args.stop_after`` epochs of this run then stop as if killed. Each epoch's row also goes
     to the trackers (``--tensorboard`` / ``--wandb``: ``<kind>/<key>`` at step = the epoch).
+    A resumed checkpoint is checked (checksum, :func:`check_resumed` with ``run_defining``).
     Returns {history, checkpoint, start_epoch, end_epoch, wall_s}."""
     t0 = time.perf_counter()
     ckpt = os.path.join(args.output_dir, LAST)
     start, history = 0, []
     path = resume_path(args.resume, args.output_dir)
+    last_good = None
     if path:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -172,9 +198,12 @@ def fit(args, env: Env, *, kind: str, loader, opt, train_step, after_step, evalu
         if not isinstance(state, dict) or state.get("kind") != kind:
             got = state.get("kind") if isinstance(state, dict) else type(state).__name__
             raise ValueError(f"--resume {path}: a {got!r} checkpoint, not {kind!r}")
+        checkpoint.verify(state, path)
+        check_resumed(state.get("args") or {}, args, path, run_defining)
         set_state(state)
         opt.load_state_dict(state["optimizer"])
         start, history = int(state["epoch"]), list(state["history"])
+        last_good = (path, start)
     end = args.epochs if args.stop_after is None else min(args.epochs, start + args.stop_after)
     accum = args.accum_iter
     iters = len(loader)
@@ -221,9 +250,18 @@ def fit(args, env: Env, *, kind: str, loader, opt, train_step, after_step, evalu
                 with open(log, "a") as f:
                     f.write(json.dumps(row) + "\n")
                 trackers.log(row, epoch)
-                save_atomic({"kind": kind, "epoch": epoch + 1, "history": history,
-                             "optimizer": opt.state_dict(), "args": dict(vars(args))} | get_state(),
-                            ckpt)
+                try:
+                    save_atomic({"kind": kind, "epoch": epoch + 1, "history": history,
+                                 "optimizer": opt.state_dict(), "args": dict(vars(args))}
+                                | get_state(), ckpt)
+                except OSError as exc:
+                    if not checkpoint.is_disk_full(exc):
+                        raise
+                    last = (f"last good checkpoint: {last_good[0]} (epoch {last_good[1]}); "
+                            f"free space, then continue with --resume auto" if last_good else
+                            "no checkpoint was written; free space, then start again")
+                    raise ValueError(f"disk full at {ckpt} (nothing written); {last}") from None
+                last_good = (ckpt, epoch + 1)
                 print(json.dumps(row), flush=True)
     finally:
         trackers.close()

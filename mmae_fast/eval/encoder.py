@@ -21,6 +21,7 @@ import re
 
 import torch
 
+from ..mae import checkpoint
 from ..mae.timm_compat import timm  # noqa: F401 - the CPU-torch torchvision workaround first
 from timm.models.vision_transformer import VisionTransformer  # noqa: E402
 
@@ -113,6 +114,7 @@ def _read_any(path: str):
     if not isinstance(raw, dict):
         raise ValueError(f"checkpoint {path!r} holds a {type(raw).__name__}, not a state dict; "
                          f"pass an mmae-train checkpoint or an mmae-export file")
+    checkpoint.verify(raw, path)  # files with a checksum (mmae_fast's checkpoints)
     return raw
 
 
@@ -120,7 +122,8 @@ def load_encoder(path: str, *, num_heads: int | None = None, head: bool = False)
     """``(state, info)`` of the encoder in ``path`` (see the module doc).
 
     state: timm-named float32 tensors (encoder; plus ``head.*`` when ``head`` and the input has
-    one: the folded online head or a fine-tuned head). info: ``kwargs`` (VisionTransformer),
+    one: the folded online head or a fine-tuned head). A file's checksum, when it has one, is
+    verified; a non-finite tensor in ``state`` is a ValueError naming it. info: ``kwargs`` (VisionTransformer),
     ``timm_name`` (or None), ``num_classes`` (of the head in ``state``), ``args`` (the training
     run's, or {}), ``kind`` (``train``, ``export`` or ``finetune``)."""
     raw = _read_any(path)
@@ -155,6 +158,11 @@ def load_encoder(path: str, *, num_heads: int | None = None, head: bool = False)
         if len(extra) == 2:
             state.update(extra)
             num_classes = extra["head.weight"].shape[0]
+    bad = checkpoint.first_non_finite(state)
+    if bad:
+        raise ValueError(f"checkpoint {path!r}: non-finite encoder weights: {bad}; there is "
+                         f"nothing to evaluate or export (mmae-train never saves such a state); "
+                         f"pass a checkpoint of a run that did not diverge")
     kwargs["num_classes"] = num_classes
     name = side.get("timm_name") or _timm_name_of(args)
     return state, {"kwargs": kwargs, "timm_name": name, "num_classes": num_classes,

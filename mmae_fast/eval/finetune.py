@@ -20,6 +20,7 @@ import contextlib
 import torch
 import torch.nn as nn
 
+from ..mae import checkpoint
 from . import common, data as edata
 from .encoder import build_vit, load_encoder
 
@@ -64,6 +65,11 @@ def optimizer(model: nn.Module, lr: float, weight_decay: float, layer_decay: flo
     groups = param_groups(model, weight_decay, layer_decay)
     return create_optimizer_v2(model, "adamw", lr=lr, weight_decay=weight_decay,
                                param_group_fn=lambda _: groups, betas=(0.9, 0.999))
+
+
+#: flags a resumed fine-tuning shares with its checkpoint (besides ``common.RUN_DEFINING``)
+RUN_DEFINING = ("layer_decay", "drop_path", "mixup", "cutmix", "smoothing", "aa", "reprob",
+                "global_pool", "model_ema", "model_ema_decay")
 
 
 def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -111,6 +117,7 @@ def run(args: argparse.Namespace) -> dict:
     _check(args)
     args.data = edata.check_data(args.data, args.data_path)
     state, info = load_encoder(args.checkpoint, num_heads=args.num_heads)
+    args.encoder_digest = checkpoint.state_digest(state)  # a resumed run checks it
     size = info["kwargs"]["img_size"]
     train_ds = edata.evenly(edata.dataset(
         args.data, "train", edata.finetune_transform(size, auto_augment=args.aa,
@@ -187,7 +194,8 @@ def run(args: argparse.Namespace) -> dict:
 
     res = common.fit(args, env, kind="finetune", loader=loader, opt=opt, train_step=train_step,
                      after_step=(lambda: ema.update(model)) if ema is not None else (lambda: None),
-                     evaluate_fn=evaluate_fn, get_state=get_state, set_state=set_state)
+                     evaluate_fn=evaluate_fn, get_state=get_state, set_state=set_state,
+                     run_defining=RUN_DEFINING)
     res["final"] = res["history"][-1] if res["history"] else None
     res["model"] = model
     return res

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..mae import checkpoint
 from . import common, data as edata
 from .encoder import build_vit, cls_features, load_encoder
 
@@ -59,6 +60,7 @@ def run(args: argparse.Namespace) -> dict:
     common.check_common(args, env)
     args.data = edata.check_data(args.data, args.data_path)
     state, info = load_encoder(args.checkpoint, num_heads=args.num_heads)
+    args.encoder_digest = checkpoint.state_digest(state)  # a resumed run checks it
     vit = build_vit(state, info["kwargs"], num_classes=0).to(env.device)
     vit.eval().requires_grad_(False)
     size, width = info["kwargs"]["img_size"], info["kwargs"]["embed_dim"]

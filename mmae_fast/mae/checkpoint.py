@@ -120,6 +120,12 @@ def checksums(obj: dict) -> dict:
     return out
 
 
+def state_digest(tensors: dict) -> str:
+    """One SHA-256 (hex) of a dict of named tensors: the identity of a set of weights, whichever
+    file holds them (names and :func:`tensor_digest` of each, in sorted order)."""
+    return hashlib.sha256(repr(sorted(checksums(tensors).items())).encode()).hexdigest()
+
+
 def verify(state: dict, path: str) -> bool:
     """Compare ``state``'s ``checksum`` entry with its content: True if it matches, False if
     there is none (a file of another program, or an mmae_fast checkpoint older than checksums);
