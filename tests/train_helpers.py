@@ -1,6 +1,9 @@
 """Shared set-up of the trainer tests: a tiny model's step pieces, a host-read counter."""
 import contextlib
+import errno
 import functools
+import io
+import os
 
 import torch
 
@@ -109,3 +112,36 @@ def changed_tensors(before: dict, after: dict, prefix: str = "") -> list[str]:
         elif torch.is_tensor(v) and not torch.equal(v, after[k]):
             out.append(name)
     return out
+
+
+class FullDisk(io.RawIOBase):
+    """A file whose writes fail with ENOSPC once ``room`` bytes are written (a full disk)."""
+
+    def __init__(self, f, room: int):
+        self.f, self.room = f, room
+
+    def writable(self):
+        return True
+
+    def write(self, b):
+        if len(b) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(b)
+        return self.f.write(b)
+
+    def flush(self):
+        self.f.flush()
+
+
+def fill_the_disk_on_save(monkeypatch, from_call: int, room: int = 4096) -> list:
+    """Patch ``torch.save``: its ``from_call``-th call and later ones write through
+    :class:`FullDisk` (torch's own writer meets the ENOSPC mid-file). Returns the list of
+    calls (one entry each)."""
+    real_save, calls = torch.save, []
+
+    def save(obj, f, *a, **k):
+        calls.append(1)
+        return real_save(obj, f if len(calls) < from_call else FullDisk(f, room), *a, **k)
+
+    monkeypatch.setattr(torch, "save", save)
+    return calls

@@ -126,22 +126,23 @@ def state_digest(tensors: dict) -> str:
     return hashlib.sha256(repr(sorted(checksums(tensors).items())).encode()).hexdigest()
 
 
+def has_checksum(state) -> bool:
+    """Whether ``state`` holds :func:`checksums` (entry ``checksum``)."""
+    stored = state.get(CHECKSUM) if isinstance(state, dict) else None
+    return isinstance(stored, dict) and VALUES in stored
+
+
 def verify(state: dict, path: str) -> bool:
     """Compare ``state``'s ``checksum`` entry with its content: True if it matches, False if
     there is none (a file of another program, or an mmae_fast checkpoint older than checksums);
     a mismatch is a ValueError naming the file and the first entry that differs."""
-    stored = state.get(CHECKSUM) if isinstance(state, dict) else None
-    if stored is None:
+    if not has_checksum(state):  # none, or another program's entry of that name
         return False
-    now = checksums(state)
-    if not isinstance(stored, dict):
-        bad = [CHECKSUM]
-    else:
-        bad = [k for k in list(now) + [k for k in stored if k not in now]
-               if stored.get(k) != now.get(k)]
+    stored, now = state[CHECKSUM], checksums(state)
+    bad = [k for k in list(now) + [k for k in stored if k not in now]
+           if stored.get(k) != now.get(k)]
     if bad:
-        what = {VALUES: "its non-tensor entries", CHECKSUM: "its checksum entry"}.get(
-            bad[0], f"tensor {bad[0]}")
+        what = "its non-tensor entries" if bad[0] == VALUES else f"tensor {bad[0]}"
         more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
         raise ValueError(f"checksum mismatch: {path} is corrupt ({what}{more} differ from the "
                          f"checksum written with it); restore the file from a copy, or use "

@@ -4,9 +4,10 @@
     torchrun --nproc_per_node 8 -m mmae_fast.train --recipe mmae-vitl --data-path /data/imagenet
 
 Modules, in reading order: ``cli`` (flags, checks) and ``recipes`` (``--recipe``), ``step`` (the
-step: forward, losses, backward, update), ``loop`` (set-up, resume, logging, checkpoints),
-``regularisers`` (R under DDP), ``health`` (spectrum and per-term gradient norms at log steps),
-``schedule`` (LR, masks), ``env`` (torchrun), ``outputs``; trackers: ``mmae_fast.track``.
+step: forward, losses, backward, update), ``loop`` (set-up, logging, checkpoints), ``resume``
+(what a resumed run must share with its checkpoint), ``regularisers`` (R under DDP), ``health``
+(spectrum and per-term gradient norms at log steps), ``schedule`` (LR, masks), ``env``
+(torchrun), ``outputs``; trackers: ``mmae_fast.track``.
 See docs/training.md.
 """
 from __future__ import annotations

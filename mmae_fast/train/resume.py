@@ -118,7 +118,7 @@ def resume(args, model, opt, scaler, ckpt_path: str, total: int):
     if start > total:
         raise ValueError(f"--resume {path!r}: the checkpoint is at step {start}, past --steps "
                          f"{total}")
-    if checkpoint.CHECKSUM not in state:
+    if not checkpoint.has_checksum(state):
         print(f"mmae-train: WARNING {path} has no checksum (written before mmae-train stored "
               f"one): its tensors are not verified", file=sys.stderr)
     changed = [o for o in args.resume_overrides if o["step"] == start]

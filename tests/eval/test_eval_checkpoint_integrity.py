@@ -1,6 +1,6 @@
 """mmae-eval and mmae-export check the encoder checkpoint they read (a flipped bit: checksum
-mismatch; a non-finite weight: named, nothing written), and a resumed linear probe refuses
-another encoder or other run-defining flags."""
+mismatch; a non-finite weight: named, nothing written); a resumed linear probe refuses another
+encoder or other run-defining flags; a full disk keeps the last epoch's checkpoint."""
 import json
 import shutil
 
@@ -10,7 +10,7 @@ import torch
 from eval_helpers import mae_checkpoint
 from mmae_fast.eval import cli, export, finetune, linprobe
 from mmae_fast.mae import checkpoint
-from train_helpers import changed_tensors, flip_bit
+from train_helpers import changed_tensors, fill_the_disk_on_save, flip_bit
 
 
 def _exit_code(main, argv) -> int:
@@ -102,3 +102,19 @@ def test_a_resumed_probe_refuses_another_encoder_or_other_flags(tmp_path, capsys
     assert _exit_code(linprobe.main, [str(tmp_path / "a-copy.pt"), "--output-dir", str(out),
                                       *PROBE, "--resume", "auto"]) == 0
     assert [json.loads(r)["epoch"] for r in open(out / "log.jsonl")] == [0, 1]
+
+
+def test_disk_full_during_a_probe_checkpoint_keeps_the_last_one(tmp_path, capsys, monkeypatch):
+    mae_checkpoint(tmp_path / "a.pt")
+    out = tmp_path / "probe"
+    calls = fill_the_disk_on_save(monkeypatch, from_call=2)  # epoch 0 saved, epoch 1 not
+    assert _exit_code(linprobe.main, [str(tmp_path / "a.pt"), "--output-dir", str(out),
+                                      *PROBE]) == 2
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    ckpt = out / "checkpoint-last.pt"
+    assert len(calls) == 2 and f"disk full at {ckpt}" in err, err
+    assert f"last good checkpoint: {ckpt} (epoch 1)" in err and "Traceback" not in err
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 1
+    assert _exit_code(linprobe.main, [str(tmp_path / "a.pt"), "--output-dir", str(out), *PROBE,
+                                      "--resume", "auto"]) == 0

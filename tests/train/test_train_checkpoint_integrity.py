@@ -1,8 +1,6 @@
 """A checkpoint is checked when it is read: a flipped bit is a checksum mismatch naming the file
 and the tensor, a non-finite weight or optimizer moment is named (never "the last good
 checkpoint"), and a disk that fills during a write leaves the previous checkpoint and says so."""
-import errno
-import io
 import os
 import shutil
 
@@ -11,7 +9,7 @@ import torch
 
 from mmae_fast import train
 from mmae_fast.mae import checkpoint
-from train_helpers import changed_tensors, flip_bit
+from train_helpers import changed_tensors, fill_the_disk_on_save, flip_bit
 
 BASE = ["--model", "tiny", "--data", "digits", "--batch", "8", "--no-progress", "--device",
         "cpu", "--no-plot", "--no-export", "--rank-every", "0", "--grad-norm-every", "0",
@@ -94,37 +92,12 @@ def test_a_non_finite_checkpoint_is_refused_naming_the_tensor(stopped, tmp_path,
         assert "AdamW state of" in err  # and the parameter it belongs to
 
 
-class _FullDisk(io.RawIOBase):
-    """A file whose writes fail with ENOSPC once ``room`` bytes are written (a full disk)."""
-
-    def __init__(self, f, room: int):
-        self.f, self.room = f, room
-
-    def writable(self):
-        return True
-
-    def write(self, b):
-        if len(b) > self.room:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self.room -= len(b)
-        return self.f.write(b)
-
-    def flush(self):
-        self.f.flush()
-
-
 def test_disk_full_during_a_checkpoint_write_keeps_the_last_one_and_says_so(tmp_path, capsys,
                                                                            monkeypatch):
     """The second checkpoint write (step 4) meets a full disk inside torch.save: one line
     naming the path and the last good checkpoint (step 2), which stays intact; once there is
     room the run continues from it."""
-    real_save, calls = torch.save, []
-
-    def save(obj, f, *a, **k):
-        calls.append(1)
-        return real_save(obj, f if len(calls) == 1 else _FullDisk(f, 4096), *a, **k)
-
-    monkeypatch.setattr(torch, "save", save)
+    calls = fill_the_disk_on_save(monkeypatch, from_call=2)
     out = tmp_path / "full"
     path = out / checkpoint.LAST
     assert _main(out, "--steps", "4", "--ckpt-every", "2") == 2
