@@ -34,6 +34,9 @@ TRITON = "tests/ops/test_triton_backend.py"
 README = "tests/tooling/test_readme.py"
 STAGED = "tests/ops/test_staged.py"
 STAGED_BACKENDS = "tests/ops/test_staged_backends.py"
+CKPT_INTEGRITY = "tests/train/test_train_checkpoint_integrity.py"
+RESUME_ARGS = "tests/train/test_train_resume_args.py"
+EVAL_INTEGRITY = "tests/eval/test_eval_checkpoint_integrity.py"
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,18 @@ MUTANTS = [
            "        y = x.to(like_ptr.dtype.element_ty)", (STAGED_BACKENDS,)),
     Mutant("host-copy-in-small-side", "host-to-device copy (t[0] = 1.0 syncs, breaks capture)",
            "mmae_fast/ops/tcr/small_side.py", "qinfo[:1].fill_(1.0)", "qinfo[0] = 1.0", (STAGED,)),
+    Mutant("checksum-not-verified", "dropped check: a checkpoint's checksum is never compared",
+           "mmae_fast/mae/checkpoint.py", "    verify(state, path)\n    return state",
+           "    return state", (CKPT_INTEGRITY,)),
+    Mutant("non-finite-checkpoint-resumed", "dropped check: a NaN / inf state is resumed",
+           "mmae_fast/train/resume.py", "    if bad:\n        raise ValueError(f\"--resume",
+           "    if False:\n        raise ValueError(f\"--resume", (CKPT_INTEGRITY,)),
+    Mutant("resume-ignores-optimisation-flags", "dropped check: a changed --lr / --lamb resumes",
+           "mmae_fast/train/resume.py", "for key in FIXED + OPTIMISATION:", "for key in FIXED:",
+           (RESUME_ARGS,)),
+    Mutant("eval-resume-ignores-encoder", "dropped check: a probe resumes on another encoder",
+           "mmae_fast/eval/common.py", "if was is not None and now is not None and was != now:",
+           "if False:", (EVAL_INTEGRITY,)),
 ]
 
 
