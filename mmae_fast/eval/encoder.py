@@ -122,10 +122,10 @@ def load_encoder(path: str, *, num_heads: int | None = None, head: bool = False)
     """``(state, info)`` of the encoder in ``path`` (see the module doc).
 
     state: timm-named float32 tensors (encoder; plus ``head.*`` when ``head`` and the input has
-    one: the folded online head or a fine-tuned head). A file's checksum, when it has one, is
-    verified; a non-finite tensor in ``state`` is a ValueError naming it. info: ``kwargs`` (VisionTransformer),
+    one: the folded online head or a fine-tuned head). info: ``kwargs`` (VisionTransformer),
     ``timm_name`` (or None), ``num_classes`` (of the head in ``state``), ``args`` (the training
-    run's, or {}), ``kind`` (``train``, ``export`` or ``finetune``)."""
+    run's, or {}), ``kind`` (``train``, ``export`` or ``finetune``). A file's checksum, when it
+    has one, is verified; a non-finite tensor in ``state`` is a ValueError naming it."""
     raw = _read_any(path)
     side = {}
     if "model" not in raw:  # an export: its sidecar (same stem, or the trainer's encoder.json)
