@@ -1,5 +1,6 @@
 """--resume refuses a checkpoint whose run-defining flags differ from the new ones (a silently
-different schedule, data order or model), with one line naming the flag."""
+different schedule, data order, model or loss), with one line naming the flag and both values;
+an optimisation flag changes only when --override-on-resume names it, and that is recorded."""
 import json
 import shutil
 
