@@ -107,7 +107,7 @@ def parse_timing(text: str) -> list[str]:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = errors.OneLineParser(prog="mmae-bench entropy", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help=f"small CPU sweep (m={QUICK['m']}, d={QUICK['d']}, "
                         f"dtype={QUICK['dtype']}, eager providers, few reps)")

@@ -74,7 +74,7 @@ def configurations(models, compile_modes) -> list[Config]:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = errors.OneLineParser(prog="mmae-bench train", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny model, img 32, batch 8, CPU")
     p.add_argument("--device", default=None)
     p.add_argument("--models", nargs="+", choices=list(MODELS))

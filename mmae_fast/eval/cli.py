@@ -18,8 +18,8 @@ COMMANDS = ("linprobe", "finetune", "monitor")
 
 def monitor_parser() -> argparse.ArgumentParser:
     p = errors.OneLineParser(prog="mmae-eval monitor",
-                                description="Quick monitors of frozen encoders (not the paper's "
-                                            "protocols): AdamW linear probe, kNN, effective rank")
+                             description="Quick monitors of frozen encoders (not the paper's "
+                                         "protocols): AdamW linear probe, kNN, effective rank")
     p.add_argument("checkpoints", nargs="+", help="training checkpoints or encoder exports")
     p.add_argument("--data", help="digits or imagefolder (default: the run's --data, else digits)")
     p.add_argument("--data-path", help="imagefolder root with train/ and val/")

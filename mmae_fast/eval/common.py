@@ -207,6 +207,10 @@ def fit(args, env: Env, *, kind: str, loader, opt, train_step, after_step, evalu
                     set_lr(opt, lr)
                 x, y = x.to(env.device, non_blocking=True), y.to(env.device, non_blocking=True)
                 loss = float(train_step(x, y, (i + 1) % accum == 0))
+                if not math.isfinite(loss) and epoch == start and i < accum:
+                    raise ValueError(f"non-finite training loss {loss} before any update of this "
+                                     f"run: the loaded weights or the images are not finite; "
+                                     f"evaluate a finite checkpoint")
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"non-finite training loss {loss} at epoch {epoch}, "
                                              f"iteration {i}")

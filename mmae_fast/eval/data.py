@@ -97,6 +97,7 @@ class NamedImageFolder(datasets.ImageFolder):
 
 
 def bad_image_message(path: str, exc: BaseException) -> str:
+    """One line naming ``path``, why it failed (the exception's first line) and the fix."""
     reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
     return f"{path}: not a decodable image ({reason}); remove or replace it"
 
@@ -138,6 +139,8 @@ def image_paths(ds) -> list[str]:
 
 
 class _Decode(torch.utils.data.Dataset):
+    """Item i: None once ``paths[i]`` decodes, else the message naming it."""
+
     def __init__(self, paths, loader):
         self.paths, self.loader = paths, loader
 

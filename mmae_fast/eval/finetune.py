@@ -69,7 +69,7 @@ def optimizer(model: nn.Module, lr: float, weight_decay: float, layer_decay: flo
 
 def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     p = p or errors.OneLineParser(prog="mmae-eval finetune",
-                                     description=__doc__.split("\n\n")[0])
+                                  description=__doc__.split("\n\n")[0])
     common.add_common_args(p, epochs=100, batch=2048, blr=5e-4, warmup=5, min_lr=1e-6,
                            weight_decay=0.05, source=SOURCE)
     s = SOURCE

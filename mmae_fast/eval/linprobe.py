@@ -48,7 +48,7 @@ def lars(module: nn.Module, lr: float, weight_decay: float = 0.0) -> torch.optim
 
 def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     p = p or errors.OneLineParser(prog="mmae-eval linprobe",
-                                     description=__doc__.split("\n\n")[0])
+                                  description=__doc__.split("\n\n")[0])
     common.add_common_args(p, epochs=90, batch=8192, blr=0.05, warmup=10, min_lr=0.0,
                            weight_decay=0.0, source=SOURCE)
     return p

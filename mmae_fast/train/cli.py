@@ -24,7 +24,7 @@ See docs/training.md."""
 
 def build_parser() -> argparse.ArgumentParser:
     p = errors.OneLineParser(prog="mmae-train", description=DESCRIPTION, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipe", help=f"official settings in one flag: {tuple(recipes.RECIPES)} "
                                     "(printed at start, stored in args.json; explicit flags "
                                     "override it, loudly)")
