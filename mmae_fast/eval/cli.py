@@ -42,6 +42,8 @@ def monitor_main(argv) -> int:
     for name in ("probe_epochs", "batch"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.workers < 0:
+        p.error(f"--workers must be >= 0, got {args.workers}")
     if args.max_images is not None and args.max_images < 2:
         p.error(f"--max-images must be >= 2 (the probe's BatchNorm normalises over the train "
                 f"images), got {args.max_images}")

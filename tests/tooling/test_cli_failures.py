@@ -54,6 +54,8 @@ FAILURES = [
     # mmae-eval
     ("monitor-max-images-1", "mmae-eval", ["monitor", "{ck}", "--max-images", "1"] + MONITOR, 2,
      r"--max-images must be >= 2"),
+    ("monitor-workers-negative", "mmae-eval", ["monitor", "{ck}", "--workers", "-1"] + MONITOR,
+     2, r"--workers must be >= 0, got -1"),
     ("monitor-nan-weights", "mmae-eval", ["monitor", "{nan}", "--max-images", "20"] + MONITOR, 2,
      r"not finite|NaN|non-finite"),
     ("monitor-truncated-val-image", "mmae-eval",
