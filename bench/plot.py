@@ -15,7 +15,6 @@ earlier one) and ``train*.json``:
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import re

@@ -21,7 +21,6 @@ into one Linear) or a fine-tuned head is included unless ``--no-head``. Loading:
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys

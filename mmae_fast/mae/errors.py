@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 
 class RankLocalError(ValueError):
@@ -32,9 +31,3 @@ def writable_dir(path: str, flag: str) -> str:
         raise ValueError(f"{flag} {path!r}: not writable; give a writable directory")
     return path
 
-
-def fail(prog: str, message: str, code: int = 2) -> int:
-    """Print ``<prog>: error: <message>`` (its first line) to stderr; return ``code``."""
-    print(f"{prog}: error: {str(message).splitlines()[0] if message else message}",
-          file=sys.stderr)
-    return code

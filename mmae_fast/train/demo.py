@@ -10,7 +10,6 @@ encoder.safetensors; ``runs/demo/summary.json`` and ``runs/demo/compare.png`` fo
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
