@@ -49,6 +49,7 @@ import torch._dynamo
 
 from bench import common, roofline
 from mmae_fast import backends, baselines, reference, series, tcr_loss
+from mmae_fast.mae import errors
 
 SCHEMA = "mmae_fast.bench.entropy"
 ESTIMATORS = ("exact", "series", "taylor")
@@ -105,8 +106,8 @@ def parse_timing(text: str) -> list[str]:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = errors.OneLineParser(prog="mmae-bench entropy", description=__doc__.split("\n\n")[0],
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help=f"small CPU sweep (m={QUICK['m']}, d={QUICK['d']}, "
                         f"dtype={QUICK['dtype']}, eager providers, few reps)")
@@ -141,14 +142,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     args = p.parse_args(argv)
+    check_args(p, args)
     if args.device is None:
         args.device = "cpu" if args.quick or not torch.cuda.is_available() else "cuda"
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: no CUDA device here; use --device cpu (or --quick)")
     preset = QUICK if args.quick else FULL
     for key, val in preset.items():
         if getattr(args, key) is None:
             setattr(args, key, val)
     cpu = args.device == "cpu"
-    args.reps = args.reps or (3 if args.quick else 5 if cpu else 30)
+    args.reps = args.reps if args.reps is not None else (3 if args.quick else 5 if cpu else 30)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2 if cpu else 5)
     if args.providers is None:
         args.providers = [p for p in PROVIDERS if not (args.quick and p.endswith("-compile"))]
@@ -159,6 +163,29 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.m = sorted({s[0] for s in args.shapes})
         args.d = sorted({s[1] for s in args.shapes})
     return args
+
+
+def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """One usage line (exit 2) for a value no case could run with."""
+    for name in ("m", "d"):
+        bad = [v for v in getattr(args, name) or () if v < 1]
+        if bad:
+            p.error(f"--{name} values must be >= 1, got {bad[0]}")
+    if not 0 < args.mu < float("inf"):
+        p.error(f"--mu must be a finite number > 0, got {args.mu}")
+    if not 0 < args.tol < 1:
+        p.error(f"--tol is the series' relative error target: give 0 < tol < 1 (e.g. 1e-4), "
+                f"got {args.tol}")
+    for name, low in (("reps", 1), ("warmup", 0), ("threads", 1)):
+        value = getattr(args, name)
+        if value is not None and value < low:
+            p.error(f"--{name} must be >= {low}, got {value}")
+    if args.time_limit is not None and not args.time_limit >= 0:
+        p.error(f"--time-limit must be >= 0 seconds, got {args.time_limit}")
+    try:
+        errors.writable_dir(args.out, "--out")
+    except ValueError as exc:
+        p.error(str(exc))
 
 
 # ----------------------------------------------------------------------------- providers

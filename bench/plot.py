@@ -15,7 +15,6 @@ earlier one) and ``train*.json``:
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import re
@@ -27,6 +26,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import common, targets  # noqa: E402
+from mmae_fast.mae import errors  # noqa: E402
 
 RESULTS = common.REPO_ROOT / "bench" / "results"
 README = common.REPO_ROOT / "bench" / "README.md"
@@ -388,7 +388,7 @@ def update_readme(readme: Path, body: str) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = errors.OneLineParser(prog="mmae-bench plot", description=__doc__.split("\n\n")[0])
     p.add_argument("folders", nargs="*", help="device folders (default: all under bench/results)")
     p.add_argument("--readme", default=str(README),
                    help="markdown file to update ('' to skip)")

@@ -38,6 +38,7 @@ import torch
 
 from bench import common
 from mmae_fast import baselines, tcr_loss
+from mmae_fast.mae import errors
 
 SCHEMA = "mmae_fast.bench.train"
 #: bench name -> preset of the trainer's model factory (mmae_fast.mae.model)
@@ -72,8 +73,8 @@ def configurations(models, compile_modes) -> list[Config]:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = errors.OneLineParser(prog="mmae-bench train", description=__doc__.split("\n\n")[0],
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny model, img 32, batch 8, CPU")
     p.add_argument("--device", default=None)
     p.add_argument("--models", nargs="+", choices=list(MODELS))
@@ -93,6 +94,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    for name, low in (("batch", 1), ("img_size", 1), ("steps", 1), ("warmup", 0),
+                      ("threads", 1)):
+        value = getattr(args, name)
+        if value is not None and value < low:
+            p.error(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
+    if not 0 <= args.lamb < float("inf"):
+        p.error(f"--lamb must be a finite number >= 0, got {args.lamb}")
+    if args.time_limit is not None and not args.time_limit >= 0:
+        p.error(f"--time-limit must be >= 0 seconds, got {args.time_limit}")
+    try:
+        errors.writable_dir(args.out, "--out")
+    except ValueError as exc:
+        p.error(str(exc))
     if args.device is None:
         args.device = "cpu" if args.quick or not torch.cuda.is_available() else "cuda"
     cpu = args.device == "cpu"

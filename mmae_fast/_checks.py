@@ -61,6 +61,15 @@ def positive(value, name: str) -> float:
     return float(value)
 
 
+def tolerance(value, name: str = "tol") -> float:
+    """Check a relative error target: a number in (0, 1) (1 would allow a 100 % error)."""
+    value = positive(value, name)
+    if not value < 1:
+        raise ValueError(f"{name} is a relative error target: give 0 < {name} < 1 (e.g. 1e-4), "
+                         f"got {value}")
+    return value
+
+
 def alpha(value) -> float:
     """Check a Rényi order alpha: finite and > 0 (alpha = 1 is von Neumann)."""
     return positive(value, "alpha")

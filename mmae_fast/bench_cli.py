@@ -27,13 +27,13 @@ def _usage() -> str:
 
 
 def repository_root() -> Path:
-    """The source checkout holding ``bench/`` next to this package; a clear error otherwise."""
+    """The source checkout holding ``bench/`` next to this package; a ValueError otherwise."""
     root = Path(__file__).resolve().parents[1]
     if not (root / "bench" / "entropy.py").is_file():
-        raise SystemExit(
-            f"mmae-bench: no bench/ folder next to the installed package ({root}). The "
-            "benchmarks live in the source repository: clone it and install it editable "
-            "(pip install -e .), or run python bench/entropy.py from the checkout.")
+        raise ValueError(
+            f"no bench/ folder next to the installed package ({root}): the benchmarks live in "
+            "the source repository; clone it and install it editable (pip install -e .), or "
+            "run python bench/entropy.py from the checkout")
     return root
 
 
@@ -44,11 +44,14 @@ def main(argv=None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
-        print(f"mmae-bench: unknown command {command!r}; choose one of {', '.join(COMMANDS)}\n",
-              file=sys.stderr)
-        print(_usage(), file=sys.stderr)
+        print(f"mmae-bench: error: unknown command {command!r}; choose one of "
+              f"{', '.join(COMMANDS)} (mmae-bench --help lists them)", file=sys.stderr)
         return 2
-    root = str(repository_root())
+    try:
+        root = str(repository_root())
+    except ValueError as exc:
+        print(f"mmae-bench: error: {exc}", file=sys.stderr)
+        return 2
     if root not in sys.path:
         sys.path.insert(0, root)
     module = importlib.import_module(f"bench.{command}")

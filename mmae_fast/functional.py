@@ -46,7 +46,7 @@ def tcr_loss(z: torch.Tensor, mu: float = 1.0, *, centering: bool = False,
             input, GEMMs only) or "taylor" (order-``order`` Taylor of log(I + X), default 4, as
             MEC / Matrix-SSL; converges only if mu·m/d < 1).
         order: polynomial degree for "series" / "taylor" (overrides ``tol``).
-        tol: relative error target of "series".
+        tol: relative error target of "series", in (0, 1).
         group: a torch.distributed process group: R on the rows of all its ranks via one
             all-reduce of the d x d Gram on the same staged kernels (``mmae_fast.distributed``);
             None for one process.
@@ -63,7 +63,7 @@ def tcr_loss(z: torch.Tensor, mu: float = 1.0, *, centering: bool = False,
     _checks.choice(estimator, "estimator", _checks.ESTIMATORS)
     _checks.choice(grad_semantics, "grad_semantics", _checks.GRAD_SEMANTICS)
     _checks.choice(backend, "backend", backends.BACKENDS)
-    tol = _checks.positive(tol, "tol")
+    tol = _checks.tolerance(tol)
     if order is not None:
         if estimator == "exact":
             raise ValueError("order applies to estimator='series' or 'taylor', not 'exact'; "

@@ -11,13 +11,15 @@ import argparse
 import os
 import sys
 
+from ..mae import errors
+
 COMMANDS = ("linprobe", "finetune", "monitor")
 
 
 def monitor_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mmae-eval monitor",
-                                description="Quick monitors of frozen encoders (not the paper's "
-                                            "protocols): AdamW linear probe, kNN, effective rank")
+    p = errors.OneLineParser(prog="mmae-eval monitor",
+                             description="Quick monitors of frozen encoders (not the paper's "
+                                         "protocols): AdamW linear probe, kNN, effective rank")
     p.add_argument("checkpoints", nargs="+", help="training checkpoints or encoder exports")
     p.add_argument("--data", help="digits or imagefolder (default: the run's --data, else digits)")
     p.add_argument("--data-path", help="imagefolder root with train/ and val/")
@@ -40,8 +42,11 @@ def monitor_main(argv) -> int:
     for name in ("probe_epochs", "batch"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.max_images is not None and args.max_images < 1:
-        p.error(f"--max-images must be >= 1, got {args.max_images}")
+    if args.workers < 0:
+        p.error(f"--workers must be >= 0, got {args.workers}")
+    if args.max_images is not None and args.max_images < 2:
+        p.error(f"--max-images must be >= 2 (the probe's BatchNorm normalises over the train "
+                f"images), got {args.max_images}")
     if args.data is not None and args.data_path:
         from ..mae.data import resolve_data
         try:
@@ -65,7 +70,8 @@ def monitor_main(argv) -> int:
                                  knn=args.knn, max_images=args.max_images, batch=args.batch,
                                  workers=args.workers)
         except ValueError as exc:
-            p.error(str(exc))
+            several = len(args.checkpoints) > 1 and path not in str(exc)
+            p.error(f"{path}: {exc}" if several else str(exc))
         rows.append(res | {"name": os.path.basename(os.path.dirname(os.path.abspath(path)))})
     print(format_table(rows, TABLE))
     return 0

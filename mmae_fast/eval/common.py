@@ -13,12 +13,13 @@ import json
 import math
 import os
 import random
+import sys
 import time
 
 import numpy as np
 import torch
 
-from ..mae import checkpoint, track
+from ..mae import checkpoint, errors, track
 
 LAST = "checkpoint-last.pt"
 
@@ -235,6 +236,10 @@ def fit(args, env: Env, *, kind: str, loader, opt, train_step, after_step, evalu
                     set_lr(opt, lr)
                 x, y = x.to(env.device, non_blocking=True), y.to(env.device, non_blocking=True)
                 loss = float(train_step(x, y, (i + 1) % accum == 0))
+                if not math.isfinite(loss) and epoch == start and i < accum:
+                    raise ValueError(f"non-finite training loss {loss} before any update of this "
+                                     f"run: the loaded weights or the images are not finite; "
+                                     f"evaluate a finite checkpoint")
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"non-finite training loss {loss} at epoch {epoch}, "
                                              f"iteration {i}")
@@ -320,13 +325,24 @@ def check_common(args, env: Env) -> None:
     for name in ("warmup_epochs", "min_lr", "weight_decay", "workers"):
         need(getattr(args, name) >= 0, f"--{name.replace('_', '-')} must be >= 0, "
                                        f"got {getattr(args, name)}")
-    need(args.blr > 0 and (args.lr is None or args.lr > 0), "--blr / --lr must be > 0")
+    need(math.isfinite(args.blr) and args.blr > 0
+         and (args.lr is None or (math.isfinite(args.lr) and args.lr > 0)),
+         "--blr / --lr must be finite numbers > 0")
     track.check_available(args.tensorboard, args.wandb)
     per = env.world * args.accum_iter
     need(args.batch % per == 0, f"--batch {args.batch} must be a multiple of ranks x "
                                 f"--accum-iter = {per}")
     args.batch_per_rank = args.batch // per
     args.lr = args.lr or args.blr * args.batch / 256
+    need(args.min_lr <= args.lr, f"--min-lr {args.min_lr:g} is above the peak lr {args.lr:g} "
+                                 f"(--lr, or --blr x --batch / 256): the lr would rise after the "
+                                 f"warmup; give --min-lr <= {args.lr:g}")
+    if env.rank == 0:
+        errors.writable_dir(args.output_dir, "--output-dir")
+        if args.warmup_epochs >= args.epochs:  # loud, not fatal: smoke runs do this on purpose
+            print(f"mmae-eval: WARNING --warmup-epochs {args.warmup_epochs:g} is not shorter "
+                  f"than --epochs {args.epochs}: the lr never reaches its peak {args.lr:g}; "
+                  f"give --warmup-epochs below --epochs", file=sys.stderr)
 
 
 def cli_main(kind: str, build_parser, run, argv=None) -> int:
@@ -337,6 +353,9 @@ def cli_main(kind: str, build_parser, run, argv=None) -> int:
         res = run(args)
     except ValueError as exc:
         p.error(str(exc))
+    except FloatingPointError as exc:
+        print(f"{p.prog}: diverged: {exc}; lower --blr / --lr", file=sys.stderr)
+        return 1
     f = res["final"] or {}
     print(f"{kind} epochs {res['start_epoch']}->{res['end_epoch']} of {args.epochs}: "
           f"top-1 {f.get('top1', float('nan')):.2f}  top-5 {f.get('top5', float('nan')):.2f}  "

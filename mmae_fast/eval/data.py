@@ -81,12 +81,106 @@ def check_data(data: str | None, data_path: str | None) -> str:
     return data
 
 
+class NamedImageFolder(datasets.ImageFolder):
+    """``ImageFolder`` whose item is ``(None, message)`` for a file that cannot be decoded, the
+    message naming the file: loader workers return it (``collate_named`` passes it on) and the
+    main process raises it (``CheckedLoader``), one line, where a worker's exception would
+    reach the user as the loader's traceback."""
+
+    def __getitem__(self, index):
+        path, label = self.samples[index]
+        try:
+            img = self.loader(path)
+        except Exception as exc:  # noqa: BLE001 - any decoding failure names the file
+            return None, bad_image_message(path, exc)
+        return (self.transform(img) if self.transform else img), label
+
+
+def bad_image_message(path: str, exc: BaseException) -> str:
+    """One line naming ``path``, why it failed (the exception's first line) and the fix."""
+    reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+    return f"{path}: not a decodable image ({reason}); remove or replace it"
+
+
+def collate_named(items):
+    """``default_collate`` of ``(image, label)`` items, or ``(None, message)`` of the first
+    item that is a bad file's message."""
+    for x, y in items:
+        if x is None:
+            return None, y
+    return torch.utils.data.default_collate(items)
+
+
+class CheckedLoader:
+    """Iterate ``loader`` (built with ``collate_named``) as ``(images, labels)``; a bad file's
+    message is raised as ``BadImage``. ``len`` and ``sampler`` are the loader's."""
+
+    def __init__(self, loader):
+        self.loader, self.sampler = loader, loader.sampler
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        from ..mae.gpu_pipeline import BadImage
+        for x, y in self.loader:
+            if x is None:
+                raise BadImage(y)
+            yield x, y
+
+
+def image_paths(ds) -> list[str]:
+    """The files of the items of ``ds`` (an image folder or ``Subset``s of one; none for
+    in-memory data)."""
+    if isinstance(ds, torch.utils.data.Subset):
+        paths = image_paths(ds.dataset)
+        return [paths[i] for i in ds.indices] if paths else []
+    return [path for path, _ in getattr(ds, "samples", [])]
+
+
+class _Decode(torch.utils.data.Dataset):
+    """Item i: None once ``paths[i]`` decodes, else the message naming it."""
+
+    def __init__(self, paths, loader):
+        self.paths, self.loader = paths, loader
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        try:
+            self.loader(self.paths[i])
+        except Exception as exc:  # noqa: BLE001
+            return bad_image_message(self.paths[i], exc)
+        return None
+
+
+def check_images(ds, *, workers: int = 0) -> None:
+    """Decode every image file of ``ds`` once (in ``workers`` loader workers) before a long
+    run reads it: ``BadImage`` naming the first file that fails."""
+    from torchvision.datasets.folder import default_loader
+    from ..mae.gpu_pipeline import BadImage
+    paths = image_paths(ds)
+    if not paths:
+        return
+    loader = torch.utils.data.DataLoader(_Decode(paths, default_loader), batch_size=64,
+                                         num_workers=workers, collate_fn=list)
+    for messages in loader:
+        bad = [m for m in messages if m is not None]
+        if bad:
+            raise BadImage(bad[0])
+
+
 def dataset(data: str, split: str, transform, data_path: str | None = None):
-    """The ``split`` ("train" or "val") of ``--data`` with ``transform`` applied."""
+    """The ``split`` ("train" or "val") of ``--data`` with ``transform`` applied; an image
+    folder's undecodable file comes as ``(None, message)`` (``NamedImageFolder``)."""
     check_data(data, data_path)
     if data == "digits":
         return DigitsImages(split, transform)
-    return datasets.ImageFolder(os.path.join(data_path, split), transform)
+    try:
+        return NamedImageFolder(os.path.join(data_path, split), transform)
+    except FileNotFoundError as exc:  # a class folder without images
+        raise ValueError(f"--data-path {data_path!r}: {exc}") from None
 
 
 def num_classes(ds) -> int:
@@ -170,14 +264,19 @@ def train_loader(ds, batch_per_rank: int, *, seed: int, rank: int, world: int, w
                          f"{len(ds)} training images; lower --batch")
     sampler = torch.utils.data.DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True,
                                                   seed=seed, drop_last=True)
-    return torch.utils.data.DataLoader(ds, batch_size=batch_per_rank, sampler=sampler,
-                                       num_workers=workers, drop_last=True,
-                                       pin_memory=torch.cuda.is_available(),
-                                       persistent_workers=False)
+    return CheckedLoader(torch.utils.data.DataLoader(
+        ds, batch_size=batch_per_rank, sampler=sampler, num_workers=workers, drop_last=True,
+        collate_fn=collate_named, pin_memory=torch.cuda.is_available(),
+        persistent_workers=False))
+
+
+def eval_shard(ds, *, rank: int, world: int):
+    """This rank's shard ``rank::world`` of ``ds``."""
+    return torch.utils.data.Subset(ds, list(range(rank, len(ds), world)))
 
 
 def eval_loader(ds, batch_per_rank: int, *, rank: int, world: int, workers: int):
     """This rank's shard ``rank::world`` of ``ds`` in order, no padding, no dropping."""
-    shard = torch.utils.data.Subset(ds, list(range(rank, len(ds), world)))
-    return torch.utils.data.DataLoader(shard, batch_size=batch_per_rank, shuffle=False,
-                                       num_workers=workers, pin_memory=torch.cuda.is_available())
+    return CheckedLoader(torch.utils.data.DataLoader(
+        eval_shard(ds, rank=rank, world=world), batch_size=batch_per_rank, shuffle=False,
+        num_workers=workers, collate_fn=collate_named, pin_memory=torch.cuda.is_available()))

@@ -21,12 +21,13 @@ into one Linear) or a fine-tuned head is included unless ``--no-head``. Loading:
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 
 import torch
+
+from ..mae import errors
 
 #: the timm model whose defaults ``timm_kwargs`` fully override (presets without a timm name)
 CARRIER = "vit_base_patch16_224"
@@ -66,7 +67,7 @@ def export(checkpoint: str, output: str | None = None, *, head: bool = True,
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="mmae-export", description=__doc__.split("\n\n")[0])
+    p = errors.OneLineParser(prog="mmae-export", description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint", help="training checkpoint (any step), trainer export, or "
                                       "mmae-eval finetune checkpoint")
     p.add_argument("-o", "--output", help="output file (.safetensors, .pt, .pth); default "
@@ -79,6 +80,10 @@ def main(argv=None) -> int:
         res = export(args.checkpoint, args.output, head=args.head, num_heads=args.num_heads)
     except ValueError as exc:
         p.error(str(exc))
+    except OSError as exc:  # reading the input is checked by load_encoder: this is the output
+        where = exc.filename or args.output or "the default output path"
+        p.error(f"--output: cannot write {where!r} ({exc.strerror or exc}); give -o a path in "
+                f"a writable directory")
     print(f"wrote {res['path']} ({res['keys']} tensors) and {res['sidecar']}: "
           f"timm.create_model({res['timm_name']!r}, **timm_kwargs)")
     return 0

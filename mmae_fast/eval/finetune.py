@@ -20,7 +20,11 @@ import contextlib
 import torch
 import torch.nn as nn
 
+<<<<<<< HEAD
 from ..mae import checkpoint
+=======
+from ..mae import errors
+>>>>>>> flags
 from . import common, data as edata
 from .encoder import build_vit, load_encoder
 
@@ -73,8 +77,8 @@ RUN_DEFINING = ("layer_decay", "drop_path", "mixup", "cutmix", "smoothing", "aa"
 
 
 def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    p = p or argparse.ArgumentParser(prog="mmae-eval finetune",
-                                     description=__doc__.split("\n\n")[0])
+    p = p or errors.OneLineParser(prog="mmae-eval finetune",
+                                  description=__doc__.split("\n\n")[0])
     common.add_common_args(p, epochs=100, batch=2048, blr=5e-4, warmup=5, min_lr=1e-6,
                            weight_decay=0.05, source=SOURCE)
     s = SOURCE
@@ -103,6 +107,13 @@ def _check(args) -> None:
             raise ValueError(f"--{name.replace('_', '-')} out of range: {v}")
     if args.global_pool not in ("token", "avg"):
         raise ValueError(f"--global-pool must be token or avg, got {args.global_pool!r}")
+    if args.aa:
+        try:  # timm parses the policy when it builds the transform (assertions on a bad one)
+            edata.finetune_transform(32, auto_augment=args.aa, re_prob=0.0)
+        except (AssertionError, ValueError, KeyError, IndexError) as exc:
+            raise ValueError(f"--aa {args.aa!r} is not a timm auto-augment policy ({exc}); "
+                             f"give e.g. rand-m9-mstd0.5-inc1 (the official one), "
+                             f"original, augmix-m5-w3, or '' for none") from None
     if (args.mixup > 0 or args.cutmix > 0) and args.batch_per_rank % 2:
         raise ValueError(f"mixup/cutmix need an even batch per rank and micro-step, got "
                          f"{args.batch_per_rank}; change --batch or pass --mixup 0 --cutmix 0")
@@ -126,6 +137,9 @@ def run(args: argparse.Namespace) -> dict:
     val_ds = edata.evenly(edata.dataset(args.data, "val", edata.eval_transform(size),
                                         args.data_path), args.max_images)
     classes = edata.same_classes(train_ds, val_ds)
+    # val/ is first read after a whole epoch: its files are decoded once before training
+    edata.check_images(edata.eval_shard(val_ds, rank=env.rank, world=env.world),
+                       workers=args.workers)
     new = ("head.",)
     if args.global_pool == "avg":  # MAE: the final norm is replaced by a new fc_norm
         state = {k: v for k, v in state.items() if not k.startswith("norm.")}

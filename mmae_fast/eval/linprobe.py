@@ -19,7 +19,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+<<<<<<< HEAD
 from ..mae import checkpoint
+=======
+from ..mae import errors
+>>>>>>> flags
 from . import common, data as edata
 from .encoder import build_vit, cls_features, load_encoder
 
@@ -47,8 +51,8 @@ def lars(module: nn.Module, lr: float, weight_decay: float = 0.0) -> torch.optim
 
 
 def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    p = p or argparse.ArgumentParser(prog="mmae-eval linprobe",
-                                     description=__doc__.split("\n\n")[0])
+    p = p or errors.OneLineParser(prog="mmae-eval linprobe",
+                                  description=__doc__.split("\n\n")[0])
     common.add_common_args(p, epochs=90, batch=8192, blr=0.05, warmup=10, min_lr=0.0,
                            weight_decay=0.0, source=SOURCE)
     return p
@@ -69,6 +73,9 @@ def run(args: argparse.Namespace) -> dict:
     val_ds = edata.evenly(edata.dataset(args.data, "val", edata.eval_transform(size),
                                         args.data_path), args.max_images)
     classes = edata.same_classes(train_ds, val_ds)
+    # val/ is first read after a whole epoch: its files are decoded once before training
+    edata.check_images(edata.eval_shard(val_ds, rank=env.rank, world=env.world),
+                       workers=args.workers)
     loader = edata.train_loader(train_ds, args.batch_per_rank, seed=args.seed, rank=env.rank,
                                 world=env.world, workers=args.workers)
     val_loader = edata.eval_loader(val_ds, args.batch_per_rank, rank=env.rank, world=env.world,
@@ -86,7 +93,12 @@ def run(args: argparse.Namespace) -> dict:
 
     def features(x):
         with common.autocast(env.device, args.precision):
-            return cls_features(vit, x).float()
+            f = cls_features(vit, x).float()
+        if not bool(torch.isfinite(f).all()):  # the loss is read every step: no extra stall
+            raise ValueError(f"{args.checkpoint}: the frozen encoder's CLS features are not "
+                             f"finite (non-finite or overflowing weights); probe a checkpoint "
+                             f"from before the divergence")
+        return f
 
     def train_step(x, y, sync):
         f = features(x)

@@ -114,6 +114,10 @@ class GramRank:
 
     def value(self) -> float:
         from ..reference import renyi_entropy_psd
+        if not bool(torch.isfinite(self.gram).all()):
+            raise ValueError("the encoder's CLS features of the held-out images are not finite "
+                             "(non-finite or overflowing weights); evaluate a checkpoint from "
+                             "before the divergence")
         return float(renyi_entropy_psd(self.gram, 1.0).exp())
 
 
@@ -162,7 +166,16 @@ def evaluate_model(model, *, data: str = "digits", img_size: int | None = None,
         train_batches = edata.eval_loader(tr, batch, rank=0, world=1, workers=workers)
         test_batches = edata.eval_loader(te, batch, rank=0, world=1, workers=workers)
         classes = edata.same_classes(tr, te)
+        edata.check_images(te, workers=workers)  # val/ is read last: its files are checked first
     ftr, ytr_d = _collect(model, train_batches, device)
+    if len(ftr) < 2:
+        raise ValueError(f"the linear probe needs at least 2 train images (its BatchNorm "
+                         f"normalises over them), got {len(ftr)}; give more images")
+    finite = int(torch.isfinite(ftr).all(1).sum())
+    if finite < len(ftr):
+        raise ValueError(f"the encoder's CLS features are not finite for {len(ftr) - finite} of "
+                         f"{len(ftr)} train images: its weights are not finite or overflow; "
+                         f"evaluate a checkpoint from before the divergence")
     head = train_probe(ftr, ytr_d, classes=classes, epochs=probe_epochs, seed=seed)
     bank = F.normalize(ftr, dim=1)
     rank = GramRank()

@@ -83,6 +83,11 @@ def sincos_pos_embed(dim: int, grid: int, cls_token: bool = True) -> torch.Tenso
     return emb.float()
 
 
+def kept_tokens(length: int, mask_ratio: float) -> int:
+    """Patches the encoder keeps out of ``length``: ``int(length · (1 - mask_ratio))``."""
+    return int(length * (1 - mask_ratio))
+
+
 class MaskedAutoencoder(nn.Module):
     """MAE with a ViT encoder and decoder; see the module docstring for inputs and outputs."""
 
@@ -94,12 +99,19 @@ class MaskedAutoencoder(nn.Module):
             raise ValueError(f"cls_norm must be one of {CLS_NORMS}, got {cls_norm!r}")
         if head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {head!r}")
-        if not 0.0 <= mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+        if not 0.0 < mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
+        if not 0.0 <= drop_path < 1.0:
+            raise ValueError(f"drop_path is a probability: give a value in [0, 1), got "
+                             f"{drop_path}")
         img_size = img_size or preset.img_size
         if img_size % preset.patch_size:
             raise ValueError(f"img_size ({img_size}) must be a multiple of the patch size "
                              f"({preset.patch_size})")
+        patches = (img_size // preset.patch_size) ** 2
+        if kept_tokens(patches, mask_ratio) == patches:
+            raise ValueError(f"mask_ratio {mask_ratio} masks none of the {patches} patches (the "
+                             f"MAE loss is a mean over the masked ones); give a larger ratio")
         self.preset, self.img_size, self.in_chans = preset, img_size, in_chans
         self.mask_ratio, self.norm_pix_loss = mask_ratio, norm_pix_loss
         self.num_classes = num_classes
@@ -162,7 +174,7 @@ class MaskedAutoencoder(nn.Module):
         """Keep ``(1 - mask_ratio)·L`` tokens per sample, those with the smallest ``noise``.
         x (B, L, D) -> (kept (B, K, D), mask (B, L) with 1 = removed, ids_restore (B, L))."""
         b, length, dim = x.shape
-        keep = int(length * (1 - self.mask_ratio))
+        keep = kept_tokens(length, self.mask_ratio)
         if noise is None:
             noise = torch.rand(b, length, device=x.device)
         elif noise.shape != (b, length):

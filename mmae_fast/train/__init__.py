@@ -26,8 +26,8 @@ __all__ = ["Diverged", "build_parser", "check_args", "lr_at", "main", "mask_nois
 
 
 def main(argv=None) -> int:
-    """``mmae-train``: argument errors exit 2 with usage; a bad --resume or a data error is one
-    line (exit 2); a diverged run one line (exit 1). Under torchrun every rank exits with that
+    """``mmae-train``: an argument error, a bad --resume or a data error is one line (exit 2);
+    a diverged run one line (exit 1). Under torchrun every rank exits with that
     code but only rank 0 prints, except an error only one rank may meet (``RankLocalError``: a
     bad image file among its own, its GPU index), which the rank that met it prints."""
     parser = build_parser()

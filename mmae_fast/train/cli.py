@@ -6,7 +6,7 @@ import math
 import os
 import re
 
-from ..mae import data as data_mod, track
+from ..mae import data as data_mod, errors, track
 from . import recipes, resume
 
 REGS = ("none", "uniformity", "tcr")
@@ -23,8 +23,8 @@ See docs/training.md."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mmae-train", description=DESCRIPTION, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = errors.OneLineParser(prog="mmae-train", description=DESCRIPTION, epilog=EPILOG,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipe", help=f"official settings in one flag: {tuple(recipes.RECIPES)} "
                                     "(printed at start, stored in args.json; explicit flags "
                                     "override it, loudly)")
@@ -164,14 +164,18 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
                                 f"got {value!r}")
     _need(math.isfinite(args.lamb) and args.lamb >= 0, f"--lamb must be >= 0, got {args.lamb}")
     _need(math.isfinite(args.mu) and args.mu > 0, f"--mu must be > 0, got {args.mu}")
-    _need(0 <= args.mask_ratio < 1, f"--mask-ratio must be in [0, 1), got {args.mask_ratio}")
+    _need(0 < args.mask_ratio < 1, f"--mask-ratio must be in (0, 1) (L_MAE is the loss on the "
+                                   f"masked patches), got {args.mask_ratio}; e.g. 0.75")
+    _need(0 <= args.drop_path < 1, f"--drop-path is a probability: give a value in [0, 1), "
+                                   f"got {args.drop_path}")
     for name in ("batch", "accum_iter", "log_every"):
         _need(getattr(args, name) >= 1, f"--{name.replace('_', '-')} must be >= 1, "
                                         f"got {getattr(args, name)}")
     for name in ("steps", "stop_after", "threads", "img_size"):
         v = getattr(args, name)
         _need(v is None or v >= 1, f"--{name.replace('_', '-')} must be >= 1, got {v}")
-    for name in ("rank_every", "grad_norm_every", "ckpt_every", "weight_decay", "min_lr", "drop_path", "workers"):
+    for name in ("rank_every", "grad_norm_every", "ckpt_every", "weight_decay", "min_lr",
+                 "workers"):
         v = getattr(args, name)
         _need(v >= 0, f"--{name.replace('_', '-')} must be >= 0, got {v}")
     _need(math.isfinite(args.epochs) and args.epochs > 0,
@@ -213,6 +217,14 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
     patch = PRESETS[args.model].patch_size
     _need(args.img_size % patch == 0, f"--img-size ({args.img_size}) must be a multiple of "
                                       f"the patch size {patch} of --model {args.model}")
+    from ..mae.model import kept_tokens
+    patches = (args.img_size // patch) ** 2
+    _need(kept_tokens(patches, args.mask_ratio) < patches,
+          f"--mask-ratio {args.mask_ratio} masks none of the {patches} patches (L_MAE is the "
+          f"loss on the masked ones); give a larger ratio, e.g. 0.75")
+    _need(args.online_head != "bn-linear" or args.batch >= 2,
+          "--online-head bn-linear normalises over the batch of each rank, which needs "
+          "--batch >= 2; raise --batch or use --online-head linear")
     return args
 
 

@@ -10,11 +10,12 @@ encoder.safetensors; ``runs/demo/summary.json`` and ``runs/demo/compare.png`` fo
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
+
+from ..mae import errors
 
 #: the demo's training recipe (every flag is an mmae-train flag). lamb 0.1 is 10x the ImageNet
 #: value: at width 64 and batch 128 R moves less than at ViT scale (docs/training.md; the
@@ -68,6 +69,17 @@ def compare_plot(out: str, regs) -> str:
     return path
 
 
+def _run_all(regs, jobs: int, kw: dict) -> list[dict]:
+    """``_run`` of each regulariser: side by side in ``jobs`` > 1 processes, else in turn."""
+    if jobs > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+        with ProcessPoolExecutor(max_workers=2, mp_context=mp.get_context("spawn")) as ex:
+            futures = [ex.submit(_run, reg, threads=1, **kw) for reg in regs]
+            return [f.result() for f in futures]
+    return [_run(reg, threads=os.cpu_count() or 1, **kw) for reg in regs]
+
+
 TABLE = [("name", "run", "s"), ("linear_acc", "linear-probe acc", ".3f"),
          ("knn_acc", "kNN acc", ".3f"), ("eff_rank", "eff. rank (test)", ".2f"),
          ("loss_mae", "final L_MAE", ".3f"), ("train_s", "train s", ".1f"),
@@ -75,7 +87,7 @@ TABLE = [("name", "run", "s"), ("linear_acc", "linear-probe acc", ".3f"),
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="mmae-demo", description=__doc__.split("\n\n")[0])
+    p = errors.OneLineParser(prog="mmae-demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     p.add_argument("--lamb", type=float, default=DEFAULT_LAMB, help="weight of R for --reg tcr")
     p.add_argument("--mu", type=float, default=DEFAULT_MU)
@@ -92,6 +104,12 @@ def main(argv=None) -> int:
         p.error(f"--mu must be a finite number > 0, got {args.mu}")
     if args.probe_epochs < 1:
         p.error(f"--probe-epochs must be >= 1, got {args.probe_epochs}")
+    if args.jobs is not None and args.jobs < 1:
+        p.error(f"--jobs must be >= 1, got {args.jobs}")
+    try:
+        errors.writable_dir(args.out, "--out")
+    except ValueError as exc:
+        p.error(str(exc))
     jobs = args.jobs or (2 if (os.cpu_count() or 1) >= 2 else 1)
     regs = ("tcr", "none")
     t0 = time.perf_counter()
@@ -100,14 +118,14 @@ def main(argv=None) -> int:
           flush=True)
     kw = dict(steps=args.steps, lamb=args.lamb, mu=args.mu, out=args.out,
               probe_epochs=args.probe_epochs, seed=args.seed)
-    if jobs > 1:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-        with ProcessPoolExecutor(max_workers=2, mp_context=mp.get_context("spawn")) as ex:
-            futures = [ex.submit(_run, reg, threads=1, **kw) for reg in regs]
-            rows = [f.result() for f in futures]
-    else:
-        rows = [_run(reg, threads=os.cpu_count() or 1, **kw) for reg in regs]
+    from .loop import Diverged
+    try:
+        rows = _run_all(regs, jobs, kw)
+    except ValueError as exc:  # a run's own one-line error (its output directory, ...)
+        p.error(str(exc))
+    except Diverged as exc:
+        print(f"mmae-demo: {exc}", file=sys.stderr)
+        return 1
     from ..eval.monitor import format_table
     wall = time.perf_counter() - t0
     png = compare_plot(args.out, regs)

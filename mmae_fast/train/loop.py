@@ -44,6 +44,10 @@ def _schedule(args, source, world: int):
     else:
         warmup = args.warmup_steps if args.warmup_steps is not None else total // 10
     peak = args.lr or args.blr * args.batch * world * args.accum_iter / 256
+    if args.min_lr > peak:
+        raise ValueError(f"--min-lr {args.min_lr:g} is above the peak lr {peak:g} (--lr, or "
+                         f"--blr x global batch / 256): the lr would rise after the warmup; "
+                         f"give --min-lr <= {peak:g}")
     if warmup >= total:  # loud, not fatal: short smoke runs do this on purpose
         print(f"mmae-train: WARNING the warmup ({warmup} steps) is not shorter than the run "
               f"({total} steps): the lr never leaves it; pass --warmup-steps (or "

@@ -109,6 +109,8 @@ def test_same_width_required_where_the_formula_needs_it():
     ({"estimator": "series", "tol": 0.0}, ValueError, "tol must be"),
     ({"estimator": "series", "tol": -1e-3}, ValueError, "tol must be"),
     ({"estimator": "series", "tol": 1e-300}, ValueError, "needs a series degree above"),
+    ({"estimator": "series", "tol": 1.0}, ValueError, r"give 0 < tol < 1"),
+    ({"estimator": "series", "tol": 5.0}, ValueError, r"give 0 < tol < 1"),
     ({"grad_semantics": "mean"}, ValueError, "grad_semantics must be one of"),
     ({"backend": "cudnn"}, ValueError, "backend must be one of"),
     ({"centering": 1}, TypeError, "centering must be True or False"),

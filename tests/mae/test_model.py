@@ -20,6 +20,9 @@ def test_unknown_preset_names_the_argument():
 @pytest.mark.parametrize("kw, match", [
     (dict(img_size=18), "img_size .* multiple of the patch size"),
     (dict(mask_ratio=1.0), "mask_ratio"),
+    (dict(mask_ratio=0.0), r"mask_ratio must be in \(0, 1\)"),
+    (dict(mask_ratio=1e-17), "masks none of the 16 patches"),
+    (dict(drop_path=2.0), r"drop_path is a probability: give a value in \[0, 1\)"),
     (dict(cls_norm="twice"), "cls_norm"),
     (dict(head="mlp"), "head must be one of"),
 ])
