@@ -20,11 +20,7 @@ import contextlib
 import torch
 import torch.nn as nn
 
-<<<<<<< HEAD
-from ..mae import checkpoint
-=======
-from ..mae import errors
->>>>>>> flags
+from ..mae import checkpoint, errors
 from . import common, data as edata
 from .encoder import build_vit, load_encoder
 

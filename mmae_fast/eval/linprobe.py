@@ -19,11 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-<<<<<<< HEAD
-from ..mae import checkpoint
-=======
-from ..mae import errors
->>>>>>> flags
+from ..mae import checkpoint, errors
 from . import common, data as edata
 from .encoder import build_vit, cls_features, load_encoder
 
