@@ -122,11 +122,15 @@ def matrix_entropy(z: torch.Tensor, alpha: float = 1.0, *, group=None,
 
     ``group``: a torch.distributed process group: H of the rows of all its ranks, from the
     spectrum of the all-reduced d×d Gram ``Σ_r Z_rᵀZ_r`` (``mmae_fast.distributed``);
-    ``grad_semantics`` as ``tcr_loss``.
+    ``grad_semantics`` as ``tcr_loss``. ``backend``: "reference" for every alpha; alpha = 2
+    also runs on "triton" / "cuda", as ``H_2 = -log(uniformity_loss(z))`` on the staged op.
     """
     _checks.features(z, "z", check_finite=check_finite)
     alpha = _checks.alpha(alpha)
     _checks.choice(grad_semantics, "grad_semantics", _checks.GRAD_SEMANTICS)
+    if alpha == 2.0 and backends.resolve_name(backend, z) != "reference":
+        return -uniformity_loss(z, group=group, grad_semantics=grad_semantics,
+                                backend=backend).log()
     _reference_only(backend, "matrix_entropy")
     if group is not None:
         return distributed.renyi_entropy(z, alpha, group=group, grad_semantics=grad_semantics)

@@ -119,8 +119,9 @@ class MatrixEntropy(_Loss):
                  check_finite: bool = False):
         super().__init__(distributed=distributed, group=group, backend=backend,
                          check_finite=check_finite, grad_semantics=grad_semantics)
-        F._reference_only(backend, "matrix_entropy")
         self.alpha = _checks.alpha(alpha)
+        if self.alpha != 2.0:  # Rényi-2 also runs on the kernel backends (matrix_entropy)
+            F._reference_only(backend, "matrix_entropy")
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return F.matrix_entropy(z, self.alpha, group=self._group(),

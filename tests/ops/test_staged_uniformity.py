@@ -186,3 +186,24 @@ def test_kernel_backend_compiles_fullgraph(gen, backend):
         ref_value, ref_grad = _reference(h)
         assert _rel(value, ref_value) <= STAGED_BACKEND[torch.float32][0]
         assert _rel(x.grad, ref_grad) <= STAGED_BACKEND[torch.float32][1]
+
+
+@pytest.mark.skipif(not CASES, reason="no kernel backend is available (triton not installed?)")
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS or [None])
+def test_renyi_2_on_the_kernel_backend(gen, backend):
+    """matrix_entropy(alpha=2) = -log(uniformity) on the kernel's ops: value and gradient
+    against the independent eigenvalue formula; other orders have no kernel."""
+    m, d = KERNEL_SHAPES[0]
+    h = _features(gen, m, d, torch.float32)
+    x = h.to(DEVICE).requires_grad_(True)
+    with OpNames() as ops:
+        value = mf.matrix_entropy(x, 2.0, backend=backend)
+        value.backward()
+    assert f"mmae_fast.{backend}_gram.default" in ops.names
+    assert f"mmae_fast.{backend}_grad.default" in ops.names
+    vtol, gtol = STAGED_BACKEND[torch.float32]
+    assert value.item() == pytest.approx(ind.matrix_entropy(h, 2.0), rel=vtol)
+    assert _rel(x.grad, torch.from_numpy(ind.matrix_entropy_grad(h, 2.0))) <= gtol
+    assert mf.nn.MatrixEntropy(2.0, backend=backend)(x).item() == value.item()
+    with pytest.raises(ValueError, match=f"no '{backend}' kernel"):
+        mf.matrix_entropy(x, 1.0, backend=backend)
