@@ -12,9 +12,7 @@ Not distributable that way, so ``group=`` raises (``no_group``): the joint entro
 mutual information (the Hadamard product ``K1 ∘ K2`` of two m×m sample kernels has no d×d form),
 MEC and MCE (computed per process, on each rank's own batch).
 
-TCR:
-
-Each of the K ranks holds ``m_r`` rows. Instead of all-gathering the (M, d) features (the official
+TCR (``tcr``): each of the K ranks holds ``m_r`` rows. Instead of all-gathering the (M, d) features (the official
 code), every rank runs the staged op (``mmae_fast.ops.tcr.op``) with an all-reduce of one buffer
 ``[G_r, 1ᵀZ_r, m_r]`` between its first two stages (d² + d + 1 numbers; the column sums only
 when centring, so d² + 1 otherwise) and so holds the global ``S = Σ_r Z_rᵀZ_r``. Centred, each
@@ -29,7 +27,7 @@ The series and Taylor degrees and the Chebyshev interval come from ``M = K·m_r`
 as DistributedSampler with drop_last gives); if the all-reduced row count is larger, R is NaN
 rather than silently outside the series' guarantee.
 
-Gradient semantics (DDP then averages parameter gradients over the K ranks):
+Gradient semantics, of every loss here (DDP then averages parameter gradients over the K ranks):
 
 - ``"exact"``: the local gradient is multiplied by K, so after DDP's averaging the parameters get
   exactly the gradient of ``lambda·R`` on the full batch.
