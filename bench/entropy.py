@@ -398,7 +398,8 @@ def run(args) -> tuple[Path, Path]:
     config = {k: v for k, v in vars(args).items() if k not in ("out", "no_progress")}
     payload = {"schema": SCHEMA, "schema_version": common.SCHEMA_VERSION, "meta": meta,
                "config": config, "calibration": calib}
-    stem = ("uniformity" if args.loss == "uniformity" else "entropy") + ("-quick" if args.quick else "") + (f"-{args.tag}" if args.tag else "")
+    stem = ("uniformity" if args.loss == "uniformity" else "entropy") + (
+        "-quick" if args.quick else "") + (f"-{args.tag}" if args.tag else "")
     stem, folder = f"{stem}-{common.timestamp()}", common.result_dir(args.out, device)
 
     def write(complete: bool):

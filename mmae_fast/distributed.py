@@ -13,9 +13,9 @@ mutual information (the Hadamard product ``K1 ∘ K2`` of two m×m sample kernel
 MEC and MCE (computed per process, on each rank's own batch).
 
 TCR (``tcr``): each of the K ranks holds ``m_r`` rows. Instead of all-gathering the (M, d)
-features (the official code), every rank runs the staged op (``mmae_fast.ops.tcr.op``) with an all-reduce of one buffer
-``[G_r, 1ᵀZ_r, m_r]`` between its first two stages (d² + d + 1 numbers; the column sums only
-when centring, so d² + 1 otherwise) and so holds the global ``S = Σ_r Z_rᵀZ_r``. Centred, each
+features (the official code), every rank runs the staged op (``mmae_fast.ops.tcr.op``) with an
+all-reduce of one buffer ``[G_r, 1ᵀZ_r, m_r]`` between its first two stages (d² + d + 1
+numbers; the column sums only when centring, so d² + 1 otherwise) and so holds the global ``S = Σ_r Z_rᵀZ_r``. Centred, each
 ``G_r`` is centred on the rank's own mean and the between-rank scatter
 ``Σ_r m_r (z̄_r - z̄)(z̄_r - z̄)ᵀ`` comes from an all-gather of the ranks' (column sums, count),
 K·(d + 1) numbers: no cancellation of large terms. Every rank computes the same R as one process

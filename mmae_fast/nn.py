@@ -197,7 +197,8 @@ class MECLoss(_PerProcess):
 
 
 class MatrixCrossEntropy(_PerProcess):
-    """``mmae_fast.matrix_cross_entropy``: Matrix-SSL's ``MCE(I_d/d, Q)``, two views (m, d) -> 0-d."""
+    """``mmae_fast.matrix_cross_entropy``: Matrix-SSL's ``MCE(I_d/d, Q)``, two views
+    (m, d) -> 0-d."""
 
     _shown = ("mu", "order")
 

@@ -132,8 +132,9 @@ def _interpreter_launches(monkeypatch):
     return launched
 
 
-CASES = [(b, dt) for b in KERNEL_BACKENDS for dt in
-         ([torch.float32, torch.float16, torch.bfloat16] + ([torch.float64] if b == "cuda" else []))]
+CASES = [(b, dt) for b in KERNEL_BACKENDS
+         for dt in [torch.float32, torch.float16, torch.bfloat16]
+         + ([torch.float64] if b == "cuda" else [])]
 
 
 @pytest.mark.skipif(not CASES, reason="no kernel backend is available (triton not installed?)")
