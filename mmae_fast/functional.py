@@ -99,9 +99,10 @@ def uniformity_loss(z: torch.Tensor, *, group=None, grad_semantics: str = "exact
             ``||Σ_r Z_rᵀZ_r||_F² / M²`` (one all-reduce of the d×d Gram and the row count, shards
             of any sizes; ``mmae_fast.distributed``); None for one process.
         grad_semantics: with ``group``, as ``tcr_loss``: "exact" or "per_rank" (1/K).
-        backend: as ``tcr_loss``: "triton" / "cuda" run the staged op's fused Gram and backward
-            (no m×m matrix); "reference" (and "auto" on the CPU) the float64-capable formula for
-            one process, the staged op's reference stages with ``group``.
+        backend: as ``tcr_loss``: "triton" / "cuda" run the staged op's fused Gram of the
+            smaller side and its backward; "reference" (and "auto" on the CPU) the
+            float64-capable formula for one process, the staged op's reference stages with
+            ``group``.
     """
     _checks.features(z, "z", check_finite=check_finite)
     _checks.choice(grad_semantics, "grad_semantics", _checks.GRAD_SEMANTICS)

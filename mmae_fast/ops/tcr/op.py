@@ -158,9 +158,9 @@ def tcr(h: Tensor, *, backend: str, mu: float, centering: bool, estimator: str, 
 
 def uniformity(h: Tensor, *, backend: str, group=None, grad_scale: float = 1.0) -> Tensor:
     """U-MAE's uniformity ``||ZᵀZ||_F² / M²`` of the normalised rows of h (m, d) through the same
-    stages (stage 2: ``small_side.uniformity_side``; one Gram, no m×m matrix); with ``group``, of
-    the rows of every rank (M the all-reduced count, shards of any sizes; each rank's gradient
-    is that of its own rows, times ``grad_scale``). 0-d, float64 for float64 h, else float32."""
+    stages (stage 2: ``small_side.uniformity_side``; one Gram of the smaller side); with
+    ``group``, of the rows of every rank (M the all-reduced count, shards of any sizes; each
+    rank's gradient is that of its own rows, times ``grad_scale``). 0-d, float64 for float64 h, else float32."""
     need_grad = torch.is_grad_enabled() and h.requires_grad
     return _StagedTCR.apply(h, backend, 0.0, _small.UNIFORMITY, 0, reference.SERIES_TOL, False,
                             need_grad, group, float(grad_scale))
