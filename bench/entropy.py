@@ -1,4 +1,5 @@
-"""Microbenchmark of the TCR regulariser ``R = -logdet(I + mu/d · ZᵀZ)``: ours against baselines.
+"""Microbenchmark of the TCR regulariser ``R = -logdet(I + mu/d · ZᵀZ)``: ours against baselines
+(``--loss uniformity``: U-MAE's uniformity ``||ZᵀZ||_F²/m²`` instead, see below).
 
 Sweeps m (batch), d (feature width), input dtype, estimator and mode (fwd, fwd+bwd) over
 
@@ -28,7 +29,15 @@ GPU time without Python). A provider that cannot be captured keeps its eager row
     python bench/entropy.py --device cuda --dtype bf16 --providers official cholesky cuda
     python bench/entropy.py --device cuda --shapes 1024x1024@3 65536x1024@1 --timing graph
 
-Writes ``<out>/<device slug>/entropy-<time>.json`` and ``.csv`` (default out: bench/results).
+``--loss uniformity`` sweeps ``mmae_fast.uniformity_loss`` on each backend (estimator
+"uniformity": the staged op's one Gram and element-wise small side on the kernel backends)
+against the eager baseline ``umae-eager`` (``mmae_fast.baselines.umae_uniformity``: the m×m
+similarity, U-MAE's way), with errors against the float64 ``reference.uniformity``.
+
+    python bench/entropy.py --quick --loss uniformity
+
+Writes ``<out>/<device slug>/entropy-<time>.json`` and ``.csv`` (default out: bench/results;
+``uniformity-<time>.*`` with ``--loss uniformity``).
 """
 from __future__ import annotations
 
@@ -48,7 +57,7 @@ import torch
 import torch._dynamo
 
 from bench import common, roofline
-from mmae_fast import backends, baselines, reference, series, tcr_loss
+from mmae_fast import backends, baselines, reference, series, tcr_loss, uniformity_loss
 from mmae_fast.mae import errors
 
 SCHEMA = "mmae_fast.bench.entropy"
@@ -57,7 +66,9 @@ MODES = ("fwd", "fwd+bwd")
 TIMINGS = ("eager", "graph")
 OURS = ("reference", "triton", "cuda")
 #: baseline provider -> the estimator it computes
-BASELINE_ESTIMATOR = {"official": "exact", "cholesky": "exact", "taylor-eager": "taylor"}
+BASELINE_ESTIMATOR = {"official": "exact", "cholesky": "exact", "taylor-eager": "taylor",
+                      "umae-eager": "uniformity"}
+LOSSES = ("tcr", "uniformity")
 PROVIDERS = tuple(p for b in BASELINE_ESTIMATOR for p in (b, f"{b}-compile")) + OURS
 #: provider order and labels are shared with bench/plot.py
 FULL = dict(m=[1024, 4096, 16384, 65536], d=[768, 1024, 1280], dtype=["bf16", "fp16", "fp32"])
@@ -120,6 +131,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--mode", nargs="+", choices=MODES, default=list(MODES))
     p.add_argument("--providers", nargs="+", choices=PROVIDERS,
                    help="default: all (--quick: the eager ones)")
+    p.add_argument("--loss", choices=LOSSES, default="tcr",
+                   help="tcr (the estimators of --estimator) or uniformity (U-MAE's loss)")
     p.add_argument("--mu", type=float, default=1.0, help="TCR mu (official: 1 ViT-B, 3 ViT-L)")
     p.add_argument("--shapes", nargs="+", type=parse_shape, metavar="MxD[@MU]",
                    help="exactly these (m, d, mu) instead of the --m x --d grid "
@@ -154,6 +167,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     cpu = args.device == "cpu"
     args.reps = args.reps if args.reps is not None else (3 if args.quick else 5 if cpu else 30)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2 if cpu else 5)
+    if args.loss == "uniformity":
+        args.estimator = ["uniformity"]
     if args.providers is None:
         args.providers = [p for p in PROVIDERS if not (args.quick and p.endswith("-compile"))]
     if args.timing is None:
@@ -200,6 +215,13 @@ _COMPILED: dict[str, Callable] = {}
 def loss_fn(case: Case, mu: float, tol: float) -> Callable:
     """``h -> R`` for the case's provider."""
     base = case.provider.removesuffix("-compile")
+    if base in baselines.UNIFORMITY_BASELINES:
+        fn = baselines.UNIFORMITY_BASELINES[base]
+        if case.provider.endswith("-compile"):
+            fn = _COMPILED.setdefault(base, torch.compile(fn))
+        return fn
+    if case.estimator == "uniformity":
+        return lambda h: uniformity_loss(h, backend=case.provider)
     if base in BASELINE_ESTIMATOR:
         fn = baselines.BASELINES[base]
         if case.provider.endswith("-compile"):
@@ -288,7 +310,8 @@ class Inputs:
         key = (estimator, degree, grad)
         if key not in self._refs:
             h = self.pool[0].detach().double().requires_grad_(grad)
-            value = reference.tcr(h, self.mu, estimator=estimator, degree=degree or None)
+            value = (reference.uniformity(h) if estimator == "uniformity" else
+                     reference.tcr(h, self.mu, estimator=estimator, degree=degree or None))
             g = torch.autograd.grad(value, h)[0] if grad else None
             self._refs[key] = (value.detach(), g)
         return self._refs[key]
@@ -345,7 +368,8 @@ def run_case(case: Case, inputs: Inputs, args, device: torch.device, calib: dict
             torch.cuda.empty_cache()
         return row | {"status": "error", "reason": _error(exc),
                       "graph_reason": "the eager call failed" if row["graph_status"] else None}
-    ref_exact, g_exact = inputs.reference("exact", 0, grad)
+    ref_exact, g_exact = inputs.reference(
+        "uniformity" if case.estimator == "uniformity" else "exact", 0, grad)
     ref_same, _ = inputs.reference(case.estimator, degree_of(
         case.estimator, case.mu, case.m, case.d, args.tol), False)
     stats = common.summary(times)
@@ -401,7 +425,8 @@ def run(args) -> tuple[Path, Path]:
     config = {k: v for k, v in vars(args).items() if k not in ("out", "no_progress")}
     payload = {"schema": SCHEMA, "schema_version": common.SCHEMA_VERSION, "meta": meta,
                "config": config, "calibration": calib}
-    stem = "entropy" + ("-quick" if args.quick else "") + (f"-{args.tag}" if args.tag else "")
+    stem = ("uniformity" if args.loss == "uniformity" else "entropy") + (
+        "-quick" if args.quick else "") + (f"-{args.tag}" if args.tag else "")
     stem, folder = f"{stem}-{common.timestamp()}", common.result_dir(args.out, device)
 
     def write(complete: bool):

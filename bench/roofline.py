@@ -33,7 +33,7 @@ from . import common
 
 def small_products(estimator: str, degree: int) -> int:
     """Number of N x N matrix products the forward pass of ``estimator`` needs."""
-    if estimator == "exact":
+    if estimator in ("exact", "uniformity"):
         return 0
     return max(0, math.ceil(degree / 2) - 1)
 
@@ -44,7 +44,10 @@ def tcr_cost(m: int, d: int, estimator: str, degree: int, mode: str, itemsize: i
     passes = 2 if mode == "fwd+bwd" else 1
     gram = 2.0 * m * d * n * passes
     k = small_products(estimator, degree)
-    if estimator == "exact":
+    if estimator == "uniformity":  # the small side is element-wise: ||G||², Q = 4G/M² + alpha·I
+        small_fwd, small_bwd = 2.0 * n * n, 2.0 * n * n
+        small_bytes_fwd, small_bytes_bwd = 4.0 * n * n, 4.0 * n * n * 2
+    elif estimator == "exact":
         small_fwd, small_bwd = n**3 / 3.0, 2.0 * n**3 / 3.0
         small_bytes_fwd, small_bytes_bwd = 4.0 * n * n * (1 + 2), 4.0 * n * n * 2
     else:

@@ -11,9 +11,13 @@ The public API (``mmae_fast.functional``, re-exported here)::
     mec_loss(z1, z2)                    Maximum Entropy Coding
     matrix_cross_entropy(z1, z2)        Matrix-SSL uniformity
 
+The same as ``torch.nn.Module`` s (settings in the constructor, features in ``forward``):
+``mmae_fast.nn`` (``TCRLoss``, ``UniformityLoss``, ``MatrixEntropy``, ``EffectiveRank``, ...).
+
 Formulas: ``mmae_fast.reference``; series coefficients and bounds: ``mmae_fast.series``;
 backends: ``mmae_fast.backends``; multi-GPU: ``mmae_fast.distributed``.
 """
+from . import nn
 from .backends import available_backends
 from .functional import (
     effective_rank,
@@ -36,6 +40,7 @@ __all__ = [
     "matrix_joint_entropy",
     "matrix_mutual_information",
     "mec_loss",
+    "nn",
     "tcr_loss",
     "uniformity_loss",
 ]

@@ -87,6 +87,16 @@ def order(value, name: str = "order") -> int:
     return int(value)
 
 
+def estimator_order(value, estimator: str) -> int | None:
+    """Check ``order`` of a TCR estimator: None, or an ``order`` for "series" / "taylor"."""
+    if value is None:
+        return None
+    if estimator == "exact":
+        raise ValueError("order applies to estimator='series' or 'taylor', not 'exact'; "
+                         "drop order or change the estimator")
+    return order(value)
+
+
 def choice(value, name: str, options) -> str:
     """Check that ``value`` is one of ``options``."""
     if value not in options:

@@ -2,7 +2,8 @@
 official-eager``). They imitate how the regulariser is written elsewhere, on purpose op by op;
 ``mmae_fast.reference`` stays the source of truth and the tests tie these to it.
 
-All take features (m, d), return a 0-d float32 tensor ``R = -logdet(I_d + mu/d · ZᵀZ)``.
+All take features (m, d), return a 0-d float32 tensor: ``R = -logdet(I_d + mu/d · ZᵀZ)``
+(``BASELINES``) or U-MAE's uniformity (``UNIFORMITY_BASELINES``).
 """
 from __future__ import annotations
 
@@ -44,3 +45,14 @@ def taylor_tcr(z: torch.Tensor, mu: float = 1.0, order: int = 4) -> torch.Tensor
 
 #: name -> callable(z, mu), for benchmarks and the trainer.
 BASELINES = {"official": official_tcr, "cholesky": cholesky_tcr, "taylor-eager": taylor_tcr}
+
+
+def umae_uniformity(z: torch.Tensor) -> torch.Tensor:
+    """U-MAE's eager uniformity: F.normalize, the (m, m) similarity ``ZZᵀ``, the mean of its
+    squares."""
+    z = F.normalize(z.float(), dim=1)
+    return (z @ z.T).square().mean()
+
+
+#: name -> callable(z), for benchmarks.
+UNIFORMITY_BASELINES = {"umae-eager": umae_uniformity}

@@ -1,6 +1,7 @@
 """``mmae-bench``: the console entry point of the benchmarks in the repository's ``bench/``.
 
     mmae-bench entropy --quick        # = python bench/entropy.py --quick
+    mmae-bench entropy --quick --loss uniformity
     mmae-bench train --quick          # = python bench/train.py --quick
     mmae-bench plot                   # = python bench/plot.py
 
@@ -14,7 +15,8 @@ import importlib
 import sys
 from pathlib import Path
 
-COMMANDS = {"entropy": "the TCR regulariser microbenchmark (bench/entropy.py)",
+COMMANDS = {"entropy": "the TCR regulariser microbenchmark (bench/entropy.py; --loss "
+                       "uniformity: U-MAE's loss)",
             "train": "trainer throughput (bench/train.py)",
             "plot": "plots and bench/README.md tables from the result files (bench/plot.py)"}
 

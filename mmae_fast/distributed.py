@@ -1,9 +1,21 @@
-"""TCR over a torch.distributed process group without gathering features.
+"""The losses over a torch.distributed process group without gathering features, and what
+``group=`` / ``distributed=`` mean (``module_group``, ``no_group``).
 
-Each of the K ranks holds ``m_r`` rows. Instead of all-gathering the (M, d) features (the official
-code), every rank runs the staged op (``mmae_fast.ops.tcr.op``) with an all-reduce of one buffer
-``[G_r, 1ᵀZ_r, m_r]`` between its first two stages (d² + d + 1 numbers; the column sums only
-when centring, so d² + 1 otherwise) and so holds the global ``S = Σ_r Z_rᵀZ_r``. Centred, each
+Through a Gram all-reduce (d×d, never the (M, d) features):
+
+- ``tcr`` (below) and ``uniformity`` (``||Σ_r Z_rᵀZ_r||_F² / M²``, M the all-reduced row count,
+  shards of any sizes) on the staged op of any backend;
+- ``renyi_entropy`` (``matrix_entropy``, ``effective_rank``): the spectrum of the all-reduced
+  ``S = Σ_r Z_rᵀZ_r`` (``K̂ = ZZᵀ/tr`` has S's non-zero eigenvalues), in eager PyTorch.
+
+Not distributable that way, so ``group=`` raises (``no_group``): the joint entropy and the
+mutual information (the Hadamard product ``K1 ∘ K2`` of two m×m sample kernels has no d×d form),
+MEC and MCE (computed per process, on each rank's own batch).
+
+TCR (``tcr``): each of the K ranks holds ``m_r`` rows. Instead of all-gathering the (M, d)
+features (the official code), every rank runs the staged op (``mmae_fast.ops.tcr.op``) with an
+all-reduce of one buffer ``[G_r, 1ᵀZ_r, m_r]`` between its first two stages (d² + d + 1
+numbers; the column sums only when centring, so d² + 1 otherwise) and so holds the global ``S = Σ_r Z_rᵀZ_r``. Centred, each
 ``G_r`` is centred on the rank's own mean and the between-rank scatter
 ``Σ_r m_r (z̄_r - z̄)(z̄_r - z̄)ᵀ`` comes from an all-gather of the ranks' (column sums, count),
 K·(d + 1) numbers: no cancellation of large terms. Every rank computes the same R as one process
@@ -15,7 +27,7 @@ The series and Taylor degrees and the Chebyshev interval come from ``M = K·m_r`
 as DistributedSampler with drop_last gives); if the all-reduced row count is larger, R is NaN
 rather than silently outside the series' guarantee.
 
-Gradient semantics (DDP then averages parameter gradients over the K ranks):
+Gradient semantics, of every loss here (DDP then averages parameter gradients over the K ranks):
 
 - ``"exact"``: the local gradient is multiplied by K, so after DDP's averaging the parameters get
   exactly the gradient of ``lambda·R`` on the full batch.
@@ -25,6 +37,7 @@ Gradient semantics (DDP then averages parameter gradients over the K ranks):
 """
 from __future__ import annotations
 
+import torch
 import torch.distributed as dist
 
 
@@ -46,3 +59,77 @@ def tcr(h, mu: float, *, centering: bool, estimator: str, degree: int, tol: floa
     scale = float(k) if grad_semantics == "exact" else 1.0
     return staged.tcr(h, backend=backend, mu=mu, centering=centering, estimator=estimator,
                       degree=degree, tol=tol, group=group, grad_scale=scale)
+
+
+def _grad_scale(group, grad_semantics: str) -> float:
+    return float(group_size(group)) if grad_semantics == "exact" else 1.0
+
+
+def uniformity(h, *, group, grad_semantics: str, backend: str):
+    """U-MAE's uniformity ``||S||_F² / M²`` on the rows of every rank of ``group`` through the
+    staged op of ``backend`` (one all-reduce of ``[S_r, m_r]``)."""
+    from .ops import tcr as staged
+
+    return staged.uniformity(h, backend=backend, group=group,
+                             grad_scale=_grad_scale(group, grad_semantics))
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Forward: the sum over the group's ranks; backward: the local gradient times ``scale``
+    (every rank computes the same function of the sum, so its gradient w.r.t. the sum is the
+    full-batch one)."""
+
+    @staticmethod
+    def forward(ctx, x, group, scale: float):
+        y = x.clone()
+        dist.all_reduce(y, op=dist.ReduceOp.SUM, group=group)
+        ctx.scale = scale
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.scale, None, None
+
+
+def renyi_entropy(h, alpha: float, *, group, grad_semantics: str):
+    """Matrix Rényi-alpha entropy of the rows of every rank of ``group``:
+    ``reference.renyi_entropy_psd(Σ_r Z_rᵀZ_r, alpha)`` (d×d all-reduced, differentiable)."""
+    from . import reference
+
+    with torch.autocast(h.device.type, enabled=False):
+        z = reference.normalized_features(h)
+        s = _AllReduceSum.apply(z.mT @ z, group, _grad_scale(group, grad_semantics))
+        return reference.renyi_entropy_psd(s, alpha)
+
+
+def no_group(group, fn: str) -> None:
+    """Raise if ``group`` is given to ``fn``, a loss with no Gram all-reduce form."""
+    if group is not None:
+        raise ValueError(
+            f"group: {fn} is not defined through a d×d Gram all-reduce (its m×m sample kernels "
+            f"or per-batch constants need every rank's rows); pass group=None to compute it on "
+            f"each rank's own batch, or all-gather the features first")
+
+
+def module_group(distributed: bool, group):
+    """The group a loss module passes to its function: ``distributed=False`` -> None (one
+    process); ``distributed=True`` -> ``group``, or the default group when ``group`` is None and
+    torch.distributed is initialised, else None (one process: single-GPU runs unchanged).
+    ``group`` with ``distributed=False`` is refused where the module is built
+    (``check_module_group``)."""
+    if not distributed:
+        return None
+    if group is not None:
+        return group
+    if dist.is_available() and dist.is_initialized():
+        return dist.group.WORLD
+    return None
+
+
+def check_module_group(distributed, group) -> None:
+    """``distributed`` must be a bool; ``group`` needs ``distributed=True``."""
+    if not isinstance(distributed, bool):
+        raise TypeError(f"distributed must be True or False, got {distributed!r}")
+    if group is not None and not distributed:
+        raise ValueError("group was given with distributed=False; pass distributed=True to "
+                         "reduce over that group, or drop group for one process")

@@ -1,5 +1,9 @@
 """Public losses and metrics: checked inputs, backend dispatch, one call each.
 
+``group=`` (a torch.distributed process group) computes a loss on the rows of every rank where it
+is a function of the all-reduced d×d Gram (``tcr_loss``, ``uniformity_loss``, ``matrix_entropy``,
+``effective_rank``); the two-view functions raise for it (``mmae_fast.distributed``).
+
 Every function takes features of shape (m, d) (m samples, d feature dims) in any float dtype,
 L2-normalises the rows itself and returns a 0-d tensor: float64 for float64 input, else float32.
 Formulas: ``mmae_fast.reference`` (the single source of truth); the staged op behind the kernel
@@ -64,11 +68,7 @@ def tcr_loss(z: torch.Tensor, mu: float = 1.0, *, centering: bool = False,
     _checks.choice(grad_semantics, "grad_semantics", _checks.GRAD_SEMANTICS)
     _checks.choice(backend, "backend", backends.BACKENDS)
     tol = _checks.tolerance(tol)
-    if order is not None:
-        if estimator == "exact":
-            raise ValueError("order applies to estimator='series' or 'taylor', not 'exact'; "
-                             "drop order or change the estimator")
-        order = _checks.order(order)
+    order = _checks.estimator_order(order, estimator)
     degree = order or 0  # 0: the default, chosen at run time inside the op (from tol and kappa)
     name = backends.resolve_name(backend, z)
     compiling = torch.compiler.is_compiling()
@@ -87,59 +87,93 @@ def tcr_loss(z: torch.Tensor, mu: float = 1.0, *, centering: bool = False,
                       degree=degree, tol=tol)
 
 
-def uniformity_loss(z: torch.Tensor, *, backend: str = "auto",
-                    check_finite: bool = False) -> torch.Tensor:
+def uniformity_loss(z: torch.Tensor, *, group=None, grad_semantics: str = "exact",
+                    backend: str = "auto", check_finite: bool = False) -> torch.Tensor:
     """U-MAE uniformity ``mean((ZZᵀ)²) = ||ZᵀZ||_F² / m²`` of the normalised rows (m, d) -> 0-d.
 
     It is R's order-2 Taylor term: ``lamb·R ≈ const + w·mean((ZZᵀ)²)`` with
     ``w = lamb·mu²m²/(2d²)`` (``reference.uniformity_equivalent_weight``).
+
+    Args:
+        group: a torch.distributed process group: the value on the rows of all its ranks,
+            ``||Σ_r Z_rᵀZ_r||_F² / M²`` (one all-reduce of the d×d Gram and the row count, shards
+            of any sizes; ``mmae_fast.distributed``); None for one process.
+        grad_semantics: with ``group``, as ``tcr_loss``: "exact" or "per_rank" (1/K).
+        backend: as ``tcr_loss``: "triton" / "cuda" run the staged op's fused Gram of the
+            smaller side and its backward; "reference" (and "auto" on the CPU) the
+            float64-capable formula for one process, the staged op's reference stages with
+            ``group``.
     """
     _checks.features(z, "z", check_finite=check_finite)
-    _reference_only(backend, "uniformity_loss")
-    return reference.uniformity(z)
+    _checks.choice(grad_semantics, "grad_semantics", _checks.GRAD_SEMANTICS)
+    name = backends.resolve_name(backend, z)
+    if group is not None:
+        return distributed.uniformity(z, group=group, grad_semantics=grad_semantics, backend=name)
+    if name == "reference":
+        return reference.uniformity(z)
+    return staged.uniformity(z, backend=name)
 
 
-def matrix_entropy(z: torch.Tensor, alpha: float = 1.0, *, backend: str = "auto",
+def matrix_entropy(z: torch.Tensor, alpha: float = 1.0, *, group=None,
+                   grad_semantics: str = "exact", backend: str = "auto",
                    check_finite: bool = False) -> torch.Tensor:
     """Matrix Rényi-alpha entropy of ``K̂ = ZZᵀ / tr(ZZᵀ)`` (m, d) -> 0-d, in nats::
 
         H_alpha = log tr(K̂^alpha) / (1 - alpha),   alpha = 1: von Neumann -tr(K̂ log K̂)
+
+    ``group``: a torch.distributed process group: H of the rows of all its ranks, from the
+    spectrum of the all-reduced d×d Gram ``Σ_r Z_rᵀZ_r`` (``mmae_fast.distributed``);
+    ``grad_semantics`` as ``tcr_loss``. ``backend``: "reference" for every alpha; alpha = 2
+    also runs on "triton" / "cuda", as ``H_2 = -log(uniformity_loss(z))`` on the staged op.
     """
     _checks.features(z, "z", check_finite=check_finite)
     alpha = _checks.alpha(alpha)
+    _checks.choice(grad_semantics, "grad_semantics", _checks.GRAD_SEMANTICS)
+    if alpha == 2.0 and backends.resolve_name(backend, z) != "reference":
+        return -uniformity_loss(z, group=group, grad_semantics=grad_semantics,
+                                backend=backend).log()
     _reference_only(backend, "matrix_entropy")
+    if group is not None:
+        return distributed.renyi_entropy(z, alpha, group=group, grad_semantics=grad_semantics)
     return reference.renyi_entropy(z, alpha)
 
 
-def effective_rank(z: torch.Tensor, *, backend: str = "auto",
-                   check_finite: bool = False) -> torch.Tensor:
-    """Effective rank ``exp(H_1)`` of the normalised features (m, d) -> 0-d, in [1, min(m, d)]."""
+def effective_rank(z: torch.Tensor, *, group=None, grad_semantics: str = "exact",
+                   backend: str = "auto", check_finite: bool = False) -> torch.Tensor:
+    """Effective rank ``exp(H_1)`` of the normalised features (m, d) -> 0-d, in [1, min(m, d)];
+    ``group`` / ``grad_semantics`` as ``matrix_entropy`` (then in [1, min(M, d)])."""
     _checks.features(z, "z", check_finite=check_finite)
+    _checks.choice(grad_semantics, "grad_semantics", _checks.GRAD_SEMANTICS)
     _reference_only(backend, "effective_rank")
+    if group is not None:
+        return distributed.renyi_entropy(z, 1.0, group=group, grad_semantics=grad_semantics).exp()
     return reference.effective_rank(z)
 
 
-def matrix_joint_entropy(z1: torch.Tensor, z2: torch.Tensor, alpha: float = 1.0, *,
+def matrix_joint_entropy(z1: torch.Tensor, z2: torch.Tensor, alpha: float = 1.0, *, group=None,
                          backend: str = "auto", check_finite: bool = False) -> torch.Tensor:
     """Matrix joint entropy ``H_alpha(K1 ∘ K2)`` of two views (m, d1), (m, d2) -> 0-d."""
     _checks.pair(z1, z2, same_d=False, check_finite=check_finite)
     alpha = _checks.alpha(alpha)
     _reference_only(backend, "matrix_joint_entropy")
+    distributed.no_group(group, "matrix_joint_entropy")
     return reference.joint_entropy(z1, z2, alpha)
 
 
 def matrix_mutual_information(z1: torch.Tensor, z2: torch.Tensor, alpha: float = 1.0, *,
-                              backend: str = "auto", check_finite: bool = False) -> torch.Tensor:
+                              group=None, backend: str = "auto",
+                              check_finite: bool = False) -> torch.Tensor:
     """Matrix mutual information ``H_alpha(K1) + H_alpha(K2) - H_alpha(K1 ∘ K2)``
     of two views (m, d1), (m, d2) -> 0-d."""
     _checks.pair(z1, z2, same_d=False, check_finite=check_finite)
     alpha = _checks.alpha(alpha)
     _reference_only(backend, "matrix_mutual_information")
+    distributed.no_group(group, "matrix_mutual_information")
     return reference.mutual_information(z1, z2, alpha)
 
 
 def mec_loss(z1: torch.Tensor, z2: torch.Tensor, *, eps_sq: float = 0.06, order: int = 4,
-             backend: str = "auto", check_finite: bool = False) -> torch.Tensor:
+             group=None, backend: str = "auto", check_finite: bool = False) -> torch.Tensor:
     """Maximum Entropy Coding loss of two views (m, d) -> 0-d::
 
         -mu_mec · Σ_{k<=order} (-1)^(k+1) tr((lam · Z1 Z2ᵀ)^k) / k,
@@ -152,11 +186,13 @@ def mec_loss(z1: torch.Tensor, z2: torch.Tensor, *, eps_sq: float = 0.06, order:
     eps_sq = _checks.positive(eps_sq, "eps_sq")
     order = _checks.order(order)
     _reference_only(backend, "mec_loss")
+    distributed.no_group(group, "mec_loss")
     return reference.mec(z1, z2, eps_sq=eps_sq, order=order)
 
 
 def matrix_cross_entropy(z1: torch.Tensor, z2: torch.Tensor, *, mu: float = 1.0, order: int = 4,
-                         backend: str = "auto", check_finite: bool = False) -> torch.Tensor:
+                         group=None, backend: str = "auto",
+                         check_finite: bool = False) -> torch.Tensor:
     """Matrix-SSL's uniformity loss, the matrix cross-entropy ``MCE(I_d/d, Q)`` (m, d) -> 0-d::
 
         MCE(P, Q) = tr(-P log Q + Q),  Q = (1/m) Z1ᵀ J Z2 + mu·I_d,
@@ -166,4 +202,5 @@ def matrix_cross_entropy(z1: torch.Tensor, z2: torch.Tensor, *, mu: float = 1.0,
     mu = _checks.positive(mu, "mu")
     order = _checks.order(order)
     _reference_only(backend, "matrix_cross_entropy")
+    distributed.no_group(group, "matrix_cross_entropy")
     return reference.matrix_cross_entropy(z1, z2, mu=mu, order=order)

@@ -212,6 +212,7 @@ def tcr_series(h: torch.Tensor, mu: float = 1.0, *, centering: bool = False,
 
 # ----------------------------------------------------------------------------- U-MAE
 @_exact_math
+@_exact_math
 def uniformity(h: torch.Tensor) -> torch.Tensor:
     """U-MAE uniformity ``mean((ZZᵀ)²) = ||ZZᵀ||_F² / m² = ||ZᵀZ||_F² / m²`` (0-d)."""
     z = normalized_features(h)

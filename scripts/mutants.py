@@ -37,6 +37,10 @@ STAGED_BACKENDS = "tests/ops/test_staged_backends.py"
 CKPT_INTEGRITY = "tests/train/test_train_checkpoint_integrity.py"
 RESUME_ARGS = "tests/train/test_train_resume_args.py"
 EVAL_INTEGRITY = "tests/eval/test_eval_checkpoint_integrity.py"
+STAGED_UNIFORMITY = "tests/ops/test_staged_uniformity.py"
+DISTRIBUTED_LOSSES = "tests/library/test_distributed_losses.py"
+NN = "tests/library/test_nn.py"
+TRAIN_DDP = "tests/train/test_train_ddp.py"
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,32 @@ MUTANTS = [
     Mutant("eval-resume-ignores-encoder", "dropped check: a probe resumes on another encoder",
            "mmae_fast/eval/common.py", "if was is not None and now is not None and was != now:",
            "if False:", (EVAL_INTEGRITY,)),
+    Mutant("staged-uniformity-mean-over-m", "constant (1/m instead of 1/m² on the staged path)",
+           "mmae_fast/ops/tcr/small_side.py", "else torch.full((), 1.0 / float(k.rows) ** 2",
+           "else torch.full((), 1.0 / float(k.rows)", (STAGED_UNIFORMITY,)),
+    Mutant("staged-uniformity-count-not-squared", "constant (1/M with a group, not 1/M²)",
+           "mmae_fast/ops/tcr/small_side.py", "1.0 / count.to(F64).square()",
+           "1.0 / count.to(F64)", (STAGED_UNIFORMITY, DISTRIBUTED_LOSSES)),
+    Mutant("staged-uniformity-gradient-p", "constant (Q from P, not 2P = 4G/M²)",
+           "mmae_fast/ops/tcr/small_side.py", "q = g64 * (4.0 * inv_m2)",
+           "q = g64 * (2.0 * inv_m2)", (STAGED_UNIFORMITY,)),
+    Mutant("distributed-losses-ignore-grad-semantics", "wrapper ignores an argument (the K)",
+           "mmae_fast/distributed.py",
+           'return float(group_size(group)) if grad_semantics == "exact" else 1.0',
+           "return 1.0", (DISTRIBUTED_LOSSES,)),
+    Mutant("distributed-entropy-local-gram", "dropped term (the entropy's Gram not all-reduced)",
+           "mmae_fast/distributed.py",
+           "s = _AllReduceSum.apply(z.mT @ z, group, _grad_scale(group, grad_semantics))",
+           "s = z.mT @ z", (DISTRIBUTED_LOSSES,)),
+    Mutant("module-ignores-distributed", "ignored argument (distributed=True: one process)",
+           "mmae_fast/distributed.py", "        return dist.group.WORLD\n    return None",
+           "        return None\n    return None", (DISTRIBUTED_LOSSES,)),
+    Mutant("module-drops-a-setting", "ignored argument (TCRLoss drops centering)",
+           "mmae_fast/nn.py", "centering=self.centering, estimator=self.estimator,",
+           "centering=False, estimator=self.estimator,", (NN,)),
+    Mutant("trainer-uniformity-one-rank", "dropped term (--reg uniformity without the group)",
+           "mmae_fast/train/regularisers.py", "cls, group=group, grad_semantics=",
+           "cls, group=None, grad_semantics=", (TRAIN_DDP,)),
 ]
 
 

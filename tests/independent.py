@@ -135,3 +135,36 @@ def chebyshev_log1p(kappa: float, degree: int) -> np.ndarray:
     f = cheb.Chebyshev.interpolate(lambda t: np.log1p(h * (t + 1)) / (h * (t + 1)), 400)
     q = f.coef[:degree]
     return h * (np.pad(q, (0, 1)) + cheb.chebmulx(q)[: degree + 1])
+
+
+def _rows_gradient(h, gz) -> np.ndarray:
+    """dL/dh (m, d) from dL/dZ through ``z_i = h_i/||h_i||``: ``(g_i - z_i <g_i, z_i>)/||h_i||``."""
+    h = np.asarray(h.detach().double().cpu().numpy() if hasattr(h, "detach") else h, np.float64)
+    z = features(h)
+    return (gz - z * (gz * z).sum(1, keepdims=True)) / np.linalg.norm(h, axis=1, keepdims=True)
+
+
+def uniformity_grad(h) -> np.ndarray:
+    """dR/dh (m, d) of ``uniformity``: R = Σ_ij <z_i, z_j>² / m², dR/dz_i = 4 Σ_j <z_i, z_j> z_j
+    / m² (the (m, m) sample Gram, written out)."""
+    z = features(h)
+    m = z.shape[0]
+    return _rows_gradient(h, 4.0 * (z @ z.T) @ z / m ** 2)
+
+
+def matrix_entropy_grad(h, alpha: float = 1.0) -> np.ndarray:
+    """dH_alpha/dh (m, d) of ``matrix_entropy`` for full-rank feature Grams (M >= d): with
+    ``K̂ = S/t``, S = ZᵀZ, t = tr S, eigenpairs (λ, V) of K̂ and ``φ'`` the derivative of H in
+    each λ (-(log λ + 1) for alpha = 1, alpha λ^(alpha-1) / ((1-alpha) Σ λ^alpha) else):
+    ``D = V diag(φ') Vᵀ``, ``dH/dS = (D - tr(K̂D) I)/t``, ``dH/dZ = 2 Z dH/dS``."""
+    z = features(h)
+    s = z.T @ z
+    t = np.trace(s)
+    lam, v = np.linalg.eigh(s / t)
+    if alpha == 1:
+        dphi = -(np.log(lam) + 1.0)
+    else:
+        dphi = alpha * lam ** (alpha - 1) / ((1.0 - alpha) * (lam ** alpha).sum())
+    dmat = (v * dphi) @ v.T
+    ds = (dmat - np.trace((s / t) @ dmat) * np.eye(s.shape[0])) / t
+    return _rows_gradient(h, 2.0 * z @ ds)

@@ -21,3 +21,11 @@ def test_taylor_baseline_matches_reference_taylor(gen):
     for order in (2, 4, 5):
         assert_close(baselines.taylor_tcr(z, 0.5, order=order),
                      R.tcr(z.double(), 0.5, estimator="taylor", degree=order), torch.float32)
+
+
+@pytest.mark.parametrize("m,d", [(13, 29), (37, 11)])
+def test_uniformity_baseline_matches_reference(m, d, gen):
+    z = torch.randn(m, d, generator=gen)
+    got = baselines.UNIFORMITY_BASELINES["umae-eager"](z)
+    assert got.dtype == torch.float32
+    assert_close(got, R.uniformity(z.double()), torch.float32)

@@ -132,7 +132,7 @@ def test_other_bad_arguments():
     with pytest.raises(ValueError, match="order must be >= 1"):
         mf.matrix_cross_entropy(z, z, order=0)
     with pytest.raises(ValueError, match="no 'triton' kernel yet"):
-        mf.uniformity_loss(z, backend="triton")
+        mf.matrix_entropy(z, backend="triton")
 
 
 @pytest.mark.parametrize("dtype,out", [(torch.float16, torch.float32), (torch.bfloat16, torch.float32),

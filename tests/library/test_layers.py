@@ -15,7 +15,7 @@ LAYERS = [
     ("mmae_fast.reference", 0), ("mmae_fast.series", 0), ("mmae_fast._checks", 0),
     ("mmae_fast.ops", 1),
     ("mmae_fast.backends", 2), ("mmae_fast.distributed", 2), ("mmae_fast.baselines", 2),
-    ("mmae_fast.functional", 3), ("mmae_fast", 3),
+    ("mmae_fast.functional", 3), ("mmae_fast.nn", 3), ("mmae_fast", 3),
     ("mmae_fast.mae", 4),
     ("mmae_fast.train", 5), ("mmae_fast.eval", 5),
     ("mmae_fast.train.demo", 6),

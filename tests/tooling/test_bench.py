@@ -208,3 +208,37 @@ def test_train_bench_runs_the_trainer_model(tmp_path):
     rows = json.loads(json_path.read_text())["results"]
     assert len(rows) == 4 and all(r["status"] == "ok" for r in rows), rows
     assert all(r["img_per_s"] > 0 and math.isfinite(r["median_ms"]) for r in rows)
+
+
+def test_uniformity_sweep_beside_its_eager_baseline(tmp_path):
+    """``--loss uniformity``: uniformity_loss on every backend beside the eager U-MAE baseline,
+    one row per case of the sweep, errors against the float64 reference.uniformity, written to
+    its own file (the TCR plots do not read it). No timing is asserted."""
+    cmd = [sys.executable, str(ROOT / "bench" / "entropy.py"), "--quick", "--loss", "uniformity",
+           "--threads", "1", "--no-progress", "--out", str(tmp_path), "--m", "48", "--d", "40",
+           "--dtype", "fp32", "--reps", "1", "--warmup", "0"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    (json_path,) = folder.glob("uniformity-quick-*.json")
+    assert not list(folder.glob("entropy-*.json"))
+    rows = json.loads(json_path.read_text())["results"]
+    assert {r["provider"] for r in rows} == {"umae-eager", "reference", "triton", "cuda"}
+    assert {r["estimator"] for r in rows} == {"uniformity"}
+    assert len(rows) == 4 * 2  # providers x modes
+    for r in rows:
+        if r["provider"] in ("umae-eager", "reference"):
+            assert r["status"] == "ok", r
+        if r["status"] == "ok":
+            assert r["rel_err"] < 1e-5 and math.isfinite(r["value"])
+            assert (r["grad_rel_err"] is None) == (r["mode"] == "fwd")
+            if r["grad_rel_err"] is not None:
+                assert r["grad_rel_err"] < 1e-4
+        else:
+            assert r["provider"] in r["reason"]
+
+
+def test_uniformity_roofline_cost_has_no_small_side_products():
+    cost = roofline.tcr_cost(4096, 768, "uniformity", 0, "fwd+bwd", 2)
+    assert cost["gram_flops"] == 2 * (2.0 * 4096 * 768 * 768)
+    assert cost["small_flops"] == 4.0 * 768 * 768

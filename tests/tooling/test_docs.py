@@ -72,3 +72,37 @@ def test_cuda_doc_example_runs():
     scope = {"cls_features": torch.randn(256, 768, device="cuda", requires_grad=True)}
     exec(code, scope)
     assert torch.isfinite(scope["loss"])
+
+
+def test_losses_examples_run_and_compute_the_independent_values():
+    """docs/losses.md: the plain loop, the LightningModule-like class, the solo-learn-style
+    function and the porting snippet run; the values they leave equal the independent formulas
+    (tests/independent.py) on the features they saw."""
+    import independent as ind
+
+    loop, lightning_like, solo_like, porting = _blocks(ROOT / "docs" / "losses.md", "python")
+    scope = {}
+    exec(loop, scope)
+    assert scope["reg"].item() == pytest.approx(ind.tcr_exact(scope["feats"], 1.0), rel=1e-5)
+
+    scope = {}
+    exec(lightning_like, scope)
+    feats = scope["module"].encoder(scope["batch"]).detach()
+    want = feats.square().mean().item() + 0.01 * ind.tcr_exact(feats, 3.0)
+    assert scope["loss"].item() == pytest.approx(want, rel=1e-5)
+    assert scope["module"].logged["uniformity"] == pytest.approx(ind.uniformity(feats), rel=1e-5)
+    assert scope["module"].encoder.weight.grad is not None
+
+    scope = {}
+    exec(solo_like, scope)
+    z1, z2 = scope["z1"].detach(), scope["z2"]
+    want = ((z1 - z2).square().sum(1).mean().item()
+            + 0.01 * (ind.tcr_exact(z1, 1.0) + ind.tcr_exact(z2, 1.0)) / 2)
+    assert scope["loss"].item() == pytest.approx(want, rel=1e-5)
+    assert scope["z1"].grad is not None
+
+    scope = {}
+    exec(porting, scope)
+    x = torch.randn(40, 12, dtype=torch.float64)
+    assert "grad_semantics='per_rank'" in repr(scope["criterion"])
+    assert scope["criterion"](x).item() == pytest.approx(ind.tcr_exact(x, 3.0), rel=1e-12)

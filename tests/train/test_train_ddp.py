@@ -1,9 +1,15 @@
-"""The trainer over ranks (2 gloo ranks): `--reg uniformity` gathered as the official U-MAE loss;
-`--skip-nonfinite` skips the same steps on every rank."""
+"""The trainer over ranks (2 gloo ranks): `--reg uniformity` (``mmae_fast.uniformity_loss`` with
+the world group) gathered as the official U-MAE loss; `--skip-nonfinite` skips the same steps on
+every rank."""
+from types import SimpleNamespace
+
+import pytest
 import torch
 import torch.distributed as dist
 
-from mmae_fast.train.regularisers import global_uniformity
+import independent as ind
+from mmae_fast import backends
+from mmae_fast.train import regularisers
 from tests.gloo import spawn
 
 
@@ -13,36 +19,47 @@ def _single(z):
     return (zn @ zn.T).square().mean()
 
 
+def _args(semantics, backend="auto"):
+    return SimpleNamespace(reg="uniformity", grad_semantics=semantics, backend=backend)
+
+
 def _worker(rank, world, z):
     res = {}
     for semantics in ("exact", "per_rank"):
         rows = z.chunk(world)[rank].clone().requires_grad_(True)
-        loss = global_uniformity(rows, dist.group.WORLD, world, semantics)
+        loss = regularisers.build(_args(semantics), dist.group.WORLD, world)(rows)
         loss.backward()
         res[semantics] = {"loss": loss.detach(), "grad": rows.grad}
     return res
 
 
 def test_gathered_uniformity_equals_one_process_on_the_concatenated_batch(gen):
-    """Value: that of one process on the 12 rows. Gradient of each rank's rows: K = 2 times
-    the single-process one ("exact": DDP's mean then gives the full gradient) or equal to it
-    ("per_rank", the official all-gather's)."""
+    """Value: that of one process on the 12 rows (and the independent formula). Gradient of each
+    rank's rows: K = 2 times the single-process one ("exact": DDP's mean then gives the full
+    gradient) or equal to it ("per_rank", the official all-gather's)."""
     z = torch.randn(12, 5, generator=gen, dtype=torch.float64).float()
     whole = z.clone().requires_grad_(True)
     ref = _single(whole.double())
     ref.backward()
+    assert ref.item() == pytest.approx(ind.uniformity(z), rel=1e-12)
     res = spawn(_worker, z)
     for (semantics, scale), r in [((s, k), r) for s, k in (("exact", 2.0), ("per_rank", 1.0))
                                   for r in range(2)]:
         part = res[r][semantics]
+        assert part["loss"].dtype == torch.float32
         torch.testing.assert_close(part["loss"].double(), ref.detach(), rtol=1e-5, atol=1e-7)
         torch.testing.assert_close(part["grad"].double(), scale * whole.grad.chunk(2)[r].double(),
                                    rtol=1e-4, atol=1e-6)
 
 
-def test_single_process_uniformity_matches_the_definition(gen):
+@pytest.mark.parametrize("backend", ["auto", "reference", "triton"])
+def test_single_process_uniformity_matches_the_definition(gen, backend):
+    """One process, on the backend ``--backend`` names (Triton: its interpreter on the CPU)."""
+    if backend == "triton" and backends.availability("triton") is not None:
+        pytest.skip(backends.availability("triton"))
     z = torch.randn(9, 4, generator=gen)
-    torch.testing.assert_close(global_uniformity(z, None, 1), _single(z.double()).float())
+    got = regularisers.build(_args("exact", backend), None, 1)(z)
+    torch.testing.assert_close(got, _single(z.double()).float())
 
 
 def _skip_worker(rank, world):

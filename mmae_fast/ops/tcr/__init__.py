@@ -1,4 +1,5 @@
-"""The staged TCR op ``R = -logdet(I + mu/d · ZᵀZ)``, in data-flow order (docs/architecture.md):
+"""The staged TCR op ``R = -logdet(I + mu/d · ZᵀZ)``, in data-flow order (docs/architecture.md);
+U-MAE's uniformity ``||ZᵀZ||_F²/M²`` runs on the same stages (``uniformity``):
 
     op.py            the entry point ``tcr`` and the autograd op: stage 1 (+ the all-reduce with a
                      group), stage 2, and stage 3 in the backward
@@ -11,6 +12,6 @@
     triton/          the Triton backend: kernels, launchers, custom-op registration
     cuda.py          the CUDA backend: the Python side of ``csrc/``
 """
-from .op import tcr
+from .op import tcr, uniformity
 
-__all__ = ["tcr"]
+__all__ = ["tcr", "uniformity"]

@@ -7,6 +7,7 @@ the distributed path (docs/staged.md).
     stage 2  small side (shared, float64; mmae_fast.ops.tcr.small_side) -> R, Q, v, qinfo
     stage 3  grad   (backend)  (grad·qinfo, h, rinv, Q, v) -> dh (m, d)      [backward only]
 
+U-MAE's uniformity (``uniformity``) is the same op with stage 2 ``small_side.uniformity_side``.
 Stage 2 is the custom op ``torch.ops.mmae_fast.small_side`` so that ``torch.compile`` sees one
 opaque call whose Python (degree, coefficients, warnings) runs at run time, not while tracing.
 Stages 1 and 3 are the backend's ops (``torch.ops.mmae_fast.<backend>_gram`` / ``_grad``; the
@@ -44,6 +45,11 @@ def small_side_op(g: Tensor, colsum: Tensor, count: Tensor | None, mu: float, m:
     """``(R, Q, v, qinfo)``: ``mmae_fast.ops.tcr.small_side.small_side`` as one op; ``degree`` 0
     means the estimator's default (series: from ``tol`` and kappa = 1 + mu·m/d); ``count``
     None: the row count is exactly ``m`` (no group)."""
+    if estimator == _small.UNIFORMITY:
+        constants = _small.uniformity_constants(m=m, feature=feature, need_grad=need_grad,
+                                                grouped=count is not None)
+        inputs = (g, colsum) if count is None else (g, colsum, count)
+        return _small.CACHE.run(_run_small_side, inputs, constants)
     _small.warn_if_taylor_diverges(estimator, mu, m, d)
     degree = degree or _default_degree(estimator, series.kappa(mu, m, d), tol)
     constants = _small.Constants.of(mu=mu, m=m, d=d, feature=feature, centering=centering,
@@ -148,3 +154,13 @@ def tcr(h: Tensor, *, backend: str, mu: float, centering: bool, estimator: str, 
     need_grad = torch.is_grad_enabled() and h.requires_grad
     return _StagedTCR.apply(h, backend, float(mu), estimator, int(degree), float(tol),
                             bool(centering), need_grad, group, float(grad_scale))
+
+
+def uniformity(h: Tensor, *, backend: str, group=None, grad_scale: float = 1.0) -> Tensor:
+    """U-MAE's uniformity ``||ZᵀZ||_F² / M²`` of the normalised rows of h (m, d) through the same
+    stages (stage 2: ``small_side.uniformity_side``; one Gram of the smaller side); with
+    ``group``, of the rows of every rank (M the all-reduced count, shards of any sizes; each
+    rank's gradient is that of its own rows, times ``grad_scale``). 0-d, float64 for float64 h, else float32."""
+    need_grad = torch.is_grad_enabled() and h.requires_grad
+    return _StagedTCR.apply(h, backend, 0.0, _small.UNIFORMITY, 0, reference.SERIES_TOL, False,
+                            need_grad, group, float(grad_scale))

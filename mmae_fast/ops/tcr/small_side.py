@@ -253,6 +253,8 @@ def small_side(g: Tensor, colsum: Tensor, count: Tensor | None,
     inputs: the operands of the backward GEMM); qinfo (2,) in g's dtype: ``[qscale, alpha]``.
     Without ``need_grad`` Q, v are empty and qinfo is ``[1, 0]``.
     """
+    if k.estimator == UNIFORMITY:
+        return uniformity_side(g, count, k)
     out_dtype = g.dtype
     n = g.shape[0]
     gc = g.to(F64, copy=True)  # overwritten in place below
@@ -300,3 +302,44 @@ def warn_if_taylor_diverges(estimator: str, mu: float, m: int, d: int, stackleve
             f"estimator='taylor' may diverge: the spectral radius of mu/d·ZᵀZ can reach "
             f"mu·m/d = {mu * m / d:.3g} >= 1; use estimator='series' (converges for every input) "
             f"or a smaller mu", RuntimeWarning, stacklevel=stacklevel)
+
+
+# ----------------------------------------------------------------------------- uniformity
+#: The ``estimator`` name of U-MAE's uniformity on this stage (``uniformity_side``).
+UNIFORMITY = "uniformity"
+
+
+def uniformity_constants(*, m: int, feature: bool, need_grad: bool, grouped: bool) -> Constants:
+    """The ``Constants`` of ``uniformity_side``: only ``rows`` (m without a group; with one the
+    summed count divides) and the side; no centring, no estimator numbers."""
+    return Constants(c=0.0, estimator=UNIFORMITY, degree=0, kappa=0.0, max_rows=0,
+                     rows=0 if grouped else int(m), feature=bool(feature), centering=False,
+                     need_grad=bool(need_grad))
+
+
+def uniformity_side(g: Tensor, count: Tensor | None,
+                    k: Constants) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``small_side``'s outputs for U-MAE's uniformity of the M rows behind the Gram G (n, n)::
+
+        R = ||G||_F² / M²,   P = dR/dG = 2G / M²,   Q' = 2P + alpha·I,  alpha = -tr(2P)/n
+
+    (``mean((ZZᵀ)²)``: the same on either side, and on the all-reduced ``Σ_r Z_rᵀZ_r``; M is
+    ``count`` with a group, else ``k.rows``). One Gram, no other n×n product; float64 as the
+    rest of this stage; Q, qinfo scaled as in the module docstring (v is empty: no centring).
+    """
+    out_dtype = g.dtype
+    n = g.shape[0]
+    inv_m2 = (1.0 / count.to(F64).square() if count is not None
+              else torch.full((), 1.0 / float(k.rows) ** 2, dtype=F64, device=g.device))
+    g64 = g.to(F64)
+    value = (torch.linalg.vector_norm(g64).square() * inv_m2).to(out_dtype)
+    if not k.need_grad:
+        qinfo = g.new_zeros(2)
+        qinfo[:1].fill_(1.0)
+        return value, g.new_empty((0, 0)), g.new_empty((0,)), qinfo
+    q = g64 * (4.0 * inv_m2)  # 2P
+    alpha = q.diagonal().sum() / -n
+    q.diagonal().add_(alpha)
+    qscale = torch.linalg.vector_norm(q, ord=math.inf).clamp_min(torch.finfo(torch.float32).tiny)
+    q = q.div_(qscale).to(out_dtype).contiguous()
+    return value, q, g.new_empty((0,)), torch.stack([qscale, alpha]).to(out_dtype)
