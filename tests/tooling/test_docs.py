@@ -72,3 +72,13 @@ def test_cuda_doc_example_runs():
     scope = {"cls_features": torch.randn(256, 768, device="cuda", requires_grad=True)}
     exec(code, scope)
     assert torch.isfinite(scope["loss"])
+
+
+def test_every_test_file_is_in_the_tests_readme():
+    """tests/README.md's tables name every tests/<folder>/test_*.py."""
+    table = (ROOT / "tests" / "README.md").read_text()
+    names = [str(p.relative_to(ROOT / "tests"))
+             for p in sorted((ROOT / "tests").glob("*/test_*.py"))]
+    missing = [name for name in names if f"`{name}`" not in table]
+    assert not missing, f"tests/README.md does not list {missing}"
+
