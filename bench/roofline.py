@@ -13,12 +13,13 @@
                      series / taylor: 2N³        (one product: P' has degree D-1 <= 2·ceil(D/2)-1,
                                                   so P' = A + T_h·B with A, B combinations of the
                                                   matrices the forward already built)
-    bytes     fwd:   m·d·s + 4·N²·(3 per small product, 2 for Cholesky/inverse, 1 for G)
+    bytes     fwd:   m·d·s + 8·N²·(3 per small product, 2 for Cholesky/inverse, 1 for G)
               fwd+bwd: 3·m·d·s (read Z twice, write dZ) + the small-side traffic of both passes
 
 The O(m·d) work of normalising and of the chain rule through it is left out (memory-bound, and
-counted in the bytes). The small side runs at the float32 rate (every backend computes it in
-float32). The floor is ``max(gram/rate[dtype] + small/rate[fp32], bytes/bandwidth)``; launch
+counted in the bytes). The small side runs at the float64 rate with 8-byte elements (every
+backend computes it in float64: ``mmae_fast/ops/tcr/small_side.py``). The floor is
+``max(gram/rate[dtype] + small/rate[fp64], bytes/bandwidth)``; launch
 latency is measured beside it but not added. A kernel that exploits the Gram's symmetry (SYRK,
 half the ``gram`` FLOPs) may beat this floor: the fraction is then above 1.
 """
@@ -29,6 +30,10 @@ import math
 import torch
 
 from . import common
+
+#: the small side's dtype (float64 on every backend) and the rates calibrate() measures
+SMALL_SIDE = "fp64"
+RATE_DTYPES = {**common.DTYPES, SMALL_SIDE: torch.float64}
 
 
 def small_products(estimator: str, degree: int) -> int:
@@ -49,10 +54,10 @@ def tcr_cost(m: int, d: int, estimator: str, degree: int, mode: str, itemsize: i
         small_bytes_fwd, small_bytes_bwd = 4.0 * n * n, 4.0 * n * n * 2
     elif estimator == "exact":
         small_fwd, small_bwd = n**3 / 3.0, 2.0 * n**3 / 3.0
-        small_bytes_fwd, small_bytes_bwd = 4.0 * n * n * (1 + 2), 4.0 * n * n * 2
+        small_bytes_fwd, small_bytes_bwd = 8.0 * n * n * (1 + 2), 8.0 * n * n * 2
     else:
         small_fwd, small_bwd = 2.0 * n**3 * k, 2.0 * n**3
-        small_bytes_fwd, small_bytes_bwd = 4.0 * n * n * (1 + 3 * k), 4.0 * n * n * 3
+        small_bytes_fwd, small_bytes_bwd = 8.0 * n * n * (1 + 3 * k), 8.0 * n * n * 3
     small = small_fwd + (small_bwd if passes == 2 else 0.0)
     bytes_ = (3.0 if passes == 2 else 1.0) * m * d * itemsize + small_bytes_fwd + (
         small_bytes_bwd if passes == 2 else 0.0)
@@ -60,12 +65,12 @@ def tcr_cost(m: int, d: int, estimator: str, degree: int, mode: str, itemsize: i
 
 
 def floor_ms(cost: dict, dtype: str, calib: dict) -> float | None:
-    """``max(gram/rate[dtype] + small/rate[fp32], bytes/bandwidth)`` in milliseconds."""
+    """``max(gram/rate[dtype] + small/rate[fp64], bytes/bandwidth)`` in milliseconds."""
     rates, bw = calib.get("gemm_tflops", {}), calib.get("copy_gbps")
-    if not rates.get(dtype) or not rates.get("fp32") or not bw:
+    if not rates.get(dtype) or not rates.get(SMALL_SIDE) or not bw:
         return None
     compute = cost["gram_flops"] / (rates[dtype] * 1e12) + cost["small_flops"] / (
-        rates["fp32"] * 1e12)
+        rates[SMALL_SIDE] * 1e12)
     memory = cost["bytes"] / (bw * 1e9)
     return 1e3 * max(compute, memory)
 
@@ -80,8 +85,8 @@ def calibrate(device: torch.device, dtypes, *, gemm_n: int, copy_mib: int, reps:
     gen = torch.Generator(device="cpu").manual_seed(0)
     out = {"gemm_n": gemm_n, "copy_mib": copy_mib, "reps": reps, "gemm_tflops": {},
            "gemm_tflops_median": {}}
-    for name in sorted(set(dtypes) | {"fp32"}):
-        dt = common.DTYPES[name]
+    for name in sorted(set(dtypes) | {SMALL_SIDE}):
+        dt = RATE_DTYPES[name]
         a = torch.randn(gemm_n, gemm_n, generator=gen).to(device, dt)
         b = torch.randn(gemm_n, gemm_n, generator=gen).to(device, dt)
         s = common.summary(common.time_calls(lambda x: x @ b, [a], device, warmup=3, reps=reps))

@@ -10,8 +10,9 @@ Accepted inputs (:func:`load_encoder`):
 
 The encoder keys are timm's (``cls_token``, ``pos_embed``, ``patch_embed.proj.*``,
 ``blocks.N.*``, ``norm.*``); the architecture is read from the tensor shapes (width, depth,
-patch, image size, MLP ratio, qkv bias) except the number of heads, which comes from the run's
-preset (``args["model"]``), the sidecar, or ``num_heads=``.
+patch, image size, MLP ratio, qkv bias) except the number of heads: the checkpoint's own record (a fine-tuning checkpoint's
+``vit_kwargs``, an export's sidecar), else the run's preset (``args["model"]``), else
+``num_heads=``; a ``num_heads=`` that contradicts a recorded count is a ``ValueError``.
 """
 from __future__ import annotations
 
@@ -144,7 +145,14 @@ def load_encoder(path: str, *, num_heads: int | None = None, head: bool = False)
         info_kwargs = side.get("timm_kwargs")
     prefixes = ENCODER_PREFIXES + ("fc_norm.",)  # fc_norm: a fine-tuned avg-pool model
     state = {k: v.float().contiguous() for k, v in full.items() if k.startswith(prefixes)}
-    heads = num_heads or (info_kwargs or {}).get("num_heads") or _num_heads_of(args)
+    # the checkpoint's own record first (a fine-tuning checkpoint's kwargs, an export's sidecar),
+    # then the training run's preset; num_heads only where neither says (the weights' shapes do
+    # not depend on it, so a contradicting value would build a different model silently)
+    stored = (info_kwargs or {}).get("num_heads") or _num_heads_of(args)
+    if num_heads is not None and stored is not None and int(num_heads) != int(stored):
+        raise ValueError(f"{path}: --num-heads {num_heads} contradicts the checkpoint, whose "
+                         f"encoder has {stored} heads; drop --num-heads")
+    heads = stored or num_heads
     if heads is None:
         raise ValueError(f"{path}: cannot tell the number of attention heads (no preset name in "
                          f"the checkpoint, no encoder.json beside it); pass --num-heads N")

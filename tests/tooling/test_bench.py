@@ -111,19 +111,22 @@ def test_plots_and_readme(quick_run, tmp_path):
 
 
 def test_roofline_cost_counts():
-    """tcr_cost against hand counts: m=8, d=4 (N=4), fp32."""
+    """tcr_cost against hand counts: m=8, d=4 (N=4), fp32 input, the small side in float64
+    (8-byte elements, the float64 rate)."""
     exact = roofline.tcr_cost(8, 4, "exact", 0, "fwd", 4)
     assert exact["gram_flops"] == 2 * 8 * 4 * 4 and exact["small_flops"] == pytest.approx(64 / 3)
-    assert exact["bytes"] == 8 * 4 * 4 + 4 * 16 * 3
+    assert exact["bytes"] == 8 * 4 * 4 + 8 * 16 * 3
     series = roofline.tcr_cost(8, 4, "series", 5, "fwd+bwd", 2)  # T_2, T_3: 2 products + 1 bwd
     assert series["gram_flops"] == 2 * (2 * 8 * 4 * 4)
     assert series["small_flops"] == 2 * 64 * 2 + 2 * 64
     sample_side = roofline.tcr_cost(3, 10, "taylor", 4, "fwd", 2)  # N = m = 3, Y^2: 1 product
     assert sample_side["gram_flops"] == 2 * 3 * 10 * 3 and sample_side["small_flops"] == 2 * 27
-    calib = {"gemm_tflops": {"fp32": 1e-3, "bf16": 1e-3}, "copy_gbps": 1.0}
+    calib = {"gemm_tflops": {"fp32": 1e-3, "bf16": 1e-3, "fp64": 0.5e-3}, "copy_gbps": 1.0}
     assert roofline.floor_ms(exact, "fp32", calib) == pytest.approx(
-        1e3 * max((exact["gram_flops"] + exact["small_flops"]) / 1e9, exact["bytes"] / 1e9))
+        1e3 * max(exact["gram_flops"] / 1e9 + exact["small_flops"] / 0.5e9,
+                  exact["bytes"] / 1e9))
     assert roofline.floor_ms(exact, "fp16", calib) is None  # no rate measured for fp16
+    assert roofline.floor_ms(exact, "fp32", {**calib, "gemm_tflops": {"fp32": 1e-3}}) is None
 
 
 def test_cli_rejects_bad_arguments():

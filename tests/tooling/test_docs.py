@@ -106,3 +106,13 @@ def test_losses_examples_run_and_compute_the_independent_values():
     x = torch.randn(40, 12, dtype=torch.float64)
     assert "grad_semantics='per_rank'" in repr(scope["criterion"])
     assert scope["criterion"](x).item() == pytest.approx(ind.tcr_exact(x, 3.0), rel=1e-12)
+
+
+def test_every_test_file_is_in_the_tests_readme():
+    """tests/README.md's tables name every tests/<folder>/test_*.py."""
+    table = (ROOT / "tests" / "README.md").read_text()
+    names = [str(p.relative_to(ROOT / "tests"))
+             for p in sorted((ROOT / "tests").glob("*/test_*.py"))]
+    missing = [name for name in names if f"`{name}`" not in table]
+    assert not missing, f"tests/README.md does not list {missing}"
+
