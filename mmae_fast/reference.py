@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 
 import torch
-import torch.nn.functional as F
 
 from . import series
 
@@ -42,9 +42,25 @@ def _exact_math(fn):
 
 
 # ----------------------------------------------------------------------------- building blocks
+def row_norms(x: torch.Tensor) -> torch.Tensor:
+    """(m, d) -> (m,): ``||x_i|| = 2^k_i · ||x_i · 2^-k_i||``, 2^k_i the power of two of the row's
+    largest |entry| (``frexp``; k_i clamped so that 2^±k_i are normal numbers).
+
+    No square overflows (features of any finite size: ``x · 1e30`` in float32 keeps its norm)
+    and, scaling by powers of two being exact, the result is bit for bit the plain
+    ``sqrt(Σ x_ij²)`` wherever that does not overflow. The scale carries no gradient (the norm
+    is homogeneous: the gradient is exactly ``x_i / ||x_i||``). NaN / Inf rows give NaN / Inf.
+    """
+    lim = math.frexp(torch.finfo(x.dtype).max)[1] - 3  # 125 in float32, 1021 in float64
+    _, k = torch.frexp(x.detach().abs().amax(dim=1))
+    k = k.clamp(-lim, lim)
+    return torch.ldexp(torch.linalg.vector_norm(torch.ldexp(x, -k[:, None]), dim=1), k)
+
+
 def l2_normalize(h: torch.Tensor, eps: float = EPS) -> torch.Tensor:
-    """(m, d) -> (m, d): ``z_i = h_i / max(||h_i||, eps)`` (zero rows stay zero)."""
-    return F.normalize(h, p=2.0, dim=1, eps=eps)
+    """(m, d) -> (m, d): ``z_i = h_i / max(||h_i||, eps)`` (``F.normalize``'s floor; zero rows
+    stay zero), ``||h_i||`` by ``row_norms`` (no overflow)."""
+    return h / row_norms(h).clamp_min(eps)[:, None]
 
 
 def center(z: torch.Tensor) -> torch.Tensor:
@@ -306,7 +322,7 @@ def uniformity_equivalent_weight(lamb: float, mu: float, m: int, d: int) -> floa
 
 
 __all__ = [
-    "EPS", "compute_dtype", "l2_normalize", "center", "smaller_side", "gram", "normalized_features",
+    "EPS", "compute_dtype", "row_norms", "l2_normalize", "center", "smaller_side", "gram", "normalized_features",
     "power_traces", "chebyshev_traces", "logdet_cholesky", "logdet_taylor", "logdet_chebyshev",
     "logdet_identity_plus", "default_degree", "tcr_from_gram", "tcr", "tcr_series", "uniformity",
     "renyi_entropy_psd", "renyi_entropy", "effective_rank", "joint_entropy", "mutual_information",
