@@ -11,21 +11,8 @@ import torch
 
 import independent as ind
 import mmae_fast as mf
-from mmae_fast import reference
-from tolerances import REFERENCE_TOLERANCES, cancellation, exp_condition, rel_err
-
-EPS = reference.EPS
-#: Scales of the features per dtype: beyond sqrt(float32 max) ~ 1.8e19 the plain sum of squares
-#: overflows in float32 / bfloat16; float64's beyond 1.3e154. float16 cannot hold such numbers
-#: (max 65504): its rows are scaled to entries at the top of its range instead.
-SCALES = {
-    torch.float64: [1e20, 1e30, 1e200],
-    torch.float32: [1e20, 1e30],
-    torch.bfloat16: [1e20, 1e30],
-    torch.float16: ["top"],
-}
-CASES = [(dtype, scale) for dtype, scales in SCALES.items() for scale in scales]
-
+from extremes import CASES, at_scale, case_id, tcr_grad_error, views
+from tolerances import REFERENCE_TOLERANCES, cancellation, exp_condition
 
 def _mec_terms(h1, h2, eps_sq=0.06, order=4):
     z1, z2 = ind.features(h1), ind.features(h2)
@@ -60,40 +47,14 @@ TWO_VIEWS = ["matrix_joint_entropy", "matrix_mutual_information", "mec_loss",
              "matrix_cross_entropy"]
 
 
-def _views(m=24, d=10, seed=0):
-    """Two correlated float64 views (m, d) with a power-law spectrum."""
-    g = torch.Generator().manual_seed(seed)
-    h1 = torch.randn(m, d, generator=g, dtype=torch.float64) * torch.arange(1, d + 1) ** -0.7
-    h2 = h1 + 0.8 * torch.randn(m, d, generator=g, dtype=torch.float64)
-    return h1, h2
-
-
-def _at_scale(h, dtype, scale, floor_rows=False):
-    """h's rows scaled to ``scale`` (float16: the largest entry of each row 6e4), in dtype;
-    ``floor_rows``: every third row instead of norm 1.5·EPS (just above the floor) and every
-    third of norm ~1, so the batch mixes all three sizes."""
-    unit = h / h.norm(dim=1, keepdim=True)
-    h = h / h.abs().amax(dim=1, keepdim=True)
-    if scale == "top":
-        h = h * 6e4
-    else:
-        h = h * scale
-        if floor_rows:
-            h[1::3] = 1.5 * EPS * unit[1::3]
-            h[2::3] = unit[2::3]
-    return h.to(dtype)
-
-
-@pytest.mark.parametrize("floor_rows", [False, True])
-@pytest.mark.parametrize("dtype,scale", CASES)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
 @pytest.mark.parametrize("name", FUNCTIONS)
-def test_values_at_extreme_scales(name, dtype, scale, floor_rows):
+def test_values_at_extreme_scales(name, case):
     """Every function normalises the rows itself: features of any finite size give the value of
     the rounded input (a plain sum of squares overflows beyond ~1e19 in float32 / bfloat16)."""
-    if floor_rows and scale == "top":
-        pytest.skip("float16 cannot hold rows of norm 1e-12")
+    dtype, scale, floor_rows = case
     call, formula, cond = FUNCTIONS[name]
-    h1, h2 = (_at_scale(h, dtype, scale, floor_rows) for h in _views())
+    h1, h2 = (at_scale(h, dtype, scale, floor_rows) for h in views())
     got = call(h1, h2).item()
     a, b = h1.double(), h2.double()
     expected = formula(a, b)
@@ -101,31 +62,22 @@ def test_values_at_extreme_scales(name, dtype, scale, floor_rows):
     assert got == pytest.approx(expected, rel=REFERENCE_TOLERANCES[dtype][0] * cond(a, b))
 
 
-def _grad_bound(ref, norms, dtype):
-    """The gradient's tolerance, or twice the error of the expected gradient rounded to dtype if
-    that is larger (float16 rows at 6e4 have gradients ~1e-6: subnormal in float16)."""
-    floor = rel_err(ref.to(dtype).double() * norms, ref * norms)
-    return max(REFERENCE_TOLERANCES[dtype][1], 2.0 * floor)
-
-
-@pytest.mark.parametrize("floor_rows", [False, True])
-@pytest.mark.parametrize("dtype,scale", CASES)
-def test_tcr_gradient_at_extreme_scales(dtype, scale, floor_rows):
-    """dR/dh ~ 1/||h_i||: compared row by row at the rows' own scale (times ||h_i||)."""
-    if floor_rows and scale == "top":
-        pytest.skip("float16 cannot hold rows of norm 1e-12")
-    h = _at_scale(_views()[0], dtype, scale, floor_rows).requires_grad_(True)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_tcr_gradient_at_extreme_scales(case):
+    """dR/dh ~ 1/||h_i||, compared row by row at the rows' own scale; half gradients within the
+    tolerance or twice the rounding of the expected one to their dtype."""
+    dtype, scale, floor_rows = case
+    h = at_scale(views()[0], dtype, scale, floor_rows).requires_grad_(True)
     mf.tcr_loss(h, 2.0).backward()
-    ref = torch.from_numpy(ind.tcr_exact_grad(h.detach(), 2.0))
-    norms = torch.from_numpy(ind.row_norms(h.detach().double().numpy()))
     assert h.grad.dtype == dtype and bool(torch.isfinite(h.grad).all())
-    assert rel_err(h.grad.double() * norms, ref * norms) <= _grad_bound(ref, norms, dtype)
+    err, floor = tcr_grad_error(h.grad, h, 2.0)
+    assert err <= max(REFERENCE_TOLERANCES[dtype][1], 2.0 * floor)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_check_finite_accepts_large_finite_features(dtype):
     """check_finite=True raises for NaN / Inf only: finite features of 1e30 pass and are right."""
-    h = _at_scale(_views()[0], dtype, 1e30)
+    h = at_scale(views()[0], dtype, 1e30)
     got = mf.tcr_loss(h, 2.0, check_finite=True).item()
     assert got == pytest.approx(ind.tcr_exact(h.double(), 2.0),
                                 rel=REFERENCE_TOLERANCES[dtype][0])
@@ -178,7 +130,7 @@ def test_zero_features_have_zero_entropy(dtype, shape):
 
 def test_zero_rows_among_others_are_ignored():
     """Zero rows add zero rows and columns to K: the entropy is that of the other rows."""
-    h, _ = _views(12, 7)
+    h, _ = views(12, 7)
     padded = torch.cat([h, torch.zeros(3, 7, dtype=h.dtype)])
     for alpha in (0.5, 1.0, 2.0):
         assert mf.matrix_entropy(padded, alpha).item() == pytest.approx(
@@ -192,7 +144,7 @@ def test_zero_rows_among_others_are_ignored():
 def test_large_alpha(dtype, alpha, m, d):
     """tr(K̂^alpha) underflows for large alpha; log tr(K̂^alpha) = logsumexp(alpha·log λ) does
     not. H_alpha decreases towards the min-entropy -log λ_max."""
-    h, h2 = (x.to(dtype) for x in _views(m, d))
+    h, h2 = (x.to(dtype) for x in views(m, d))
     tol = REFERENCE_TOLERANCES[dtype][0]
     got = mf.matrix_entropy(h, alpha).item()
     assert got == pytest.approx(ind.matrix_entropy(h, alpha), rel=tol)
@@ -217,7 +169,7 @@ def test_mixed_dtype_pairs(name, dtypes, common):
     (float64 if either is float64, else float32): the value is that of both views cast to it,
     and each view's gradient comes back in its own dtype."""
     call, formula, cond = FUNCTIONS[name]
-    h1, h2 = (h.to(t).requires_grad_(True) for h, t in zip(_views(12, 7), dtypes))
+    h1, h2 = (h.to(t).requires_grad_(True) for h, t in zip(views(12, 7), dtypes))
     value = call(h1, h2)
     assert value.dtype == common
     a, b = h1.detach().double(), h2.detach().double()
