@@ -79,7 +79,7 @@ def _gram_sample_kernel(h_ptr, r_ptr, g_ptr, m, d, stride_h,
                         HALF_DOT: tl.constexpr, PREC: tl.constexpr, BLOCK_N: tl.constexpr,
                         BLOCK_K: tl.constexpr):
     """G[i, j] = w_i w_j Σ_k (h[i, k] p_i)(h[j, k] p_j) (m x m), p_i = ``pow2_floor(rinv_i)``
-    and w_i = rinv_i / p_i in [1, 2): the operands h_i·p_i are h scaled exactly (|x| < 2, no
+    and w_i = rinv_i / p_i in [1, 2): the operands h_i·p_i are h scaled exactly (|x| <= 1, no
     overflow of the product), and G = D (h hᵀ) D bit for bit where h hᵀ itself is finite."""
     pa, pb = triangle_pid(tl.program_id(0), m, BLOCK_N)
     if pa > pb:
