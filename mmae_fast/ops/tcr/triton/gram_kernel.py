@@ -9,7 +9,7 @@ largest |entry| before squaring (features of any finite size, ``h·1e30`` in flo
 included). The Gram's dot operands are half tensors for half inputs (tensor cores, float32
 accumulation): on the feature side z rounded to float16 (bfloat16 inputs too:
 ``tiles.gram_operand``), on the sample side h itself scaled by a power of two per row (exact,
-|x| < 2, so h hᵀ cannot overflow) with the rest of the row scaling ``G = D (h hᵀ) D``
+|x| <= 1, so h hᵀ cannot overflow) with the rest of the row scaling ``G = D (h hᵀ) D``
 (D = diag(rinv)) as the epilogue. Only tiles on and above the diagonal run; each is stored with
 its mirror (a diagonal tile: its upper triangle both ways, so G is exactly symmetric).
 
