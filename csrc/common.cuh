@@ -50,6 +50,41 @@ template <typename A> __device__ A block_sum(A v) {
   return warp_sum(total);
 }
 
+template <typename A> __device__ __forceinline__ A warp_max(A v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  return v;
+}
+
+//! Maximum over the block (as block_sum: blockDim.x a multiple of 32; every thread gets it).
+template <typename A> __device__ A block_max(A v) {
+  __shared__ A partial[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int warps = (blockDim.x + 31) >> 5;
+  __syncthreads();
+  v = warp_max(v);
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  A total = lane < warps ? partial[lane] : A(0);
+  return warp_max(total);
+}
+
+//! The exponent k of s >= 0 (s = f 2^k, f in [0.5, 1)), clamped so that 2^k and 2^-k are
+//! normal numbers of A: the exact power-of-two row scale of the overflow-safe norm
+//! (as mmae_fast.reference.row_norms).
+__device__ __forceinline__ int pow2_exponent(float s) {
+  int k = 0;
+  frexpf(s, &k);
+  return min(max(k, -125), 125);
+}
+__device__ __forceinline__ int pow2_exponent(double s) {
+  int k = 0;
+  frexp(s, &k);
+  return min(max(k, -1021), 1021);
+}
+__device__ __forceinline__ float pow2(float, int k) { return ldexpf(1.0f, k); }
+__device__ __forceinline__ double pow2(double, int k) { return ldexp(1.0, k); }
+
 //! Call f(T{}) with T the element type of dtype; cudaErrorInvalidValue for unknown codes.
 template <typename F> cudaError_t dispatch(DType dtype, F&& f) {
   switch (dtype) {

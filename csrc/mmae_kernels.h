@@ -22,7 +22,8 @@ namespace kernels {
 enum class DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
 
 // ---- normalize.cu ------------------------------------------------------------------------
-//! rinv[i] = 1 / max(||h_i||, eps) (sum of squares in acc) and z_i = h_i * rinv_i, rounded once
+//! rinv[i] = 1 / max(||h_i||, eps) (sum of squares in acc of h_i scaled by the power of two of
+//! max_j |h_ij|: no overflow) and z_i = h_i * rinv_i, rounded once
 //! to the Gram's operand type: float16 for both half types, else t. h: (m, d) of type t, z: (m, d)
 //! of that operand type; rinv: (m,) acc(t).
 cudaError_t row_normalize(DType t, const void* h, int64_t m, int64_t d, double eps, void* rinv,

@@ -7,6 +7,7 @@ namespace kernels {
 namespace {
 
 using detail::acc_t;
+using detail::block_max;
 using detail::block_sum;
 using detail::from_acc;
 using detail::to_acc;
@@ -18,18 +19,24 @@ template <typename T> struct GramOperand { using type = T; };
 template <> struct GramOperand<__nv_bfloat16> { using type = __half; };
 
 //! One block per row: rinv_i = 1 / max(||h_i||, eps) and z_i = h_i rinv_i (rounded once to Z).
+//! The norm without overflow: a first pass finds s = max_j |h_ij|, the squares are summed of
+//! h_ij 2^-k (2^k the power of two of s: exact) and ||h_i|| = 2^k sqrt(sum).
 template <typename T, typename Z>
 __global__ void row_normalize_kernel(const T* __restrict__ h, int64_t m, int64_t d, double eps,
                                      acc_t<T>* __restrict__ rinv, Z* __restrict__ z) {
   using A = acc_t<T>;
   for (int64_t i = blockIdx.x; i < m; i += gridDim.x) {
     const T* row = h + i * d;
+    A s = 0;
+    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) s = max(s, abs(to_acc(row[j])));
+    const int k = detail::pow2_exponent(block_max(s));
+    const A down = detail::pow2(A(0), -k);
     A ss = 0;
     for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
-      const A v = to_acc(row[j]);
+      const A v = to_acc(row[j]) * down;
       ss += v * v;
     }
-    const A inv = A(1) / max(sqrt(block_sum(ss)), A(eps));
+    const A inv = A(1) / max(sqrt(block_sum(ss)) * detail::pow2(A(0), k), A(eps));
     if (threadIdx.x == 0) rinv[i] = inv;
     for (int64_t j = threadIdx.x; j < d; j += blockDim.x) z[i * d + j] = from_acc<Z>(to_acc(row[j]) * inv);
   }

@@ -39,7 +39,12 @@ def features(z, name: str = "z", *, check_finite: bool = False) -> torch.Tensor:
 
 
 def pair(z1: torch.Tensor, z2: torch.Tensor, *, same_d: bool, check_finite: bool = False):
-    """Check two feature matrices of the same batch (and, if ``same_d``, the same width)."""
+    """Check two feature matrices of the same batch (and, if ``same_d``, the same width).
+
+    Their dtypes may differ: every two-view function computes in ``reference.pair_dtype`` (the
+    compute dtype of the promoted dtype: float64 if either view is float64, else float32) and
+    returns a value of that dtype; each view's gradient comes back in its own dtype.
+    """
     features(z1, "z1", check_finite=check_finite)
     features(z2, "z2", check_finite=check_finite)
     if z1.device != z2.device:

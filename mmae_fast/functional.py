@@ -5,7 +5,10 @@ is a function of the all-reduced d×d Gram (``tcr_loss``, ``uniformity_loss``, `
 ``effective_rank``); the two-view functions raise for it (``mmae_fast.distributed``).
 
 Every function takes features of shape (m, d) (m samples, d feature dims) in any float dtype,
-L2-normalises the rows itself and returns a 0-d tensor: float64 for float64 input, else float32.
+L2-normalises the rows itself (without overflow, for features of any finite size) and returns a
+0-d tensor: float64 for float64 input, else float32 (two views: float64 if either is float64,
+``_checks.pair``). NaN/Inf features give NaN unless ``check_finite=True`` rejects them; all-zero
+features have entropy 0 (``reference.renyi_entropy_psd``).
 Formulas: ``mmae_fast.reference`` (the single source of truth); the staged op behind the kernel
 backends: ``mmae_fast.ops.tcr`` (docs/architecture.md).
 """

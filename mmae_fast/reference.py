@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 
 import torch
-import torch.nn.functional as F
 
 from . import series
 
@@ -42,9 +42,27 @@ def _exact_math(fn):
 
 
 # ----------------------------------------------------------------------------- building blocks
+def row_norms(x: torch.Tensor) -> torch.Tensor:
+    """(m, d) -> (m,): ``||x_i|| = 2^k_i · ||x_i · 2^-k_i||``, 2^k_i the power of two of the row's
+    largest |entry| (``frexp``; k_i clamped so that 2^±k_i are normal numbers).
+
+    No square overflows (features of any finite size: ``x · 1e30`` in float32 keeps its norm)
+    and, scaling by powers of two being exact, the result is bit for bit the plain
+    ``sqrt(Σ x_ij²)`` wherever that does not overflow. The scale carries no gradient (the norm
+    is homogeneous: the gradient is exactly ``x_i / ||x_i||``). NaN / Inf rows give NaN / Inf.
+    """
+    lim = math.frexp(torch.finfo(x.dtype).max)[1] - 3  # 125 in float32, 1021 in float64
+    _, k = torch.frexp(x.detach().abs().amax(dim=1))
+    k = k.clamp(-lim, lim)
+    one = torch.ones_like(x[:, 0]).detach()
+    # 2^-k and 2^k as float factors (autograd through ldexp itself rounds 2^-k to an integer)
+    return torch.linalg.vector_norm(x * torch.ldexp(one, -k)[:, None], dim=1) * torch.ldexp(one, k)
+
+
 def l2_normalize(h: torch.Tensor, eps: float = EPS) -> torch.Tensor:
-    """(m, d) -> (m, d): ``z_i = h_i / max(||h_i||, eps)`` (zero rows stay zero)."""
-    return F.normalize(h, p=2.0, dim=1, eps=eps)
+    """(m, d) -> (m, d): ``z_i = h_i / max(||h_i||, eps)`` (``F.normalize``'s floor; zero rows
+    stay zero), ``||h_i||`` by ``row_norms`` (no overflow)."""
+    return h / row_norms(h).clamp_min(eps)[:, None]
 
 
 def center(z: torch.Tensor) -> torch.Tensor:
@@ -220,24 +238,45 @@ def uniformity(h: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- matrix entropies
+#: Largest integer order whose ``tr(K̂^alpha)`` comes from power traces (GEMMs): with
+#: ``λ_max >= 1/N``, ``tr(K̂^alpha) >= N^(1-alpha)`` is a normal float32 for N <= 2^16 up to
+#: alpha = 8; larger orders go through the eigenvalues in log space.
+MAX_POWER_TRACE_ALPHA = 8
+
+
 def renyi_entropy_psd(k: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
     """Matrix Rényi entropy of a PSD matrix K (N, N) normalised to unit trace, ``K̂ = K / tr K``::
 
         H_alpha = log tr(K̂^alpha) / (1 - alpha),   H_1 = -tr(K̂ log K̂) = -Σ λ log λ
 
-    Integer alpha >= 2 uses power traces (GEMMs); other orders use the eigenvalues, those below
-    ``N·eps·λ_max`` counted as zeros.
+    Integer 2 <= alpha <= ``MAX_POWER_TRACE_ALPHA`` uses power traces (GEMMs); other orders use
+    the eigenvalues λ of K̂, those at or below ``N·eps·λ_max`` counted as zeros, and
+    ``log tr(K̂^alpha) = logsumexp(alpha·log λ)`` over the positive ones (finite for any alpha).
+
+    Non-finite K gives NaN. K = 0 (no positive eigenvalue: every row of the features at zero)
+    gives H = 0, the entropy of a single point, as for a rank-one K.
     """
-    kh = k / k.diagonal().sum()
-    if float(alpha).is_integer() and alpha >= 2:
-        return power_traces(kh, int(alpha))[-1].log() / (1.0 - alpha)
-    ev = torch.linalg.eigvalsh(kh)
-    # eigenvalues at rounding level are zeros (they would count for alpha < 1); tiny keeps log finite
-    floor = kh.shape[0] * torch.finfo(kh.dtype).eps * ev.detach().max()
-    ev = torch.where(ev > floor, ev, torch.full_like(ev, torch.finfo(kh.dtype).tiny))
-    if alpha == 1:
-        return -(ev * ev.log()).sum()
-    return ev.pow(alpha).sum().log() / (1.0 - alpha)
+    tr = k.diagonal().sum()
+    finite = torch.isfinite(k).all()
+    ok = finite & (tr > 0)
+    n = k.shape[0]
+    # a finite stand-in (I/N) where K̂ is undefined keeps eigvalsh and the gradient finite
+    kh = torch.where(ok, k / torch.where(ok, tr, torch.ones_like(tr)),
+                     torch.eye(n, dtype=k.dtype, device=k.device) / n)
+    if float(alpha).is_integer() and 2 <= alpha <= MAX_POWER_TRACE_ALPHA:
+        value = power_traces(kh, int(alpha))[-1].log() / (1.0 - alpha)
+    else:
+        ev = torch.linalg.eigvalsh(kh)
+        floor = n * torch.finfo(kh.dtype).eps * ev.detach().max()
+        pos = ev > floor
+        log_ev = torch.where(pos, ev, torch.ones_like(ev)).log()
+        if alpha == 1:
+            value = -(torch.where(pos, ev, torch.zeros_like(ev)) * log_ev).sum()
+        else:
+            terms = torch.where(pos, alpha * log_ev, torch.full_like(ev, -math.inf))
+            value = torch.logsumexp(terms, 0) / (1.0 - alpha)
+    return torch.where(ok, value, torch.where(finite, torch.zeros_like(value),
+                                              torch.full_like(value, math.nan)))
 
 
 @_exact_math
@@ -252,9 +291,17 @@ def effective_rank(h: torch.Tensor) -> torch.Tensor:
     return renyi_entropy(h, 1.0).exp()
 
 
+def pair_dtype(h1: torch.Tensor, h2: torch.Tensor) -> torch.dtype:
+    """The compute dtype of two views: ``compute_dtype`` of their promoted dtype (float64 if
+    either is float64, else float32); every two-view function casts both views to it."""
+    return compute_dtype(torch.promote_types(h1.dtype, h2.dtype))
+
+
 @_exact_math
 def joint_entropy(h1: torch.Tensor, h2: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
     """Matrix joint entropy ``H_alpha(K1 ∘ K2)`` (Hadamard product of the sample Grams)."""
+    dt = pair_dtype(h1, h2)
+    h1, h2 = h1.to(dt), h2.to(dt)
     k1 = gram(normalized_features(h1), "sample")
     k2 = gram(normalized_features(h2), "sample")
     return renyi_entropy_psd(k1 * k2, alpha)
@@ -263,6 +310,8 @@ def joint_entropy(h1: torch.Tensor, h2: torch.Tensor, alpha: float = 1.0) -> tor
 @_exact_math
 def mutual_information(h1: torch.Tensor, h2: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
     """Matrix mutual information ``I_alpha = H_alpha(K1) + H_alpha(K2) - H_alpha(K1 ∘ K2)``."""
+    dt = pair_dtype(h1, h2)
+    h1, h2 = h1.to(dt), h2.to(dt)
     return renyi_entropy(h1, alpha) + renyi_entropy(h2, alpha) - joint_entropy(h1, h2, alpha)
 
 
@@ -276,7 +325,8 @@ def mec(h1: torch.Tensor, h2: torch.Tensor, *, eps_sq: float = 0.06,
 
     The traces of ``(Z1 Z2ᵀ)^k`` equal those of ``(Z2ᵀ Z1)^k``: computed on the smaller side.
     """
-    z1, z2 = normalized_features(h1), normalized_features(h2)
+    dt = pair_dtype(h1, h2)
+    z1, z2 = normalized_features(h1.to(dt)), normalized_features(h2.to(dt))
     m, d = z1.shape
     lam, mu_mec = d / (m * eps_sq), (m + d) / 2.0
     c = z2.mT @ z1 if d <= m else z1 @ z2.mT
@@ -292,7 +342,8 @@ def matrix_cross_entropy(h1: torch.Tensor, h2: torch.Tensor, *, mu: float = 1.0,
 
         Q = (1/m) Z1ᵀ J Z2 + mu·I_d   (d, d),   log Q ≈ Σ_{k<=p} (-1)^(k+1) (Q - I)^k / k
     """
-    z1, z2 = normalized_features(h1, centering=True), normalized_features(h2)
+    dt = pair_dtype(h1, h2)
+    z1, z2 = normalized_features(h1.to(dt), centering=True), normalized_features(h2.to(dt))
     m, d = z1.shape
     eye = torch.eye(d, dtype=z1.dtype, device=z1.device)
     q = z1.mT @ z2 / m + mu * eye  # Z1ᵀ J Z2 = (J Z1)ᵀ Z2
@@ -307,9 +358,9 @@ def uniformity_equivalent_weight(lamb: float, mu: float, m: int, d: int) -> floa
 
 
 __all__ = [
-    "EPS", "compute_dtype", "l2_normalize", "center", "smaller_side", "gram", "normalized_features",
+    "EPS", "compute_dtype", "row_norms", "l2_normalize", "center", "smaller_side", "gram", "normalized_features",
     "power_traces", "chebyshev_traces", "logdet_cholesky", "logdet_taylor", "logdet_chebyshev",
     "logdet_identity_plus", "default_degree", "tcr_from_gram", "tcr", "tcr_series", "uniformity",
-    "renyi_entropy_psd", "renyi_entropy", "effective_rank", "joint_entropy", "mutual_information",
+    "MAX_POWER_TRACE_ALPHA", "renyi_entropy_psd", "renyi_entropy", "pair_dtype", "effective_rank", "joint_entropy", "mutual_information",
     "mec", "matrix_cross_entropy", "uniformity_equivalent_weight",
 ]

@@ -41,6 +41,7 @@ STAGED_UNIFORMITY = "tests/ops/test_staged_uniformity.py"
 DISTRIBUTED_LOSSES = "tests/library/test_distributed_losses.py"
 NN = "tests/library/test_nn.py"
 TRAIN_DDP = "tests/train/test_train_ddp.py"
+EXTREMES = "tests/library/test_values_extremes.py"
 
 
 @dataclass(frozen=True)
@@ -74,8 +75,7 @@ MUTANTS = [
     Mutant("centering-dropped", "dropped term", "mmae_fast/reference.py",
            "return center(z) if centering else z", "return z", (VALUES_TCR, FUNCTIONAL, REFERENCE)),
     Mutant("mce-centering-dropped", "dropped term (J in MCE's Q)", "mmae_fast/reference.py",
-           "z1, z2 = normalized_features(h1, centering=True), normalized_features(h2)",
-           "z1, z2 = normalized_features(h1), normalized_features(h2)",
+           "normalized_features(h1.to(dt), centering=True)", "normalized_features(h1.to(dt))",
            (VALUES_METRICS, REFERENCE)),
     Mutant("mec-z1-for-z2", "swapped argument (MEC's d > m branch)", "mmae_fast/reference.py",
            "c = z2.mT @ z1 if d <= m else z1 @ z2.mT", "c = z2.mT @ z1 if d <= m else z1 @ z1.mT",
@@ -132,6 +132,16 @@ MUTANTS = [
     Mutant("gram-operand-in-bf16", "precision (bf16 rows as the Gram's operand: 4.6e-4 off)",
            "mmae_fast/ops/tcr/triton/tiles.py", "        y = x.to(tl.float16)",
            "        y = x.to(like_ptr.dtype.element_ty)", (STAGED_BACKENDS,)),
+    Mutant("row-norm-overflows", "overflow (the plain sum of squares of the rows)",
+           "mmae_fast/reference.py",
+           "return torch.linalg.vector_norm(x * torch.ldexp(one, -k)[:, None], dim=1) * torch.ldexp(one, k)",
+           "return torch.linalg.vector_norm(x, dim=1)", (EXTREMES,)),
+    Mutant("entropy-power-traces-at-large-alpha", "underflow (tr(K^alpha) by GEMMs to alpha 100)",
+           "mmae_fast/reference.py", "MAX_POWER_TRACE_ALPHA = 8", "MAX_POWER_TRACE_ALPHA = 100",
+           (EXTREMES,)),
+    Mutant("entropy-of-nan-is-zero", "non-finite input reported as a finite entropy",
+           "mmae_fast/reference.py", "torch.full_like(value, math.nan)", "torch.zeros_like(value)",
+           (EXTREMES,)),
     Mutant("host-copy-in-small-side", "host-to-device copy (t[0] = 1.0 syncs, breaks capture)",
            "mmae_fast/ops/tcr/small_side.py", "qinfo[:1].fill_(1.0)", "qinfo[0] = 1.0", (STAGED,)),
     Mutant("checksum-not-verified", "dropped check: a checkpoint's checksum is never compared",

@@ -11,12 +11,21 @@ from __future__ import annotations
 import numpy as np
 
 
+def row_norms(h) -> np.ndarray:
+    """(m, 1) float64 ``||h_i|| = s_i·||h_i / s_i||``, s_i = max_j |h_ij| (1 for a zero row): no
+    square overflows, whatever the size of the entries."""
+    h = np.asarray(h, dtype=np.float64)
+    s = np.abs(h).max(axis=1, keepdims=True)
+    s = np.where(s > 0, s, 1.0)
+    return s * np.sqrt(((h / s) ** 2).sum(axis=1, keepdims=True))
+
+
 def features(h, centering: bool = False) -> np.ndarray:
     """(m, d) float64 rows ``z_i = h_i / max(||h_i||, 1e-12)``, then ``J Z`` if ``centering``."""
     if hasattr(h, "detach"):
         h = h.detach().double().cpu().numpy()
     z = np.asarray(h, dtype=np.float64)
-    z = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+    z = z / np.maximum(row_norms(z), 1e-12)
     if centering:
         m = z.shape[0]
         z = (np.eye(m) - np.ones((m, m)) / m) @ z
@@ -61,12 +70,14 @@ def uniformity(h) -> float:
 
 def renyi_of_gram(k: np.ndarray, alpha: float) -> float:
     """``H_alpha`` of a PSD (N, N) ``k`` normalised to unit trace, from its eigenvalues; those
-    at rounding level (< N·2.2e-16·λ_max) are zeros."""
+    at rounding level (< N·2.2e-16·λ_max) are zeros. ``log Σ λ^α`` as
+    ``α log λ_max + log Σ (λ/λ_max)^α`` (no underflow at large α)."""
     lam = np.linalg.eigvalsh(k / np.trace(k))
     lam = lam[lam > k.shape[0] * 2.3e-16 * lam.max()]
     if alpha == 1:
         return float(-(lam * np.log(lam)).sum())
-    return float(np.log((lam ** alpha).sum()) / (1.0 - alpha))
+    top = lam.max()
+    return float((alpha * np.log(top) + np.log(((lam / top) ** alpha).sum())) / (1.0 - alpha))
 
 
 def sample_gram(h) -> np.ndarray:
@@ -122,7 +133,7 @@ def tcr_exact_grad(h, mu: float, centering: bool = False) -> np.ndarray:
     z = features(h)
     zc = features(h, centering)
     g = -2.0 * c * zc @ np.linalg.inv(np.eye(d) + c * zc.T @ zc)
-    return (g - z * (g * z).sum(1, keepdims=True)) / np.linalg.norm(h, axis=1, keepdims=True)
+    return (g - z * (g * z).sum(1, keepdims=True)) / row_norms(h)
 
 
 def chebyshev_log1p(kappa: float, degree: int) -> np.ndarray:

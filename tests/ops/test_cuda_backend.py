@@ -20,6 +20,7 @@ import mmae_fast
 from mmae_fast import backends, reference
 from mmae_fast.ops.tcr import cuda as cuda_backend, op as staged, stages
 from mmae_fast.ops.tcr import stages as reference_backend
+from tests import extremes, independent as ind
 from tests.tolerances import (CUDA_STAGE_TOLERANCES, STAGED_BACKEND, TOLERANCES, assert_close,
                               rel_err)
 
@@ -219,11 +220,12 @@ def test_float32_reordered_product_emulation_error(gen, feature, shape):
 
 
 def emulate_gram(h, feature):
-    """EMULATION of cuda_gram: rinv in acc, the Gram on z rounded to its operand type (float16
-    for both half types, else h's dtype)."""
+    """EMULATION of cuda_gram: rinv in acc (the sum of squares of each row scaled by the power
+    of two of its largest |entry|, as row_normalize_kernel and ``reference.row_norms``), the
+    Gram on z rounded to its operand type (float16 for both half types, else h's dtype)."""
     acc = cuda_backend.acc_dtype(h.dtype)
     ha = h.to(acc)
-    rinv = 1.0 / ha.pow(2).sum(1).sqrt().clamp_min(reference.EPS)
+    rinv = 1.0 / reference.row_norms(ha).clamp_min(reference.EPS)
     z = (ha * rinv[:, None]).to(torch.float16 if h.dtype in HALF else h.dtype).to(acc)
     g = z.T @ z if feature else z @ z.T
     return (g + g.T) / 2, rinv
@@ -328,6 +330,24 @@ def test_rows_at_the_norm_floor_through_staged(emulated_ops, gen, dtype, shape):
         gtol = STAGED_BACKEND[dtype][1]
         assert rel_err(x.grad[3], ref_x.grad[3].to(dtype)) <= gtol, "the floor row"
         assert rel_err(x.grad[5:], ref_x.grad[5:].to(dtype)) <= gtol
+
+
+@pytest.mark.parametrize("case", extremes.CASES, ids=extremes.case_id)
+@pytest.mark.parametrize("shape", [(29, 11), (11, 29)])
+def test_features_of_any_size_through_staged(emulated_ops, case, shape):
+    """Rows of 1e20 / 1e30 (1e200 in float64; float16: 6e4) beside rows just above the floor:
+    the staged op on the emulated ops against the eigenvalue formula and its closed-form
+    gradient (row by row at the rows' own scale)."""
+    dtype, scale, floor_rows = case
+    h = extremes.at_scale(extremes.views(*shape)[0], dtype, scale, floor_rows)
+    x = h.clone().requires_grad_(True)
+    value = staged.tcr(x, backend="cuda", mu=2.0, centering=False, estimator="exact")
+    value.backward()
+    vtol, gtol = STAGED_BACKEND[dtype]
+    expected = torch.tensor(ind.tcr_exact(h.double(), 2.0), dtype=torch.float64)
+    assert rel_err(value, expected) <= vtol
+    err, floor = extremes.tcr_grad_error(x.grad, h, 2.0)
+    assert err <= max(gtol, 2.0 * floor)
 
 
 @pytest.mark.parametrize("estimator", ["exact", "series", "taylor"])
@@ -444,6 +464,34 @@ def test_grad_against_float64(gen, dtype, shape, feature, with_v, chunk_rows, mo
             assert rel_err(dh[1], want[1]) <= tol
         elif not with_v:
             assert float(dh[1].abs().max()) == 0.0
+
+
+@gpu
+@requires_gpu
+@pytest.mark.parametrize("case", extremes.CASES, ids=extremes.case_id)
+@pytest.mark.parametrize("feature", [True, False])
+def test_stages_at_extreme_scales(case, feature, monkeypatch):
+    """row_normalize_kernel's norm does not overflow: rows of 1e20 / 1e30 (1e200 in float64;
+    float16: 6e4) beside rows just above the floor. G, rinv (row by row) and dh (at the rows'
+    own scale) against the float64 contract."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    dtype, scale, floor_rows = case
+    h = _on_gpu(extremes.at_scale(extremes.views(300, 129)[0], dtype, scale, floor_rows))
+    acc = cuda_backend.acc_dtype(dtype)
+    tol = CUDA_STAGE_TOLERANCES[dtype]
+    g, rinv = cuda_backend.gram(h, feature)
+    want_g, want_rinv = gram64(h, feature)
+    assert rel_err(g, want_g) <= tol["gram"]
+    assert float((rinv.double().cpu() / want_rinv - 1.0).abs().max()) <= tol["stats"]
+    q = small_side_q(h.double().cpu(), feature)
+    coef = torch.tensor([0.75, 0.3], dtype=torch.float64)
+    empty = torch.zeros(0, dtype=torch.float64)
+    dh = cuda_backend.grad(_on_gpu(coef, torch.float32), h, rinv, _on_gpu(q, acc),
+                           _on_gpu(empty, acc), feature, 1.5)
+    want = grad64(coef, h, q.to(acc).double(), empty, feature, 1.5)
+    norms = 1.0 / want_rinv[:, None]
+    floor = rel_err(want.to(dtype).double() * norms, want * norms)
+    assert rel_err(dh.double().cpu() * norms, want * norms) <= max(tol["grad"], 2.0 * floor)
 
 
 @gpu

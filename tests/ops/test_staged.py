@@ -14,7 +14,7 @@ import torch
 
 from mmae_fast import reference, series
 from mmae_fast.ops.tcr import graph_cache, op as staged, small_side, stages as torch_stages
-from tests import independent as ind
+from tests import extremes, independent as ind
 from tests.op_names import OpNames
 from tests.tolerances import (SERIES_SMALL_SIDE_ARITHMETIC, SPLIT3_BF16_FLOOR_FRACTION,
                               SPLIT3_SHIFT_GAIN, STAGED)
@@ -250,6 +250,22 @@ def test_graph_key_covers_every_constant(gen, monkeypatch, estimator, centering)
         assert _rel(value, ref_value) < 1e-12 and _rel(grad, ref_grad) < 1e-10, m
     # exact / Taylor without centring share one graph across batch sizes (no m in the numbers)
     assert len(replays) == (2 if (estimator == "series" or centering) else 1)
+
+
+@pytest.mark.parametrize("centering", [False, True])
+@pytest.mark.parametrize("case", extremes.CASES, ids=extremes.case_id)
+def test_features_of_any_size(case, centering):
+    """The stages' row norms do not overflow (rows of 1e20, 1e30, 1e200 in float64, rows just
+    above the floor beside them): value and row-scaled gradient against the eigenvalue formula
+    and its closed-form gradient on the same rounded input."""
+    dtype, scale, floor_rows = case
+    h = extremes.at_scale(extremes.views()[0], dtype, scale, floor_rows)
+    value, grad = _run(h, 2.0, centering, "exact", 0)
+    vtol, gtol = STAGED[dtype]
+    expected = torch.tensor(ind.tcr_exact(h.double(), 2.0, centering), dtype=torch.float64)
+    assert _rel(value.detach(), expected) <= vtol
+    err, floor = extremes.tcr_grad_error(grad, h, 2.0, centering)
+    assert err <= max(gtol, 2.0 * floor)
 
 
 def test_non_finite_input_gives_nan_not_an_exception(gen):

@@ -9,6 +9,7 @@ import torch
 
 import mmae_fast
 from mmae_fast import backends, reference, series
+from tests import extremes, independent as ind
 from tests.op_names import OpNames
 from tests.tolerances import STAGED_BACKEND
 
@@ -74,6 +75,32 @@ def test_backend_matches_reference(backend, dtype, estimator, centering):
         degree = reference.default_degree(estimator, series.kappa(mu, m, d))
         _assert_matches_reference(value, x, h, mu, centering=centering, estimator=estimator,
                                   degree=degree or None, where=(m, d))
+
+
+EXTREME_CASES = [(b, c) for b in KERNEL_BACKENDS for c in extremes.CASES if c[0] in _dtypes(b)]
+
+
+@pytest.mark.skipif(not EXTREME_CASES, reason="no kernel backend is available")
+@pytest.mark.parametrize("backend,case", EXTREME_CASES or [(None, None)],
+                         ids=lambda x: extremes.case_id(x) if isinstance(x, tuple) else str(x))
+@pytest.mark.parametrize("feature", [True, False])
+def test_features_of_any_size(backend, case, feature):
+    """Rows of 1e20 / 1e30 (1e200 in float64; float16: 6e4), rows just above the floor beside
+    them: the backend's own ops give the eigenvalue formula's value and its closed-form
+    gradient (row by row at the rows' own scale) on the same rounded input."""
+    dtype, scale, floor_rows = case
+    m, d = (37, 21) if feature else (21, 37)
+    h = extremes.at_scale(extremes.views(m, d)[0], dtype, scale, floor_rows)
+    x = h.to(DEVICE).requires_grad_(True)
+    with OpNames() as ops:
+        value = mmae_fast.tcr_loss(x, 2.0, backend=backend)
+        value.backward()
+    assert f"mmae_fast.{backend}_gram.default" in ops.names
+    vtol, gtol = STAGED_BACKEND[dtype]
+    expected = torch.tensor(ind.tcr_exact(h.double(), 2.0), dtype=torch.float64)
+    assert _rel(value, expected) <= vtol
+    err, floor = extremes.tcr_grad_error(x.grad, h, 2.0)
+    assert err <= max(gtol, 2.0 * floor)
 
 
 @pytest.mark.skipif(not CASES, reason="no kernel backend is available (triton not installed?)")

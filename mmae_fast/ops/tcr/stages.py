@@ -8,6 +8,8 @@ else float32 (computed here without half rounding: this path is for the CPU)::
 
     gram(h, feature) -> (G, rinv)
         rinv_i = 1/max(||h_i||, EPS), z_i = h_i·rinv_i                     (m,)    acc
+        ||h_i|| without overflow: scaled by the power of two of max_j |h_ij| first
+        (``reference.row_norms``); exact for every row whose norm is finite in acc
         G = ZᵀZ (d, d) if feature else ZZᵀ (m, m), uncentred               (n, n)  acc, symmetric
     centred_gram(h, feature) -> (G_c, rinv, colsum)
         G_c the Gram of the centred rows Z - 1z̄ᵀ, colsum = 1ᵀZ (d,): stage 1 of every backend
@@ -57,7 +59,7 @@ def _inv_floor(dtype: torch.dtype) -> float:
 
 
 def _rinv(h: Tensor) -> Tensor:
-    return 1.0 / torch.linalg.vector_norm(h.to(_acc(h.dtype)), dim=1).clamp_min(reference.EPS)
+    return 1.0 / reference.row_norms(h.to(_acc(h.dtype))).clamp_min(reference.EPS)
 
 
 def gram(h: Tensor, feature: bool) -> tuple[Tensor, Tensor]:

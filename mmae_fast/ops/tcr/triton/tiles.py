@@ -25,11 +25,34 @@ def x_tile(h_ptr, r_ptr, rows, cols, m, d, stride_h, SCALE: tl.constexpr):
 
 
 @triton.jit
-def inv_norm(ss, eps):
-    """``1/max(sqrt(ss), eps)`` with a correctly rounded division (``1.0 / x`` compiles to an
+def inv_norm(nrm, eps):
+    """``1/max(nrm, eps)`` with a correctly rounded division (``1.0 / x`` compiles to an
     approximate one): rows at the floor get exactly the float32 ``1/eps`` that PyTorch and the
     grad kernel's threshold use."""
-    return tl.math.div_rn(tl.full(ss.shape, 1.0, tl.float32), tl.maximum(tl.sqrt(ss), eps))
+    return tl.math.div_rn(tl.full(nrm.shape, 1.0, tl.float32), tl.maximum(nrm, eps))
+
+
+@triton.jit
+def pow2_exponent(s):
+    """The biased float32 exponent E of ``s >= 0`` clamped to [2, 252], so that ``pow2(E)`` and
+    ``pow2(254 - E)`` are normal and ``s·pow2(254 - E) < 8``: the exact power-of-two row scale
+    of the overflow-safe norm (as ``mmae_fast.reference.row_norms``)."""
+    e = (s.to(tl.int32, bitcast=True) >> 23) & 0xFF
+    return tl.minimum(tl.maximum(e, 2), 252)
+
+
+@triton.jit
+def pow2(e):
+    """``2^(e - 127)`` in float32 for a biased exponent e in [1, 254] (int32)."""
+    return (e << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def pow2_floor(r):
+    """The power of two ``2^floor(log2 r)`` of a float32 ``r >= 0`` (its exponent bits), at least
+    2^-126; NaN and inf give inf."""
+    return tl.maximum(r.to(tl.int32, bitcast=True) & 0x7F800000, 0x00800000).to(tl.float32,
+                                                                                  bitcast=True)
 
 
 @triton.jit
