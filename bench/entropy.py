@@ -54,7 +54,7 @@ SCHEMA = "mmae_fast.bench.entropy"
 ESTIMATORS = ("exact", "series", "taylor")
 MODES = ("fwd", "fwd+bwd")
 TIMINGS = ("eager", "graph")
-OURS = ("reference", "triton", "cuda")
+OURS = ("reference", "cpu", "triton", "cuda")
 #: baseline provider -> the estimator it computes
 BASELINE_ESTIMATOR = {"official": "exact", "cholesky": "exact", "taylor-eager": "taylor"}
 PROVIDERS = tuple(p for b in BASELINE_ESTIMATOR for p in (b, f"{b}-compile")) + OURS

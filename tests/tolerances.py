@@ -174,3 +174,11 @@ CPU_BACKEND = {
 #: float64 small side), both against the float64 oracle — the contract "within 10x of float32
 #: arithmetic". Measured worst 4.4 (255x1023 centred; 0.9 .. 2.6 elsewhere).
 CPU_BACKEND_EXACT_GRAD_VS_REFERENCE = 10.0
+
+#: The doubling inverse's rounding floor (tests/ops/test_doubling.py): with products in format f
+#: (unit roundoff u_f, mmae_fast/ops/tcr/rounding.py) the residual ||I - A X_K||_2 stops at about
+#: kappa·u_f·sqrt(n); the tests allow the a-priori bound plus this factor times it. Measured at
+#: n = 101, kappa 2 .. 257 (floor / (kappa·u_f·sqrt(n))): float32 0.07 .. 0.7, tf32x3 0.01 ..
+#: 0.6, bf16x3 0.01 .. 0.05, tf32 0.03 .. 0.07, bf16 0.02 .. 0.08; float64 reaches 1.6e-15 at
+#: kappa 2 (1.4). Factor 3.
+DOUBLING_FLOOR_FACTOR = 3.0
