@@ -34,6 +34,8 @@ TRITON = "tests/ops/test_triton_backend.py"
 README = "tests/tooling/test_readme.py"
 STAGED = "tests/ops/test_staged.py"
 STAGED_BACKENDS = "tests/ops/test_staged_backends.py"
+CPU_BACKEND = "tests/ops/test_cpu_backend.py"
+DOUBLING = "tests/ops/test_doubling.py"
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,12 @@ MUTANTS = [
            "        y = x.to(like_ptr.dtype.element_ty)", (STAGED_BACKENDS,)),
     Mutant("host-copy-in-small-side", "host-to-device copy (t[0] = 1.0 syncs, breaks capture)",
            "mmae_fast/ops/tcr/small_side.py", "qinfo[:1].fill_(1.0)", "qinfo[0] = 1.0", (STAGED,)),
+    Mutant("cpu-floor-row-keeps-shift", "dropped term (the cpu stage 3's floor rows keep the shift)",
+           "mmae_fast/ops/tcr/cpu.py", "w = torch.where(project, s * radial, t)",
+           "w = torch.where(project, s * radial, 0 * t)", (CPU_BACKEND,)),
+    Mutant("doubling-unweighted", "constant (plain Newton-Schulz weights w = 1)",
+           "mmae_fast/ops/tcr/doubling.py", "out.append(1.0 if tau > 1e150 else",
+           "out.append(1.0 if tau > -1.0 else", (DOUBLING,)),
 ]
 
 

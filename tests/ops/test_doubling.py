@@ -121,3 +121,54 @@ def test_split_products_are_more_accurate(gen):
     assert err["bf16"] > err["tf32"] > err["float32"]
     with pytest.raises(ValueError, match="fmt must be one of"):
         rounding.product(a, b, "int8")
+
+
+def _rows(gen, m, d):
+    scale = (torch.arange(d, dtype=torch.float64) + 1.0) ** -0.5
+    h = torch.randn(m, d, generator=gen, dtype=torch.float64) * scale
+    return h + 0.5 * torch.randn(1, d, generator=gen, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("m,d", [(45, 31), (31, 45)])
+@pytest.mark.parametrize("kappa", KAPPAS)
+@pytest.mark.parametrize("centering", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_exact_with_the_doubling_inverse_meets_the_contract(gen, monkeypatch, m, d, kappa,
+                                                            centering, dtype):
+    """MMAE_FAST_EXACT_INVERSE=doubling: the exact estimator's gradient from the doubling
+    inverse (float64 products) against the independent oracle, at the cpu backend's tolerances."""
+    import mmae_fast as mf
+    from mmae_fast.ops.tcr import small_side
+    from tests.tolerances import CPU_BACKEND, rel_err
+
+    monkeypatch.setenv(small_side.INVERSE_ENV, "doubling")
+    called = []
+    real = doubling.inverse
+    monkeypatch.setattr(doubling, "inverse", lambda *a, **k: called.append(1) or real(*a, **k))
+    mu = (kappa - 1.0) * d / m
+    h = _rows(gen, m, d).to(dtype)
+    x = h.clone().requires_grad_(True)
+    value = mf.tcr_loss(x, mu, centering=centering)
+    value.backward()
+    assert called, "the doubling inverse did not run"
+    vtol, gtol = CPU_BACKEND[dtype]
+    expected = ind.tcr_exact(h, mu, centering)
+    assert abs(value.item() - expected) <= vtol * abs(expected)
+    assert rel_err(x.grad, torch.from_numpy(ind.tcr_exact_grad(h, mu, centering))) <= gtol
+
+
+def test_doubling_constants_carry_kappa_and_bad_choice_is_an_error(monkeypatch):
+    import mmae_fast as mf
+    from mmae_fast.ops.tcr import small_side
+
+    kw = dict(mu=2.0, m=40, d=16, feature=True, centering=False, estimator="exact", degree=0,
+              need_grad=True, grouped=False)
+    plain = small_side.Constants.of(**kw)
+    doubled = small_side.Constants.of(**kw, inverse="doubling")
+    assert plain.kappa == 0.0 and plain.inverse == "cholesky"
+    assert doubled.kappa == series.kappa(2.0, 40, 16) and doubled.inverse == "doubling"
+    # the forward alone never inverts: its graph stays independent of kappa
+    assert small_side.Constants.of(**{**kw, "need_grad": False}, inverse="doubling").kappa == 0.0
+    monkeypatch.setenv(small_side.INVERSE_ENV, "lu")
+    with pytest.raises(ValueError, match="MMAE_FAST_EXACT_INVERSE='lu': use one of"):
+        mf.tcr_loss(torch.randn(8, 4, requires_grad=True))
