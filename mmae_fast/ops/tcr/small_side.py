@@ -263,10 +263,11 @@ def _logdet_and_derivative(gc: Tensor, c: float, kappa: float, estimator: str, d
         inv_l = torch.linalg.solve_triangular(chol, eye, upper=False)
         return logdet, (inv_l.mT @ inv_l).mul_(-2.0 * c)
     if estimator == "series":
+        # the weights first: they refuse an empty interval (kappa = 1) with a clear error
+        weights = _weights("series", float(kappa), int(degree), -2.0 * c)
         y = gc.mul_(c * 2.0 / (kappa - 1.0))  # M = 2y/(kappa-1) - I
         y.diagonal().sub_(1.0)
-        return _polynomial(y, _weights("series", float(kappa), int(degree), -2.0 * c), True,
-                           need_grad)
+        return _polynomial(y, weights, True, need_grad)
     if estimator == "taylor":
         return _polynomial(gc.mul_(c), _weights("taylor", 0.0, int(degree), -2.0 * c), False,
                            need_grad)
