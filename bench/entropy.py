@@ -64,7 +64,7 @@ SCHEMA = "mmae_fast.bench.entropy"
 ESTIMATORS = ("exact", "series", "taylor")
 MODES = ("fwd", "fwd+bwd")
 TIMINGS = ("eager", "graph")
-OURS = ("reference", "triton", "cuda")
+OURS = ("reference", "cpu", "triton", "cuda")
 #: baseline provider -> the estimator it computes
 BASELINE_ESTIMATOR = {"official": "exact", "cholesky": "exact", "taylor-eager": "taylor",
                       "umae-eager": "uniformity"}

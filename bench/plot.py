@@ -33,10 +33,10 @@ README = common.REPO_ROOT / "bench" / "README.md"
 BEGIN, END = "<!-- BEGIN GENERATED RESULTS -->", "<!-- END GENERATED RESULTS -->"
 COLORS = {"official": "black", "official-compile": "0.55", "cholesky": "tab:blue",
           "cholesky-compile": "lightsteelblue", "taylor-eager": "tab:brown",
-          "taylor-eager-compile": "tan", "reference": "tab:green", "triton": "tab:orange",
-          "cuda": "tab:red"}
+          "taylor-eager-compile": "tan", "reference": "tab:green", "cpu": "tab:olive",
+          "triton": "tab:orange", "cuda": "tab:red"}
 LINESTYLES = {"exact": "-", "series": "--", "taylor": ":"}
-OURS = ("reference", "triton", "cuda")
+OURS = ("reference", "cpu", "triton", "cuda")
 
 
 # ----------------------------------------------------------------------------- loading

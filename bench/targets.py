@@ -25,7 +25,7 @@ from pathlib import Path
 from bench import common
 
 HEAD_SHAPES = ((1024, 1024, 3.0), (4096, 768, 3.0))
-OURS = ("reference", "triton", "cuda")
+OURS = ("reference", "cpu", "triton", "cuda")
 DTYPE, MODE = "bf16", "fwd+bwd"
 
 

@@ -9,7 +9,8 @@ stages 1 and 3 of the staged op, ``gram`` and ``grad``, whose contract is writte
 eager process and those stages with ``group=`` or under ``torch.compile``.
 
 ``"auto"`` takes the first of ``AUTO_ORDER`` that is available and supports the input (kernel
-backends only for CUDA tensors; CPU tensors always get "reference"); the
+backends only for CUDA tensors; CPU tensors get "cpu": the staged op with CPU-tuned stages,
+``mmae_fast.ops.tcr.cpu``; "reference" takes the rest); the
 environment variable ``MMAE_FAST_BACKEND`` (a backend name) replaces what ``"auto"`` means.
 An explicitly requested backend that cannot run raises ``RuntimeError``/``ValueError`` with the
 reason; it never falls back silently.
@@ -23,7 +24,7 @@ import torch
 
 from .ops.tcr.registry import BACKEND_MODULES, MODULES
 
-AUTO_ORDER = ("cuda", "triton", "reference")
+AUTO_ORDER = ("cuda", "triton", "cpu", "reference")
 BACKENDS = tuple(BACKEND_MODULES) + ("auto",)
 ENV_VAR = "MMAE_FAST_BACKEND"
 _MODULES = MODULES
@@ -64,7 +65,7 @@ def resolve(backend: str, z: torch.Tensor) -> ModuleType:
                     f"use one of {tuple(BACKEND_MODULES)} or unset it")
             return resolve(forced, z)
         for name in AUTO_ORDER:
-            if name != "reference" and z.device.type != "cuda":
+            if name in ("cuda", "triton") and z.device.type != "cuda":
                 continue  # kernels on the CPU only run in Triton's interpreter: never automatic
             mod = _load(name)
             if not isinstance(mod, str) and mod.availability() is None and mod.supports(z) is None:

@@ -59,9 +59,10 @@ def tcr_loss(z: torch.Tensor, mu: float = 1.0, *, centering: bool = False,
             None for one process.
         grad_semantics: with ``group``: "exact" (DDP-averaged gradient = gradient of R on the
             full batch) or "per_rank" (official scaling, 1/K of it). Same thing without a group.
-        backend: "auto" (cuda, then triton for CUDA tensors, else reference: the first that
-            is available and takes the input; env MMAE_FAST_BACKEND overrides),
-            "reference", "triton" or "cuda".
+        backend: "auto" (cuda, then triton for CUDA tensors, cpu for CPU tensors, else
+            reference: the first that is available and takes the input; env MMAE_FAST_BACKEND
+            overrides), "reference" (autograd through the float64-capable formula), "cpu" (the
+            staged op with CPU stages: float32 products, float64 n×n side), "triton" or "cuda".
         check_finite: raise ValueError if ``z`` holds NaN/Inf (costs a host sync).
     """
     _checks.features(z, "z", check_finite=check_finite)

@@ -42,6 +42,8 @@ DISTRIBUTED_LOSSES = "tests/library/test_distributed_losses.py"
 NN = "tests/library/test_nn.py"
 TRAIN_DDP = "tests/train/test_train_ddp.py"
 EXTREMES = "tests/library/test_values_extremes.py"
+CPU_BACKEND = "tests/ops/test_cpu_backend.py"
+DOUBLING = "tests/ops/test_doubling.py"
 
 
 @dataclass(frozen=True)
@@ -182,6 +184,12 @@ MUTANTS = [
     Mutant("trainer-uniformity-one-rank", "dropped term (--reg uniformity without the group)",
            "mmae_fast/train/regularisers.py", "cls, group=group, grad_semantics=",
            "cls, group=None, grad_semantics=", (TRAIN_DDP,)),
+    Mutant("cpu-floor-row-keeps-shift", "dropped term (the cpu stage 3's floor rows keep the shift)",
+           "mmae_fast/ops/tcr/cpu.py", "w = torch.where(project, s * radial, t)",
+           "w = torch.where(project, s * radial, 0 * t)", (CPU_BACKEND,)),
+    Mutant("doubling-unweighted", "constant (plain Newton-Schulz weights w = 1)",
+           "mmae_fast/ops/tcr/doubling.py", "out.append(1.0 if tau > 1e150 else",
+           "out.append(1.0 if tau > -1.0 else", (DOUBLING,)),
 ]
 
 

@@ -170,3 +170,31 @@ STAGED_UNIFORMITY = {
     torch.float16: (1e-6, 1e-4),
     torch.bfloat16: (2e-6, 5e-4),
 }
+
+#: The "cpu" backend end to end (tests/ops/test_cpu_backend.py, ``backend="auto"`` on CPU tensors:
+#: float32 products on the m×d side, float64 small side): input dtype -> (value rtol, gradient
+#: rtol) against the independent float64 oracle on the same rounded input (half gradients against
+#: the oracle rounded to that dtype). Measured worst over the test's cases (every estimator,
+#: centred and not, n = 31 on both sides, kappa 2 .. 257): float64 7.7e-15 / 8.0e-15 (summation
+#: orders); float32 9.6e-7 (Taylor at kappa 4: its terms cancel; exact and series <= 1.2e-7) /
+#: 2.0e-6 (kappa 257: the float32 Gram's error through the conditioning); float16 5.9e-7 /
+#: 4.0e-5, bfloat16 5.3e-7 / 1.6e-4 (one-ulp flips of the rounded gradient). Bounds ~10x.
+CPU_BACKEND = {
+    torch.float64: (1e-13, 1e-13),
+    torch.float32: (1e-5, 2e-5),
+    torch.float16: (1e-5, 4e-4),
+    torch.bfloat16: (1e-5, 2e-3),
+}
+#: Exact on float32 input at n = 255 / 1023 rows, kappa 65 and 257, collapsed and not: the cpu
+#: backend's gradient error / that of reference.tcr on the same float32 input (float32 Gram,
+#: float64 small side), both against the float64 oracle — the contract "within 10x of float32
+#: arithmetic". Measured worst 4.4 (255x1023 centred; 0.9 .. 2.6 elsewhere).
+CPU_BACKEND_EXACT_GRAD_VS_REFERENCE = 10.0
+
+#: The doubling inverse's rounding floor (tests/ops/test_doubling.py): with products in format f
+#: (unit roundoff u_f, mmae_fast/ops/tcr/rounding.py) the residual ||I - A X_K||_2 stops at about
+#: kappa·u_f·sqrt(n); the tests allow the a-priori bound plus this factor times it. Measured at
+#: n = 101, kappa 2 .. 257 (floor / (kappa·u_f·sqrt(n))): float32 0.07 .. 0.7, tf32x3 0.01 ..
+#: 0.6, bf16x3 0.01 .. 0.05, tf32 0.03 .. 0.07, bf16 0.02 .. 0.08; float64 reaches 1.6e-15 at
+#: kappa 2 (1.4). Factor 3.
+DOUBLING_FLOOR_FACTOR = 3.0

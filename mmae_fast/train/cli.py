@@ -10,7 +10,7 @@ from ..mae import data as data_mod, errors, track
 from . import recipes, resume
 
 REGS = ("none", "uniformity", "tcr")
-BACKENDS = ("auto", "reference", "triton", "cuda", "official-eager")
+BACKENDS = ("auto", "reference", "cpu", "triton", "cuda", "official-eager")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ONLINE_HEADS = ("linear", "bn-linear", "none")
 PIPELINES = data_mod.PIPELINES
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "official --centering False)")
     g.add_argument("--estimator", default="exact", help="exact, series or taylor")
     g.add_argument("--backend", default="auto",
-                   help="auto, reference, triton, cuda, official-eager (official loss, 1 process)")
+                   help="auto, reference, cpu, triton, cuda, official-eager (official loss, 1 process)")
     g.add_argument("--grad-semantics", default="exact",
                    help="with several ranks: exact (gradient of lamb·R on the global batch) or "
                         "per_rank (official: 1/K of it)")

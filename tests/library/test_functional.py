@@ -203,10 +203,16 @@ def test_m_equals_one_works():
         -torch.log1p(torch.tensor(3.0 / 7, dtype=torch.float64)).item())
 
 
-def test_auto_backend_on_cpu_is_reference(monkeypatch):
+def test_auto_backend_on_cpu_is_the_cpu_stages(monkeypatch):
     monkeypatch.delenv(backends.ENV_VAR, raising=False)
-    assert backends.resolve("auto", torch.randn(3, 2)).__name__ == "mmae_fast.ops.tcr.stages"
-    assert "reference" in mf.available_backends()
+    assert backends.resolve("auto", torch.randn(3, 2)).__name__ == "mmae_fast.ops.tcr.cpu"
+    assert backends.resolve_name("auto", torch.randn(3, 2)) == "cpu"
+    assert {"cpu", "reference"} <= set(mf.available_backends())
+
+
+def test_cpu_backend_refuses_other_devices():
+    with pytest.raises(ValueError, match="the cpu backend runs CPU tensors, got device 'meta'"):
+        backends.resolve("cpu", torch.empty(3, 2, device="meta"))
 
 
 def test_env_var_sets_what_auto_means(monkeypatch):

@@ -59,7 +59,7 @@ def test_result_file_schema(quick_run):
     got = [(r["provider"], r["estimator"], r["m"], r["d"], r["dtype"], r["mode"]) for r in rows]
     assert len(got) == len(set(got)) and set(got) == expected
     assert {r["provider"] for r in rows} >= {"official", "cholesky", "taylor-eager", "reference",
-                                             "triton", "cuda"}
+                                             "cpu", "triton", "cuda"}
 
 
 def test_rows_are_complete(quick_run):
@@ -74,9 +74,10 @@ def test_rows_are_complete(quick_run):
             assert row["peak_mem_bytes"] is None  # CPU: not measured
         else:
             assert row["reason"], row
-    # the reference backend always runs, and its exact float32 value matches float64
-    ref = [r for r in payload["results"] if r["provider"] == "reference"]
-    assert ref and all(r["status"] == "ok" for r in ref)
+    # the reference and cpu backends always run here, and their exact float32 values match float64
+    ref = [r for r in payload["results"] if r["provider"] in ("reference", "cpu")]
+    assert {r["provider"] for r in ref} == {"reference", "cpu"}
+    assert all(r["status"] == "ok" for r in ref)
     exact32 = [r for r in ref if r["estimator"] == "exact" and r["dtype"] == "fp32"]
     assert exact32 and all(r["rel_err"] < 1e-4 for r in exact32)
     # unavailable kernel backends are recorded with the reason, not dropped

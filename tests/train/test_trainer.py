@@ -286,8 +286,8 @@ def test_a_data_path_alone_means_that_folder(tmp_path):
 def test_the_resolved_backend_is_printed_and_stored(tmp_path, capsys):
     res = run(tmp_path, "backend", "--steps", "1", "--reg", "tcr")
     out = capsys.readouterr().out
-    assert "R = tcr_loss on the 'reference' backend (--backend auto)" in out
+    assert "R = tcr_loss on the 'cpu' backend (--backend auto)" in out
     saved = json.load(open(os.path.join(res["run_dir"], "args.json")))
-    assert saved["backend"] == "auto" and saved["resolved_backend"] == "reference"
+    assert saved["backend"] == "auto" and saved["resolved_backend"] == "cpu"
     none = run(tmp_path, "none", "--steps", "1", "--reg", "none")
     assert json.load(open(os.path.join(none["run_dir"], "args.json")))["resolved_backend"] == "none"

@@ -11,6 +11,7 @@ U-MAE's uniformity ``||ZᵀZ||_F²/M²`` runs on the same stages (``uniformity``
     input_check.py   the input contract of the kernel backends
     triton/          the Triton backend: kernels, launchers, custom-op registration
     cuda.py          the CUDA backend: the Python side of ``csrc/``
+    cpu.py           the CPU backend ("auto" on CPU tensors): stages 1 and 3 in few passes
 """
 from .op import tcr, uniformity
 

@@ -11,6 +11,7 @@ BACKEND_MODULES = {
     "reference": "mmae_fast.ops.tcr.stages",
     "triton": "mmae_fast.ops.tcr.triton.backend",
     "cuda": "mmae_fast.ops.tcr.cuda",
+    "cpu": "mmae_fast.ops.tcr.cpu",
 }
 
 

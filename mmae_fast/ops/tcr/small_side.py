@@ -26,6 +26,8 @@ not project (``||h_i|| <= EPS``: there the shift is not radial-and-removed).
 Estimators (``mmae_fast.series`` holds the coefficients and bounds):
 
     exact:  L = chol(I + cG_c):  R = -2 Σ log diag L,  P = -c (I + cG_c)⁻¹ = -c L⁻ᵀ L⁻¹
+            (with ``MMAE_FAST_EXACT_INVERSE=doubling``: the inverse by products only,
+            ``mmae_fast.ops.tcr.doubling``, residual bound ``DOUBLING_TARGET`` a priori)
     series: M = s_k·G_c - I, s_k = 2c/(kappa - 1):  R = -Σ_k p_k tr T_k(M),
             P = -s_k Σ_j b_j T_j(M)  (b = the Chebyshev derivative of p)
     taylor: Y = cG_c:  R = -Σ_k a_k tr Y^k,  P = -c Σ_k k a_k Y^(k-1)
@@ -43,18 +45,37 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import warnings
 
 import torch
 from torch import Tensor
 
 from ... import series
+from . import doubling
 from .graph_cache import GraphCache
 
 F64 = torch.float64
 
 #: the captured graphs and device constants of this stage (one object: ``graph_cache``)
 CACHE = GraphCache()
+
+#: Environment switch of the exact estimator's inverse: "cholesky" (default: from the factor) or
+#: "doubling" (Newton–Schulz doubling, products only: ``mmae_fast.ops.tcr.doubling``).
+INVERSE_ENV = "MMAE_FAST_EXACT_INVERSE"
+INVERSES = ("cholesky", "doubling")
+#: A-priori residual ``||I - A X||_2`` the doubling inverse is run to (float64 products: the
+#: measured residual stops at a few kappa·u_64·sqrt(n), tests/ops/test_doubling.py).
+DOUBLING_TARGET = 1e-12
+
+
+def inverse_choice() -> str:
+    """The exact estimator's inverse named by ``MMAE_FAST_EXACT_INVERSE`` (default "cholesky")."""
+    value = os.environ.get(INVERSE_ENV, "").strip() or "cholesky"
+    if value not in INVERSES:
+        raise ValueError(f"environment variable {INVERSE_ENV}={value!r}: use one of {INVERSES} "
+                         f"or unset it")
+    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +86,8 @@ class Constants:
     c = mu/d; kappa = 1 + mu·m/d, the spectrum bound (series only, else 0); max_rows: the row
     count kappa assumes, checked against the summed count (series with a group, else 0); rows:
     the exact row count that divides the column sums (centring on the feature side without a
-    group, else 0); degree: the series degree / Taylor order (0 for exact)."""
+    group, else 0); degree: the series degree / Taylor order (0 for exact); inverse: the exact
+    estimator's inverse ("cholesky" or "doubling", whose step count needs kappa too)."""
     c: float
     estimator: str
     degree: int
@@ -75,19 +97,22 @@ class Constants:
     feature: bool
     centering: bool
     need_grad: bool
+    inverse: str = "cholesky"
 
     @classmethod
     def of(cls, *, mu: float, m: int, d: int, feature: bool, centering: bool, estimator: str,
-           degree: int, need_grad: bool, grouped: bool) -> "Constants":
+           degree: int, need_grad: bool, grouped: bool, inverse: str = "cholesky") -> "Constants":
         """The constants of one call: m enters only where the numbers use it, so graphs of the
-        exact and Taylor estimators serve every batch size."""
-        is_series = estimator == "series"
+        exact (with its Cholesky inverse) and Taylor estimators serve every batch size."""
+        doubled = estimator == "exact" and inverse == "doubling" and bool(need_grad)
+        uses_kappa = estimator == "series" or doubled
         return cls(c=float(mu) / d, estimator=estimator,
                    degree=int(degree) if estimator != "exact" else 0,
-                   kappa=series.kappa(mu, m, d) if is_series else 0.0,
-                   max_rows=m if is_series and grouped else 0,
+                   kappa=series.kappa(mu, m, d) if uses_kappa else 0.0,
+                   max_rows=m if uses_kappa and grouped else 0,
                    rows=m if centering and feature and not grouped else 0,
-                   feature=bool(feature), centering=bool(centering), need_grad=bool(need_grad))
+                   feature=bool(feature), centering=bool(centering), need_grad=bool(need_grad),
+                   inverse="doubling" if doubled else "cholesky")
 
 
 @functools.lru_cache(maxsize=512)
@@ -215,7 +240,8 @@ def _polynomial(first: Tensor, w: _Weights, chebyshev: bool, need_grad: bool):
 
 
 def _logdet_and_derivative(gc: Tensor, c: float, kappa: float, estimator: str, degree: int,
-                           need_grad: bool) -> tuple[Tensor, Tensor | None]:
+                           need_grad: bool, inverse: str = "cholesky"
+                           ) -> tuple[Tensor, Tensor | None]:
     """``(logdet(I + y), -2c · d logdet / d y)`` for y = c·G_c, G_c symmetric PSD (float64;
     ``gc`` is overwritten)."""
     if estimator == "exact":
@@ -226,16 +252,22 @@ def _logdet_and_derivative(gc: Tensor, c: float, kappa: float, estimator: str, d
         logdet = torch.where(info == 0, logdet, torch.full_like(logdet, math.nan))
         if not need_grad:
             return logdet, None
-        # (L Lᵀ)⁻¹ = L⁻ᵀ L⁻¹ from one triangular solve and one product (cheaper than
+        if inverse == "doubling":  # spectrum of y = I + cG_c in [1, kappa]
+            steps = doubling.steps_for(kappa, DOUBLING_TARGET)
+            return logdet, doubling.inverse(y, kappa, steps).mul_(-2.0 * c)
+        if not y.is_cuda:  # LAPACK's potri: about half the time of a solve and a product
+            return logdet, torch.cholesky_inverse(chol).mul_(-2.0 * c)
+        # (L Lᵀ)⁻¹ = L⁻ᵀ L⁻¹ from one triangular solve and one product (on CUDA cheaper than
         # cholesky_inverse: bench/primitives.py)
         eye = torch.eye(y.shape[0], dtype=y.dtype, device=y.device)
         inv_l = torch.linalg.solve_triangular(chol, eye, upper=False)
         return logdet, (inv_l.mT @ inv_l).mul_(-2.0 * c)
     if estimator == "series":
+        # the weights first: they refuse an empty interval (kappa = 1) with a clear error
+        weights = _weights("series", float(kappa), int(degree), -2.0 * c)
         y = gc.mul_(c * 2.0 / (kappa - 1.0))  # M = 2y/(kappa-1) - I
         y.diagonal().sub_(1.0)
-        return _polynomial(y, _weights("series", float(kappa), int(degree), -2.0 * c), True,
-                           need_grad)
+        return _polynomial(y, weights, True, need_grad)
     if estimator == "taylor":
         return _polynomial(gc.mul_(c), _weights("taylor", 0.0, int(degree), -2.0 * c), False,
                            need_grad)
@@ -258,10 +290,11 @@ def small_side(g: Tensor, colsum: Tensor, count: Tensor | None,
     out_dtype = g.dtype
     n = g.shape[0]
     gc = g.to(F64, copy=True)  # overwritten in place below
-    logdet, q = _logdet_and_derivative(gc, k.c, k.kappa, k.estimator, k.degree, k.need_grad)
+    logdet, q = _logdet_and_derivative(gc, k.c, k.kappa, k.estimator, k.degree, k.need_grad,
+                                       k.inverse)
     value = (-logdet).to(out_dtype)
     ok = None
-    if k.max_rows:  # the series with a group: the only kappa-dependent estimator
+    if k.max_rows:  # the series or the doubling inverse with a group: kappa-dependent
         # more rows than the kappa bound assumed (a distributed run with unequal shards) would put
         # the spectrum outside the series' interval: NaN value and gradient, never a silently
         # wrong one

@@ -1,0 +1,215 @@
+"""A cost model of the staged TCR op usable without a GPU: per stage, a predicted time from the
+counted work — products (size, precision), O(n²) passes and reductions, launches — and the
+rates of a device. Every figure it prints is a **prediction**, labelled as such.
+
+Rates:
+
+* ``h100``: measured, bench/results/cuda-nvidia-h100-80gb-hbm3/primitives-20261126T1456Z.txt
+  (n×n products, Cholesky, triangular solve, inverse, small element-wise ops, µs per call, CUDA
+  events) and the calibration of entropy-20261126T145235Z.json (8192² GEMM TFLOP/s, copy GB/s);
+* ``a100``: public rates for an A100-80GB (GEMMul8's results, as quoted in issue 22): 1024³
+  products fp64 167 µs, fp32 169 µs, tf32 50 µs, int8 27 µs; peak bf16 312 TFLOP/s and 2.0 TB/s
+  (NVIDIA's data sheet). Factorisations and small passes were not measured there: they are the
+  H100 times times the fp64 product ratio 167/44 (factorisations) or the bandwidth ratio
+  (passes) — an assumption, printed as such.
+
+Per-launch cost: ``launch_us`` (eager: the one-element op of the primitives file, 12 µs) for the
+eagerly timed stages (gram, grad), ``graph_launch_us`` (an assumption, 3 µs) inside the CUDA
+graph of the small side. Products of size n scale as n³ from the nearest measured size (not
+below it for tensor-core formats: at n ≤ 1024 they are launch-bound).
+
+    python bench/cost_model.py                 # prediction vs the stored H100 stage table
+    python bench/cost_model.py --device a100   # the same stages predicted on an A100
+
+``compare(stages_csv)`` gives, per row of a stored ``bench/stages.py`` table, predicted and
+measured times and the relative error (tests/tooling/test_cost_model.py checks its bound).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import math
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+H100_DIR = ROOT / "bench" / "results" / "cuda-nvidia-h100-80gb-hbm3"
+H100_STAGES = H100_DIR / "stages-20261126T145300Z.csv"
+
+
+@dataclasses.dataclass(frozen=True)
+class Rates:
+    """One device's rates. product_us[(n, fmt)]: an n×n×n product; factor_us[(name, n)]:
+    chol64, trsm64, cinv64, chol32 at n; pass_us_per_mib: a memory-bound pass; launch_us:
+    eager cost of one small op; gemm_tflops[fmt]: large-GEMM rate (m×d side); copy_gbps."""
+    name: str
+    source: str
+    product_us: dict
+    factor_us: dict
+    pass_us_per_mib: float
+    launch_us: float
+    graph_launch_us: float
+    gemm_tflops: dict
+    copy_gbps: float
+
+
+H100 = Rates(
+    name="h100", source="measured: primitives-20261126T1456Z.txt, entropy-20261126T145235Z.json",
+    product_us={(768, "fp64"): 27, (1024, "fp64"): 44, (768, "fp32"): 39, (1024, "fp32"): 58,
+                (768, "tf32"): 19, (1024, "tf32"): 18, (768, "bf16"): 17, (1024, "bf16"): 19},
+    factor_us={("chol64", 768): 337, ("chol64", 1024): 447, ("trsm64", 768): 372,
+               ("trsm64", 1024): 505, ("cinv64", 768): 625, ("cinv64", 1024): 842,
+               ("chol32", 768): 268, ("chol32", 1024): 358},
+    # axpy at n = 1024 in float64: 16 µs for 3 x 8 MiB (read two, write one), minus a launch
+    pass_us_per_mib=(16 - 12) / 24.0, launch_us=12.0, graph_launch_us=3.0,
+    gemm_tflops={"bf16": 796.7, "fp32": 52.0}, copy_gbps=3010.0)
+
+_A100_FACTOR = 167.0 / 44.0  # the fp64 product ratio, applied to the factorisations
+A100 = Rates(
+    name="a100", source="public: GEMMul8's results (issue 22), NVIDIA data sheet; factorisations "
+                        "and passes scaled from the H100 (assumption)",
+    product_us={(1024, "fp64"): 167, (1024, "fp32"): 169, (1024, "tf32"): 50,
+                (1024, "bf16"): 50},  # bf16 not in the public set: the tf32 time (an assumption)
+    factor_us={(k, n): v * _A100_FACTOR for (k, n), v in H100.factor_us.items()},
+    pass_us_per_mib=H100.pass_us_per_mib * 3010.0 / 2039.0, launch_us=12.0, graph_launch_us=3.0,
+    gemm_tflops={"bf16": 312.0, "fp32": 19.5}, copy_gbps=2039.0)
+
+DEVICES = {"h100": H100, "a100": A100}
+#: a split product (x = hi + lo, three products, lo·lo dropped) in its base format
+SPLIT = {"tf32x3": ("tf32", 3), "bf16x3": ("bf16", 3)}
+
+
+def product_us(rates: Rates, n: int, fmt: str) -> float:
+    """One n×n×n product in ``fmt`` (a split format: three products of its base)."""
+    if fmt in SPLIT:
+        base, count = SPLIT[fmt]
+        return count * product_us(rates, n, base)
+    sizes = sorted(s for s, f in rates.product_us if f == fmt)
+    ref = min(sizes, key=lambda s: abs(math.log(s / n)))
+    t = rates.product_us[(ref, fmt)] * (n / ref) ** 3
+    return max(t, rates.product_us[(sizes[0], fmt)]) if fmt in ("tf32", "bf16") else t
+
+
+def factor_us(rates: Rates, name: str, n: int) -> float:
+    sizes = sorted(s for k, s in rates.factor_us if k == name)
+    ref = min(sizes, key=lambda s: abs(math.log(s / n)))
+    return rates.factor_us[(name, ref)] * (n / ref) ** 3
+
+
+def pass_us(rates: Rates, n: int, bytes_per: int = 8, arrays: int = 3, graph: bool = True) -> float:
+    """One O(n²) element-wise pass or reduction over ``arrays`` n×n arrays, plus its launch."""
+    mib = arrays * n * n * bytes_per / 2 ** 20
+    return rates.pass_us_per_mib * mib + (rates.graph_launch_us if graph else rates.launch_us)
+
+
+def md_side_us(rates: Rates, m: int, d: int, fmt: str, width: int, launches: int) -> float:
+    """An m×d×width GEMM on the feature side (gram: width n, grad: the split product 2n) plus
+    reading/writing the rows (bf16: 2 bytes) and ``launches`` eager launches."""
+    n = min(m, d)
+    flops = 2.0 * m * d * width
+    bytes_ = 3 * m * d * 2 + 4 * n * n
+    return (flops / (rates.gemm_tflops[fmt] * 1e6) + bytes_ / (rates.copy_gbps * 1e3)
+            + launches * rates.launch_us)
+
+
+#: Launches of the gram stage (row statistics, the product) and of the grad stage (the
+#: coefficient product, the split GEMM, the projection), both backends.
+GRAM_LAUNCHES, GRAD_LAUNCHES = 2, 3
+#: The O(n²) passes of the current small side outside its products and factorisations
+#: (mmae_fast/ops/tcr/small_side.py: the float64 copy, scale and diagonal shift, the log-diagonal
+#: sum, the NaN guard, the radial shift, qscale's max, the division and the cast back).
+SMALL_PASSES = 10
+
+
+def small_side_us(rates: Rates, n: int, estimator: str, degree: int) -> dict:
+    """The small side as it is (float64, one CUDA graph): {part: µs}."""
+    if estimator == "exact":
+        parts = {"chol64": factor_us(rates, "chol64", n), "trsm64": factor_us(rates, "trsm64", n),
+                 "products": product_us(rates, n, "fp64")}
+    else:
+        q = max(1, math.ceil(degree / 2))
+        # basis T_2..T_q, the derivative's product; the fused combinations read the q+1 basis
+        parts = {"products": (q - 1 + 1) * product_us(rates, n, "fp64"),
+                 "combine": 2 * pass_us(rates, n, arrays=q + 1)}
+    parts["passes"] = SMALL_PASSES * pass_us(rates, n)
+    return parts
+
+
+def doubling_small_side_us(rates: Rates, n: int, kappa: float, fmt: str, target: float = 1e-7,
+                           fused_passes: int = 4) -> dict:
+    """The design of issue 22 item 1: the inverse by 2(K-1) doubling products in ``fmt``
+    (mmae_fast/ops/tcr/doubling.py), the log-determinant from the float64 Cholesky (what the
+    1e-5 contract allows today), element-wise work in ``fused_passes`` passes (epilogues)."""
+    from mmae_fast.ops.tcr import doubling
+
+    steps = doubling.steps_for(kappa, target)
+    return {"steps": steps, "products": 2 * (steps - 1) * product_us(rates, n, fmt),
+            "chol64": factor_us(rates, "chol64", n),
+            "passes": fused_passes * pass_us(rates, n, bytes_per=4)}
+
+
+def predict_row(rates: Rates, row: dict) -> dict:
+    """Predicted gram / small (graph) / grad / call ms of one stage-table row."""
+    m, d, degree = int(row["m"]), int(row["d"]), int(row["degree"])
+    n = min(m, d)
+    gram = md_side_us(rates, m, d, "bf16", n, GRAM_LAUNCHES)
+    grad = md_side_us(rates, m, d, "bf16", 2 * n, GRAD_LAUNCHES)
+    small = sum(small_side_us(rates, n, row["estimator"], degree).values())
+    return {"gram_ms": gram / 1e3, "small_graph_ms": small / 1e3, "grad_ms": grad / 1e3,
+            "call_graph_ms": (gram + small + grad) / 1e3}
+
+
+def compare(path: Path = H100_STAGES, rates: Rates = H100) -> list[dict]:
+    """Per row of a stored stage table: the case, and per stage (predicted, measured, rel_err)."""
+    out = []
+    with open(path) as fh:
+        rows = [r for r in csv.DictReader(line for line in fh if not line.startswith("#"))]
+    for row in rows:
+        pred = predict_row(rates, row)
+        entry = {k: row[k] for k in ("backend", "estimator", "m", "d", "degree")}
+        for key, p in pred.items():
+            meas = float(row[key])
+            entry[key] = (p, meas, abs(p - meas) / meas)
+        out.append(entry)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", choices=tuple(DEVICES), default="h100")
+    p.add_argument("--stages", type=Path, default=H100_STAGES,
+                   help="a bench/stages.py CSV to compare with (default: the stored H100 one)")
+    args = p.parse_args(argv)
+    rates = DEVICES[args.device]
+    if not args.stages.is_file():
+        print(f"cost_model: --stages {args.stages} is not a file", file=sys.stderr)
+        return 2
+    print(f"# PREDICTION, rates of {rates.name} ({rates.source})")
+    rows = compare(args.stages, rates)
+    keys = ("gram_ms", "small_graph_ms", "grad_ms", "call_graph_ms")
+    measured_on = "" if rates is H100 else " (measured on the H100: not this device)"
+    print(f"# predicted / measured{measured_on} ms, relative error")
+    print("backend estimator m d degree | " + " | ".join(keys))
+    for r in rows:
+        cells = [f"{r[k][0]:.3f}/{r[k][1]:.3f} ({r[k][2]:.0%})" for k in keys]
+        print(f"{r['backend']} {r['estimator']} {r['m']} {r['d']} {r['degree']} | "
+              + " | ".join(cells))
+    if rates is H100:
+        for k in keys:
+            errs = [r[k][2] for r in rows]
+            print(f"# {k}: mean relative error {sum(errs) / len(errs):.0%}, worst {max(errs):.0%}")
+    print("# PREDICTION: the doubling small side (2(K-1) products, float64 Cholesky for the "
+          "log-determinant, 4 fused passes), n = 1024")
+    for kappa in (4.0, 65.0, 257.0):
+        for fmt in ("fp64", "tf32x3", "bf16x3"):
+            parts = doubling_small_side_us(rates, 1024, kappa, fmt)
+            total = parts["products"] + parts["chol64"] + parts["passes"]
+            print(f"kappa {kappa:g} {fmt}: K = {parts['steps']}, products "
+                  f"{parts['products']:.0f} us + chol64 {parts['chol64']:.0f} us + passes "
+                  f"{parts['passes']:.0f} us = {total / 1e3:.3f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
