@@ -104,9 +104,9 @@ def uniformity_loss(z: torch.Tensor, *, group=None, grad_semantics: str = "exact
             of any sizes; ``mmae_fast.distributed``); None for one process.
         grad_semantics: with ``group``, as ``tcr_loss``: "exact" or "per_rank" (1/K).
         backend: as ``tcr_loss``: "triton" / "cuda" run the staged op's fused Gram of the
-            smaller side and its backward; "reference" (and "auto" on the CPU) the
-            float64-capable formula for one process, the staged op's reference stages with
-            ``group``.
+            smaller side and its backward, "cpu" (and "auto" on CPU tensors) its CPU stages;
+            "reference" the float64-capable formula for one process, the staged op's
+            reference stages with ``group``.
     """
     _checks.features(z, "z", check_finite=check_finite)
     _checks.choice(grad_semantics, "grad_semantics", _checks.GRAD_SEMANTICS)
@@ -116,6 +116,22 @@ def uniformity_loss(z: torch.Tensor, *, group=None, grad_semantics: str = "exact
     if name == "reference":
         return reference.uniformity(z)
     return staged.uniformity(z, backend=name)
+
+
+#: Backends whose fused Gram and backward also run Rényi-2 (as the staged uniformity).
+KERNEL_BACKENDS = ("triton", "cuda")
+
+
+def _renyi_2_on_kernels(z: torch.Tensor, backend: str) -> torch.Tensor:
+    """``H_2 = -log tr(K̂²) = -log U + 2 log(tr(ZᵀZ)/m)``, U = ``uniformity_loss`` on the staged
+    op; ``tr(ZᵀZ) = Σ_i ‖z_i‖²`` is m unless rows lie below the 1e-12 norm floor (one pass of
+    row norms). An all-zero batch has U = 0 and takes the reference's defined value."""
+    u = staged.uniformity(z, backend=backend)
+    norms = reference.row_norms(z.float() if z.dtype != torch.float64 else z)
+    mean_sq = (norms / norms.clamp_min(reference.EPS)).square().mean()
+    some = u > 0  # where(…) with safe operands keeps the unselected branch's gradient finite
+    value = 2.0 * torch.where(some, mean_sq, 1.0).log() - torch.where(some, u, 1.0).log()
+    return torch.where(some, value, torch.zeros_like(value))
 
 
 def matrix_entropy(z: torch.Tensor, alpha: float = 1.0, *, group=None,
@@ -128,14 +144,14 @@ def matrix_entropy(z: torch.Tensor, alpha: float = 1.0, *, group=None,
     ``group``: a torch.distributed process group: H of the rows of all its ranks, from the
     spectrum of the all-reduced d×d Gram ``Σ_r Z_rᵀZ_r`` (``mmae_fast.distributed``);
     ``grad_semantics`` as ``tcr_loss``. ``backend``: "reference" for every alpha; alpha = 2
-    also runs on "triton" / "cuda", as ``H_2 = -log(uniformity_loss(z))`` on the staged op.
+    without a group also runs on "triton" / "cuda" (and "auto" on CUDA tensors) from the staged
+    uniformity (``_renyi_2_on_kernels``).
     """
     _checks.features(z, "z", check_finite=check_finite)
     alpha = _checks.alpha(alpha)
     _checks.choice(grad_semantics, "grad_semantics", _checks.GRAD_SEMANTICS)
-    if alpha == 2.0 and backends.resolve_name(backend, z) != "reference":
-        return -uniformity_loss(z, group=group, grad_semantics=grad_semantics,
-                                backend=backend).log()
+    if alpha == 2.0 and group is None and backends.resolve_name(backend, z) in KERNEL_BACKENDS:
+        return _renyi_2_on_kernels(z, backends.resolve_name(backend, z))
     _reference_only(backend, "matrix_entropy")
     if group is not None:
         return distributed.renyi_entropy(z, alpha, group=group, grad_semantics=grad_semantics)

@@ -208,3 +208,28 @@ def test_renyi_2_on_the_kernel_backend(gen, backend):
     assert mf.nn.MatrixEntropy(2.0, backend=backend)(x).item() == value.item()
     with pytest.raises(ValueError, match=f"no '{backend}' kernel"):
         mf.matrix_entropy(x, 1.0, backend=backend)
+
+
+@pytest.mark.skipif(not CASES, reason="no kernel backend is available (triton not installed?)")
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS or [None])
+def test_renyi_2_on_the_kernel_backend_with_rows_at_the_floor(gen, backend):
+    """Zero rows and rows below the 1e-12 norm floor make tr(ZᵀZ) < m: H_2 follows the float64
+    reference (value and gradient); an all-zero batch gives the reference's 0 with a zero
+    gradient."""
+    m, d = KERNEL_SHAPES[0]
+    h = _features(gen, m, d, torch.float64)
+    h[:3] = 0.0
+    h[3:5] *= 1e-13
+    want = h.clone().requires_grad_(True)
+    expected = mf.matrix_entropy(want, 2.0, backend="reference")
+    expected.backward()
+    x = h.float().to(DEVICE).requires_grad_(True)
+    value = mf.matrix_entropy(x, 2.0, backend=backend)
+    value.backward()
+    vtol, gtol = STAGED_BACKEND[torch.float32]
+    assert value.item() == pytest.approx(expected.item(), rel=vtol)
+    assert _rel(x.grad.double().cpu(), want.grad) <= gtol
+    zero = torch.zeros(m, d, device=DEVICE, requires_grad=True)
+    value = mf.matrix_entropy(zero, 2.0, backend=backend)
+    value.backward()
+    assert value.item() == 0.0 and torch.equal(zero.grad, torch.zeros_like(zero))
