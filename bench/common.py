@@ -265,3 +265,21 @@ def load_results(paths: Sequence[str | Path], prefix: str) -> list[dict]:
     for p in map(Path, paths):
         files += sorted(p.glob(f"{prefix}*.json")) if p.is_dir() else [p]
     return [json.loads(f.read_text()) | {"_path": str(f)} for f in files]
+
+
+def check_limits(parser, args, minimums) -> None:
+    """The flags every bench script checks alike: each ``(name, low)`` of ``minimums`` at least
+    ``low``, ``--time-limit`` >= 0, ``--out`` a writable directory (created); ``parser.error``
+    (one line, exit 2) names the flag otherwise."""
+    from mmae_fast.mae import errors
+
+    for name, low in minimums:
+        value = getattr(args, name)
+        if value is not None and value < low:
+            parser.error(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
+    if args.time_limit is not None and not args.time_limit >= 0:
+        parser.error(f"--time-limit must be >= 0 seconds, got {args.time_limit}")
+    try:
+        errors.writable_dir(args.out, "--out")
+    except ValueError as exc:
+        parser.error(str(exc))

@@ -191,16 +191,7 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if not 0 < args.tol < 1:
         p.error(f"--tol is the series' relative error target: give 0 < tol < 1 (e.g. 1e-4), "
                 f"got {args.tol}")
-    for name, low in (("reps", 1), ("warmup", 0), ("threads", 1)):
-        value = getattr(args, name)
-        if value is not None and value < low:
-            p.error(f"--{name} must be >= {low}, got {value}")
-    if args.time_limit is not None and not args.time_limit >= 0:
-        p.error(f"--time-limit must be >= 0 seconds, got {args.time_limit}")
-    try:
-        errors.writable_dir(args.out, "--out")
-    except ValueError as exc:
-        p.error(str(exc))
+    common.check_limits(p, args, (("reps", 1), ("warmup", 0), ("threads", 1)))
 
 
 # ----------------------------------------------------------------------------- providers

@@ -94,19 +94,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    for name, low in (("batch", 1), ("img_size", 1), ("steps", 1), ("warmup", 0),
-                      ("threads", 1)):
-        value = getattr(args, name)
-        if value is not None and value < low:
-            p.error(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
     if not 0 <= args.lamb < float("inf"):
         p.error(f"--lamb must be a finite number >= 0, got {args.lamb}")
-    if args.time_limit is not None and not args.time_limit >= 0:
-        p.error(f"--time-limit must be >= 0 seconds, got {args.time_limit}")
-    try:
-        errors.writable_dir(args.out, "--out")
-    except ValueError as exc:
-        p.error(str(exc))
+    common.check_limits(p, args, (("batch", 1), ("img_size", 1), ("steps", 1), ("warmup", 0),
+                                  ("threads", 1)))
     if args.device is None:
         args.device = "cpu" if args.quick or not torch.cuda.is_available() else "cuda"
     cpu = args.device == "cpu"

@@ -11,20 +11,9 @@ import torch
 import independent as ind
 import mmae_fast as mf
 from mmae_fast import backends
+from op_names import interpreter_launches
 from tolerances import STAGED_BACKEND
 
-
-def _interpreter_launches(monkeypatch):
-    """A list that records the name of every Triton kernel launched in the interpreter."""
-    interp = pytest.importorskip("triton.runtime.interpreter")
-    launched, run = [], interp.InterpretedFunction.run
-
-    def counting_run(self, *args, **kwargs):
-        launched.append(getattr(getattr(self, "fn", None), "__name__", repr(self)))
-        return run(self, *args, **kwargs)
-
-    monkeypatch.setattr(interp.InterpretedFunction, "run", counting_run)
-    return launched
 
 
 @pytest.mark.parametrize("estimator,order,mu", [("exact", None, 3.0), ("series", 6, 3.0),
@@ -41,7 +30,7 @@ def test_triton_kernels_run_and_give_the_independent_value(monkeypatch, estimato
         pytest.skip(reason)
     g = torch.Generator().manual_seed(5)
     h = torch.randn(24, 16, generator=g) + 0.5 * torch.randn(1, 16, generator=g)
-    launched = _interpreter_launches(monkeypatch) if device == "cpu" else None
+    launched = interpreter_launches(monkeypatch) if device == "cpu" else None
     x = h.to(device).requires_grad_()
     value = mf.tcr_loss(x, mu, centering=centering, estimator=estimator, order=order,
                         backend="triton")

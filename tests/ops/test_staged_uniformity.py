@@ -11,7 +11,7 @@ import mmae_fast as mf
 from mmae_fast import backends, reference
 from mmae_fast.ops.tcr import graph_cache, op as staged, small_side
 from tests import independent as ind
-from tests.op_names import OpNames
+from tests.op_names import OpNames, interpreter_launches
 from tests.tolerances import STAGED_BACKEND, STAGED_UNIFORMITY
 
 SHAPES = [(37, 21), (21, 37), (70, 53), (53, 70), (5, 5)]
@@ -120,17 +120,6 @@ def test_no_host_sync_and_one_small_side(gen):
     assert sum("mmae_fast.small_side" in op for op in rec.names) == 1
 
 
-def _interpreter_launches(monkeypatch):
-    interp = pytest.importorskip("triton.runtime.interpreter")
-    launched, run = [], interp.InterpretedFunction.run
-
-    def counting_run(self, *args, **kwargs):
-        launched.append(getattr(getattr(self, "fn", None), "__name__", repr(self)))
-        return run(self, *args, **kwargs)
-
-    monkeypatch.setattr(interp.InterpretedFunction, "run", counting_run)
-    return launched
-
 
 CASES = [(b, dt) for b in KERNEL_BACKENDS
          for dt in [torch.float32, torch.float16, torch.bfloat16]
@@ -160,7 +149,7 @@ def test_kernel_backend_matches_reference(gen, backend, dtype):
                     reason="counts Triton interpreter launches (CPU, triton installed)")
 def test_triton_kernels_launch_in_forward_and_backward(gen, monkeypatch):
     h = _features(gen, 24, 16, torch.float32)
-    launched = _interpreter_launches(monkeypatch)
+    launched = interpreter_launches(monkeypatch)
     x = h.clone().requires_grad_()
     value = mf.uniformity_loss(x, backend="triton")
     forward = len(launched)
