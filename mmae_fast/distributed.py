@@ -6,11 +6,13 @@ Through a Gram all-reduce (d×d, never the (M, d) features):
 - ``tcr`` (below) and ``uniformity`` (``||Σ_r Z_rᵀZ_r||_F² / M²``, M the all-reduced row count,
   shards of any sizes) on the staged op of any backend;
 - ``renyi_entropy`` (``matrix_entropy``, ``effective_rank``): the spectrum of the all-reduced
-  ``S = Σ_r Z_rᵀZ_r`` (``K̂ = ZZᵀ/tr`` has S's non-zero eigenvalues), in eager PyTorch.
+  ``S = Σ_r Z_rᵀZ_r`` (``K̂ = ZZᵀ/tr`` has S's non-zero eigenvalues), in eager PyTorch;
+- ``mec`` and ``matrix_cross_entropy``: the all-reduced cross Gram ``Σ_r Z1_rᵀZ2_r`` with the
+  column sums and the row count (MEC's traces of ``(Z1Z2ᵀ)^k`` are those of ``(Z2ᵀZ1)^k``; MCE's
+  ``Z1ᵀJZ2 = Σ_r Z1_rᵀZ2_r − s1 s2ᵀ/M``), in eager PyTorch.
 
 Not distributable that way, so ``group=`` raises (``no_group``): the joint entropy and the
-mutual information (the Hadamard product ``K1 ∘ K2`` of two m×m sample kernels has no d×d form),
-MEC and MCE (computed per process, on each rank's own batch).
+mutual information (the Hadamard product ``K1 ∘ K2`` of two m×m sample kernels has no d×d form).
 
 TCR (``tcr``): each of the K ranks holds ``m_r`` rows. Instead of all-gathering the (M, d)
 features (the official code), every rank runs the staged op (``mmae_fast.ops.tcr.op``) with an
@@ -102,13 +104,53 @@ def renyi_entropy(h, alpha: float, *, group, grad_semantics: str):
         return reference.renyi_entropy_psd(s, alpha)
 
 
+def _pair_sums(h1, h2, group, grad_semantics: str, centering: bool):
+    """The normalised views' cross Gram over every rank of ``group``: ``(C, M)`` with
+    ``C = Σ_r Z1_rᵀ Z2_r`` (d, d), centred as ``C − s1 s2ᵀ / M`` (s the all-reduced column
+    sums) when ``centering``, and M the all-reduced row count (a 0-d tensor)."""
+    from . import reference
+
+    dt = reference.pair_dtype(h1, h2)
+    z1, z2 = reference.normalized_features(h1.to(dt)), reference.normalized_features(h2.to(dt))
+    scale = _grad_scale(group, grad_semantics)
+    d = z1.shape[1]
+    local = torch.cat([z1.mT @ z2, z1.sum(0)[None], z2.sum(0)[None]])  # one all-reduce
+    total = _AllReduceSum.apply(local, group, scale)
+    count = torch.tensor(float(z1.shape[0]), dtype=dt, device=z1.device)
+    dist.all_reduce(count, op=dist.ReduceOp.SUM, group=group)
+    c, s1, s2 = total[:d], total[d], total[d + 1]
+    if centering:
+        c = c - torch.outer(s1, s2) / count
+    return c, count
+
+
+def mec(h1, h2, *, eps_sq: float, order: int, group, grad_semantics: str):
+    """MEC on the rows of every rank of ``group``: ``reference.mec_from_cross`` of the
+    all-reduced ``Σ_r Z1_rᵀ Z2_r`` (its power traces equal those of ``Z1 Z2ᵀ``), M rows."""
+    from . import reference
+
+    with torch.autocast(h1.device.type, enabled=False):
+        c, count = _pair_sums(h1, h2, group, grad_semantics, centering=False)
+        return reference.mec_from_cross(c.mT, count, c.shape[0], eps_sq=eps_sq, order=order)
+
+
+def matrix_cross_entropy(h1, h2, *, mu: float, order: int, group, grad_semantics: str):
+    """Matrix-SSL's MCE on the rows of every rank of ``group``: ``reference.mce_from_cross`` of
+    ``Z1ᵀ J Z2 = Σ_r Z1_rᵀZ2_r − s1 s2ᵀ / M`` (J the centring over all M rows)."""
+    from . import reference
+
+    with torch.autocast(h1.device.type, enabled=False):
+        c, count = _pair_sums(h1, h2, group, grad_semantics, centering=True)
+        return reference.mce_from_cross(c, count, mu=mu, order=order)
+
+
 def no_group(group, fn: str) -> None:
     """Raise if ``group`` is given to ``fn``, a loss with no Gram all-reduce form."""
     if group is not None:
         raise ValueError(
-            f"group: {fn} is not defined through a d×d Gram all-reduce (its m×m sample kernels "
-            f"or per-batch constants need every rank's rows); pass group=None to compute it on "
-            f"each rank's own batch, or all-gather the features first")
+            f"group: {fn} has no d×d Gram all-reduce form (the Hadamard product of two m×m "
+            f"sample kernels needs every rank's rows); pass group=None to compute it on each "
+            f"rank's own batch, or all-gather the features first")
 
 
 def module_group(distributed: bool, group):

@@ -193,7 +193,8 @@ def matrix_mutual_information(z1: torch.Tensor, z2: torch.Tensor, alpha: float =
 
 
 def mec_loss(z1: torch.Tensor, z2: torch.Tensor, *, eps_sq: float = 0.06, order: int = 4,
-             group=None, backend: str = "auto", check_finite: bool = False) -> torch.Tensor:
+             group=None, grad_semantics: str = "exact", backend: str = "auto",
+             check_finite: bool = False) -> torch.Tensor:
     """Maximum Entropy Coding loss of two views (m, d) -> 0-d::
 
         -mu_mec · Σ_{k<=order} (-1)^(k+1) tr((lam · Z1 Z2ᵀ)^k) / k,
@@ -201,26 +202,39 @@ def mec_loss(z1: torch.Tensor, z2: torch.Tensor, *, eps_sq: float = 0.06, order:
 
     (order-``order`` Taylor of ``-mu_mec · tr log(I + lam Z1Z2ᵀ)``; MEC warms ``eps_sq`` up so the
     series converges).
+
+    ``group``: the rows of all its ranks (m = M), from the all-reduced d×d cross Gram
+    ``Σ_r Z2_rᵀZ1_r`` (``mmae_fast.distributed``); ``grad_semantics`` as ``tcr_loss``.
     """
     _checks.pair(z1, z2, same_d=True, check_finite=check_finite)
     eps_sq = _checks.positive(eps_sq, "eps_sq")
     order = _checks.order(order)
+    _checks.choice(grad_semantics, "grad_semantics", _checks.GRAD_SEMANTICS)
     _reference_only(backend, "mec_loss")
-    distributed.no_group(group, "mec_loss")
+    if group is not None:
+        return distributed.mec(z1, z2, eps_sq=eps_sq, order=order, group=group,
+                               grad_semantics=grad_semantics)
     return reference.mec(z1, z2, eps_sq=eps_sq, order=order)
 
 
 def matrix_cross_entropy(z1: torch.Tensor, z2: torch.Tensor, *, mu: float = 1.0, order: int = 4,
-                         group=None, backend: str = "auto",
+                         group=None, grad_semantics: str = "exact", backend: str = "auto",
                          check_finite: bool = False) -> torch.Tensor:
     """Matrix-SSL's uniformity loss, the matrix cross-entropy ``MCE(I_d/d, Q)`` (m, d) -> 0-d::
 
         MCE(P, Q) = tr(-P log Q + Q),  Q = (1/m) Z1ᵀ J Z2 + mu·I_d,
         log Q by its order-``order`` Taylor series at I
+
+    ``group``: the rows of all its ranks (m = M, J the centring over all of them), from the
+    all-reduced ``Σ_r Z1_rᵀZ2_r`` and column sums (``mmae_fast.distributed``);
+    ``grad_semantics`` as ``tcr_loss``.
     """
     _checks.pair(z1, z2, same_d=True, check_finite=check_finite)
     mu = _checks.positive(mu, "mu")
     order = _checks.order(order)
+    _checks.choice(grad_semantics, "grad_semantics", _checks.GRAD_SEMANTICS)
     _reference_only(backend, "matrix_cross_entropy")
-    distributed.no_group(group, "matrix_cross_entropy")
+    if group is not None:
+        return distributed.matrix_cross_entropy(z1, z2, mu=mu, order=order, group=group,
+                                                grad_semantics=grad_semantics)
     return reference.matrix_cross_entropy(z1, z2, mu=mu, order=order)

@@ -13,9 +13,9 @@ Ranks (``mmae_fast.distributed.module_group``):
     distributed=True,  group=G      process group G
     distributed=False, group=G      ValueError (ambiguous): pass distributed=True with it
 
-``grad_semantics`` ("exact" / "per_rank") as ``mmae_fast.tcr_loss``. The two-view modules
-(``MatrixJointEntropy``, ``MatrixMutualInformation``, ``MECLoss``, ``MatrixCrossEntropy``) are
-computed per process: ``distributed=True`` raises where they are built. A module given
+``grad_semantics`` ("exact" / "per_rank") as ``mmae_fast.tcr_loss``. The joint entropy and
+mutual information modules (``MatrixJointEntropy``, ``MatrixMutualInformation``) are computed
+per process: ``distributed=True`` raises where they are built. A module given
 ``group=`` pickles and deep-copies only as far as that group object does; ``distributed=True``
 resolves the default group at call time and always does.
 """
@@ -178,38 +178,42 @@ class MatrixMutualInformation(_PerProcess):
                                            check_finite=self.check_finite)
 
 
-class MECLoss(_PerProcess):
+class MECLoss(_Loss):
     """``mmae_fast.mec_loss``: Maximum Entropy Coding of two views (m, d) -> 0-d."""
 
     _shown = ("eps_sq", "order")
 
     def __init__(self, *, eps_sq: float = 0.06, order: int = 4, distributed: bool = False,
-                 group=None, backend: str = "auto", check_finite: bool = False):
+                 group=None, grad_semantics: str = "exact", backend: str = "auto",
+                 check_finite: bool = False):
         super().__init__(distributed=distributed, group=group, backend=backend,
-                         check_finite=check_finite)
+                         check_finite=check_finite, grad_semantics=grad_semantics)
         F._reference_only(backend, "mec_loss")
         self.eps_sq = _checks.positive(eps_sq, "eps_sq")
         self.order = _checks.order(order)
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
-        return F.mec_loss(z1, z2, eps_sq=self.eps_sq, order=self.order, backend=self.backend,
+        return F.mec_loss(z1, z2, eps_sq=self.eps_sq, order=self.order, group=self._group(),
+                          grad_semantics=self.grad_semantics, backend=self.backend,
                           check_finite=self.check_finite)
 
 
-class MatrixCrossEntropy(_PerProcess):
+class MatrixCrossEntropy(_Loss):
     """``mmae_fast.matrix_cross_entropy``: Matrix-SSL's ``MCE(I_d/d, Q)``, two views
     (m, d) -> 0-d."""
 
     _shown = ("mu", "order")
 
     def __init__(self, *, mu: float = 1.0, order: int = 4, distributed: bool = False,
-                 group=None, backend: str = "auto", check_finite: bool = False):
+                 group=None, grad_semantics: str = "exact", backend: str = "auto",
+                 check_finite: bool = False):
         super().__init__(distributed=distributed, group=group, backend=backend,
-                         check_finite=check_finite)
+                         check_finite=check_finite, grad_semantics=grad_semantics)
         F._reference_only(backend, "matrix_cross_entropy")
         self.mu = _checks.positive(mu, "mu")
         self.order = _checks.order(order)
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
         return F.matrix_cross_entropy(z1, z2, mu=self.mu, order=self.order,
+                                      group=self._group(), grad_semantics=self.grad_semantics,
                                       backend=self.backend, check_finite=self.check_finite)

@@ -317,22 +317,43 @@ def mutual_information(h1: torch.Tensor, h2: torch.Tensor, alpha: float = 1.0) -
 
 # ----------------------------------------------------------------------------- peers
 @_exact_math
+def mec_from_cross(c: torch.Tensor, m, d: int, *, eps_sq: float = 0.06,
+                   order: int = TAYLOR_ORDER) -> torch.Tensor:
+    """MEC from the cross Gram ``c = Z2ᵀZ1`` (d, d) or ``Z1Z2ᵀ`` (m, m) (the traces of their
+    powers agree) of m rows (a number or a 0-d tensor)."""
+    lam, mu_mec = d / (m * eps_sq), (m + d) / 2.0
+    coeffs = series.taylor_coefficients(order)
+    trace_log = sum(a * t for a, t in zip(coeffs, power_traces(lam * c, order)))
+    return -mu_mec * trace_log
+
+
+@_exact_math
 def mec(h1: torch.Tensor, h2: torch.Tensor, *, eps_sq: float = 0.06,
         order: int = TAYLOR_ORDER) -> torch.Tensor:
     """Maximum Entropy Coding loss ``-mu_mec · tr log(I_m + lam · Z1 Z2ᵀ)`` by order-p Taylor::
 
         lam = d / (m · eps_sq),   mu_mec = (m + d) / 2
 
-    The traces of ``(Z1 Z2ᵀ)^k`` equal those of ``(Z2ᵀ Z1)^k``: computed on the smaller side.
+    The traces of ``(Z1 Z2ᵀ)^k`` equal those of ``(Z2ᵀ Z1)^k``: computed on the smaller side
+    (``mec_from_cross``).
     """
     dt = pair_dtype(h1, h2)
     z1, z2 = normalized_features(h1.to(dt)), normalized_features(h2.to(dt))
     m, d = z1.shape
-    lam, mu_mec = d / (m * eps_sq), (m + d) / 2.0
     c = z2.mT @ z1 if d <= m else z1 @ z2.mT
+    return mec_from_cross(c, m, d, eps_sq=eps_sq, order=order)
+
+
+def mce_from_cross(c: torch.Tensor, m, *, mu: float = 1.0,
+                   order: int = TAYLOR_ORDER) -> torch.Tensor:
+    """MCE from the centred cross Gram ``c = Z1ᵀ J Z2`` (d, d) of m rows (a number or a 0-d
+    tensor): ``Q = c/m + mu·I``."""
+    d = c.shape[-1]
+    eye = torch.eye(d, dtype=c.dtype, device=c.device)
+    q = c / m + mu * eye
     coeffs = series.taylor_coefficients(order)
-    trace_log = sum(a * t for a, t in zip(coeffs, power_traces(lam * c, order)))
-    return -mu_mec * trace_log
+    trace_log = sum(a * t for a, t in zip(coeffs, power_traces(q - eye, order)))
+    return -trace_log / d + q.diagonal().sum()
 
 
 @_exact_math
@@ -344,12 +365,7 @@ def matrix_cross_entropy(h1: torch.Tensor, h2: torch.Tensor, *, mu: float = 1.0,
     """
     dt = pair_dtype(h1, h2)
     z1, z2 = normalized_features(h1.to(dt), centering=True), normalized_features(h2.to(dt))
-    m, d = z1.shape
-    eye = torch.eye(d, dtype=z1.dtype, device=z1.device)
-    q = z1.mT @ z2 / m + mu * eye  # Z1ᵀ J Z2 = (J Z1)ᵀ Z2
-    coeffs = series.taylor_coefficients(order)
-    trace_log = sum(a * t for a, t in zip(coeffs, power_traces(q - eye, order)))
-    return -trace_log / d + q.diagonal().sum()
+    return mce_from_cross(z1.mT @ z2, z1.shape[0], mu=mu, order=order)  # (J Z1)ᵀ Z2 = Z1ᵀ J Z2
 
 
 def uniformity_equivalent_weight(lamb: float, mu: float, m: int, d: int) -> float:
@@ -362,5 +378,5 @@ __all__ = [
     "power_traces", "chebyshev_traces", "logdet_cholesky", "logdet_taylor", "logdet_chebyshev",
     "logdet_identity_plus", "default_degree", "tcr_from_gram", "tcr", "tcr_series", "uniformity",
     "MAX_POWER_TRACE_ALPHA", "renyi_entropy_psd", "renyi_entropy", "pair_dtype", "effective_rank", "joint_entropy", "mutual_information",
-    "mec", "matrix_cross_entropy", "uniformity_equivalent_weight",
+    "mec_from_cross", "mec", "mce_from_cross", "matrix_cross_entropy", "uniformity_equivalent_weight",
 ]

@@ -35,6 +35,26 @@ MODULES = {"uniformity": lambda: mnn.UniformityLoss(distributed=True),
            "effective_rank": lambda: mnn.EffectiveRank(distributed=True, grad_semantics="per_rank")}
 
 
+#: two-view losses over ranks: name -> function of (z1, z2, group, semantics); the settings keep
+#: the Taylor series convergent (lam·‖Z1Z2ᵀ‖ < 1 for MEC) so every term matters
+PAIRS = {"mec": lambda a, b, g, s: mf.mec_loss(a, b, eps_sq=4.0, order=3, group=g,
+                                               grad_semantics=s),
+         "mce": lambda a, b, g, s: mf.matrix_cross_entropy(a, b, mu=0.8, order=3, group=g,
+                                                           grad_semantics=s)}
+PAIR_ONE_PROCESS = {"mec": lambda a, b: mf.mec_loss(a, b, eps_sq=4.0, order=3),
+                    "mce": lambda a, b: mf.matrix_cross_entropy(a, b, mu=0.8, order=3)}
+PAIR_INDEPENDENT = {"mec": lambda a, b: ind.mec(a, b, eps_sq=4.0, order=3),
+                    "mce": lambda a, b: ind.matrix_cross_entropy(a, b, mu=0.8, order=3)}
+PAIR_MODULES = {"mec": lambda: mnn.MECLoss(eps_sq=4.0, order=3, distributed=True),
+                "mce": lambda: mnn.MatrixCrossEntropy(mu=0.8, order=3, distributed=True,
+                                                      grad_semantics="per_rank")}
+
+
+def _second_view(x):
+    g = torch.Generator().manual_seed(4)
+    return x + 0.3 * torch.randn(x.shape, generator=g, dtype=x.dtype)
+
+
 def _batch():
     g = torch.Generator().manual_seed(3)
     return torch.randn(sum(ROWS), D, generator=g, dtype=torch.float64) * 0.8 + 0.4
@@ -67,6 +87,21 @@ def _worker(rank, world):
         loss = mf.uniformity_loss(z, group=dist.group.WORLD, backend=backend)
         loss.backward()
     out["f32"] = (loss.detach(), z.grad, backend, ops.names)
+    # the two-view losses with a d×d cross-Gram form, and their modules
+    y = _second_view(x)
+    for name, fn in PAIRS.items():
+        for semantics in SEMANTICS:
+            z1 = _shard(x, rank).clone().requires_grad_()
+            z2 = _shard(y, rank).clone().requires_grad_()
+            loss = fn(z1, z2, dist.group.WORLD, semantics)
+            loss.backward()
+            out[(name, semantics)] = (loss.detach(), z1.grad, z2.grad)
+    for name, make in PAIR_MODULES.items():
+        z1 = _shard(x, rank).clone().requires_grad_()
+        z2 = _shard(y, rank).clone().requires_grad_()
+        loss = make()(z1, z2)
+        loss.backward()
+        out[("module", name)] = (loss.detach(), z1.grad, z2.grad)
     return out
 
 
@@ -120,3 +155,29 @@ def test_uniformity_over_ranks_on_the_kernel_backend(ranks):
         assert abs(got.item() - value) <= vtol * value
         want = 2 * _shard(grad, rank)
         assert float((got_grad.double() - want).norm() / want.norm()) <= gtol
+
+
+@pytest.mark.parametrize("semantics", SEMANTICS)
+@pytest.mark.parametrize("name", sorted(PAIRS))
+def test_two_view_losses_over_ranks_equal_the_concatenated_batch(ranks, name, semantics):
+    """MEC and MCE over 2 ranks (uneven shards) = the independent formula on the concatenated
+    views; each rank's gradient = its slice of the one-process float64 gradient times K
+    ("exact") or 1 ("per_rank")."""
+    x = _batch()
+    y = _second_view(x)
+    assert PAIR_INDEPENDENT[name](x, y) != pytest.approx(
+        PAIR_INDEPENDENT[name](x[:ROWS[0]], y[:ROWS[0]]), rel=1e-6)  # a shard alone differs
+    a, b = x.clone().requires_grad_(), y.clone().requires_grad_()
+    whole = PAIR_ONE_PROCESS[name](a, b)
+    whole.backward()
+    k = 2 if semantics == "exact" else 1
+    for rank in range(2):
+        got, g1, g2 = ranks[rank][(name, semantics)]
+        assert got.item() == pytest.approx(PAIR_INDEPENDENT[name](x, y), rel=1e-12)
+        assert torch.allclose(g1, k * _shard(a.grad, rank), rtol=1e-9, atol=1e-13), rank
+        assert torch.allclose(g2, k * _shard(b.grad, rank), rtol=1e-9, atol=1e-13), rank
+    module_k = 2 if name == "mec" else 1  # the modules: MEC "exact", MCE "per_rank"
+    for rank in range(2):
+        got, g1, g2 = ranks[rank][("module", name)]
+        assert got.item() == pytest.approx(whole.item(), rel=1e-12)
+        assert torch.allclose(g1, module_k * _shard(a.grad, rank), rtol=1e-9, atol=1e-13)
