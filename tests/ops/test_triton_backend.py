@@ -30,7 +30,6 @@ triton = pytest.importorskip("triton")
 import mmae_fast  # noqa: E402
 from mmae_fast import backends, reference  # noqa: E402
 from mmae_fast.ops.tcr import stages  # noqa: E402
-from mmae_fast.ops.tcr import stages as reference_backend  # noqa: E402
 from mmae_fast.ops.tcr.triton import backend as triton_backend  # noqa: E402
 from mmae_fast.ops.tcr.triton import config, grad_kernel as stage_grad, gram_kernel as stage_gram  # noqa: E402
 
@@ -104,10 +103,13 @@ def test_availability_and_supports_reasons(monkeypatch):
 
 
 def test_registry_and_auto(monkeypatch):
-    """The registry resolves "triton" to this module; "auto" never picks the interpreter."""
+    """The registry resolves "triton" to this module; "auto" never picks the interpreter (CPU
+    tensors run the cpu backend)."""
+    from mmae_fast.ops.tcr import cpu as cpu_backend
+
     monkeypatch.delenv(backends.ENV_VAR, raising=False)
     assert backends.resolve("triton", torch.zeros(3, 4, device=DEVICE)) is triton_backend
-    assert backends.resolve("auto", torch.zeros(3, 4)) is reference_backend
+    assert backends.resolve("auto", torch.zeros(3, 4)) is cpu_backend
 
 
 def test_ops_are_registered_and_run(gen, monkeypatch):

@@ -227,11 +227,11 @@ def test_uniformity_sweep_beside_its_eager_baseline(tmp_path):
     (json_path,) = folder.glob("uniformity-quick-*.json")
     assert not list(folder.glob("entropy-*.json"))
     rows = json.loads(json_path.read_text())["results"]
-    assert {r["provider"] for r in rows} == {"umae-eager", "reference", "triton", "cuda"}
+    assert {r["provider"] for r in rows} == {"umae-eager", "reference", "cpu", "triton", "cuda"}
     assert {r["estimator"] for r in rows} == {"uniformity"}
-    assert len(rows) == 4 * 2  # providers x modes
+    assert len(rows) == 5 * 2  # providers x modes
     for r in rows:
-        if r["provider"] in ("umae-eager", "reference"):
+        if r["provider"] in ("umae-eager", "reference", "cpu"):
             assert r["status"] == "ok", r
         if r["status"] == "ok":
             assert r["rel_err"] < 1e-5 and math.isfinite(r["value"])
