@@ -7,7 +7,7 @@ Rates:
 * ``h100``: measured, bench/results/cuda-nvidia-h100-80gb-hbm3/primitives-20261126T1456Z.txt
   (n×n products, Cholesky, triangular solve, inverse, small element-wise ops, µs per call, CUDA
   events) and the calibration of entropy-20261126T145235Z.json (8192² GEMM TFLOP/s, copy GB/s);
-* ``a100``: public rates for an A100-80GB (GEMMul8's results, as quoted in issue 22): 1024³
+* ``a100``: public rates for an A100-80GB (GEMMul8's published results): 1024³
   products fp64 167 µs, fp32 169 µs, tf32 50 µs, int8 27 µs; peak bf16 312 TFLOP/s and 2.0 TB/s
   (NVIDIA's data sheet). Factorisations and small passes were not measured there: they are the
   H100 times times the fp64 product ratio 167/44 (factorisations) or the bandwidth ratio
@@ -67,7 +67,7 @@ H100 = Rates(
 
 _A100_FACTOR = 167.0 / 44.0  # the fp64 product ratio, applied to the factorisations
 A100 = Rates(
-    name="a100", source="public: GEMMul8's results (issue 22), NVIDIA data sheet; factorisations "
+    name="a100", source="public: GEMMul8's published results, NVIDIA data sheet; factorisations "
                         "and passes scaled from the H100 (assumption)",
     product_us={(1024, "fp64"): 167, (1024, "fp32"): 169, (1024, "tf32"): 50,
                 (1024, "bf16"): 50},  # bf16 not in the public set: the tf32 time (an assumption)
@@ -138,9 +138,9 @@ def small_side_us(rates: Rates, n: int, estimator: str, degree: int) -> dict:
 
 def doubling_small_side_us(rates: Rates, n: int, kappa: float, fmt: str, target: float = 1e-7,
                            fused_passes: int = 4) -> dict:
-    """The design of issue 22 item 1: the inverse by 2(K-1) doubling products in ``fmt``
+    """The doubling small side: the inverse by 2(K-1) doubling products in ``fmt``
     (mmae_fast/ops/tcr/doubling.py), the log-determinant from the float64 Cholesky (what the
-    1e-5 contract allows today), element-wise work in ``fused_passes`` passes (epilogues)."""
+    1e-5 contract allows), element-wise work in ``fused_passes`` passes (epilogues)."""
     from mmae_fast.ops.tcr import doubling
 
     steps = doubling.steps_for(kappa, target)
