@@ -114,11 +114,11 @@ def _pair_sums(h1, h2, group, grad_semantics: str, centering: bool):
     z1, z2 = reference.normalized_features(h1.to(dt)), reference.normalized_features(h2.to(dt))
     scale = _grad_scale(group, grad_semantics)
     d = z1.shape[1]
-    local = torch.cat([z1.mT @ z2, z1.sum(0)[None], z2.sum(0)[None]])  # one all-reduce
+    rows = torch.zeros(1, d, dtype=dt, device=z1.device)
+    rows[0, 0] = z1.shape[0]
+    local = torch.cat([z1.mT @ z2, z1.sum(0)[None], z2.sum(0)[None], rows])  # one all-reduce
     total = _AllReduceSum.apply(local, group, scale)
-    count = torch.tensor(float(z1.shape[0]), dtype=dt, device=z1.device)
-    dist.all_reduce(count, op=dist.ReduceOp.SUM, group=group)
-    c, s1, s2 = total[:d], total[d], total[d + 1]
+    c, s1, s2, count = total[:d], total[d], total[d + 1], total[d + 2, 0].detach()
     if centering:
         c = c - torch.outer(s1, s2) / count
     return c, count

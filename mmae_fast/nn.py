@@ -60,7 +60,8 @@ class _Loss(torch.nn.Module):
 
 
 class _PerProcess(_Loss):
-    """A two-view loss: computed on each process's own batch (no Gram all-reduce form)."""
+    """The joint entropy and mutual information: computed on each process's own batch (the
+    Hadamard product of two m×m kernels has no d×d all-reduce form)."""
 
     def __init__(self, *, distributed: bool, group, backend: str, check_finite: bool):
         super().__init__(distributed=distributed, group=group, backend=backend,
