@@ -101,3 +101,54 @@ def inverse(a: Tensor, kappa: float, steps: int,
         two_minus = torch.eye(a.shape[0], dtype=ax.dtype, device=ax.device).mul_(2.0).sub_(ax)
         x = mm(x, two_minus).mul_(wk)
     return x
+
+
+# ----------------------------------------------------------------------------- complement form
+def complement_bound(kappa: float, steps: int) -> float:
+    """A-priori bound on the relative error of ``U_K`` (``complement``) per eigenvalue:
+    ``|U_K(λ) - W(λ)| <= complement_bound · |W(λ)|``, ``W = 1 - 1/λ``.
+
+    ``U_K - W = e_N(λ)/λ - e_N(1)`` (``U_K(1) = 0`` fixes ``beta_K = 1 - e_N(1)``), so the ratio is
+    ``(e_N(λ) - e_N(1))/(λ - 1) - e_N(1)``; by the mean value theorem and Markov's inequality
+    ``|T_N'| <= N²`` on [-1, 1]: ``<= (2N²/(kappa - 1) + 1)/T_N(sigma)``, N = 2^K."""
+    if kappa == 1.0:
+        return 0.0
+    n = 2.0 ** int(steps)
+    return (2.0 * n * n / (kappa - 1.0) + 1.0) * residual_bound(kappa, steps)
+
+
+def complement_steps_for(kappa: float, target: float) -> int:
+    """Smallest K >= 1 with ``complement_bound(kappa, K) <= target``."""
+    if not target > 0.0:
+        raise ValueError(f"target must be > 0, got {target}")
+    for k in range(1, MAX_STEPS + 1):
+        if complement_bound(kappa, k) <= target:
+            return k
+    raise ValueError(f"target {target:g} needs more than {MAX_STEPS} doublings at kappa {kappa:g}")
+
+
+def complement(y: Tensor, kappa: float, steps: int,
+               mm: Callable[[Tensor, Tensor], Tensor] = torch.mm) -> tuple[Tensor, float]:
+    """``(U_K, beta_K)`` with ``X_K = beta_K·I - U_K`` the K-step doubling inverse of
+    ``A = I + Y`` (Y (n, n) symmetric, spectrum in ``[0, kappa - 1]``): ``U_K ≈ W = I - A⁻¹ =
+    A⁻¹Y``, ``2(K - 1)`` calls of ``mm``; beta_K a Python float.
+
+    The same iteration as ``inverse``, written for the Y-sized part: in float32 ``A⁻¹`` is
+    ``I`` plus a part as small as Y, whose digits a stored ``X`` loses (an absolute ``u·kappa``
+    against ``||W||``); ``U`` keeps them (relative error ``complement_bound`` plus rounding).
+    With ``S_k = beta_k Y - U_k - Y U_k`` (so that ``A X_k = beta_k I + S_k``)::
+
+        U_1 = w_0 alpha² Y,                     beta_1 = w_0 alpha (2 - alpha)
+        U_(k+1) = w_k (beta_k S_k + (2 - beta_k) U_k - U_k S_k),   beta_(k+1) = w_k beta_k (2 - beta_k)
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    w = weights(kappa, steps)
+    alpha = 2.0 / (kappa + 1.0)
+    beta = w[0] * alpha * (2.0 - alpha)
+    u = y * (w[0] * alpha * alpha)
+    for wk in w[1:]:
+        s = (y * beta).sub_(u).sub_(mm(y, u))
+        u = (s * (wk * beta)).add_(u, alpha=wk * (2.0 - beta)).sub_(mm(u, s), alpha=wk)
+        beta = wk * beta * (2.0 - beta)
+    return u, beta

@@ -54,7 +54,8 @@ def small_side_op(g: Tensor, colsum: Tensor, count: Tensor | None, mu: float, m:
     degree = degree or _default_degree(estimator, series.kappa(mu, m, d), tol)
     constants = _small.Constants.of(mu=mu, m=m, d=d, feature=feature, centering=centering,
                                     estimator=estimator, degree=degree, need_grad=need_grad,
-                                    grouped=count is not None, inverse=_small.inverse_choice())
+                                    grouped=count is not None, inverse=_small.inverse_choice(),
+                                    products=_small.products_choice())
     inputs = (g, colsum) if count is None else (g, colsum, count)
     return _small.CACHE.run(_run_small_side, inputs, constants)
 

@@ -52,7 +52,7 @@ import torch
 from torch import Tensor
 
 from ... import series
-from . import doubling
+from . import doubling, moments, rounding
 from .graph_cache import GraphCache
 
 F64 = torch.float64
@@ -67,6 +67,28 @@ INVERSES = ("cholesky", "doubling")
 #: A-priori residual ``||I - A X||_2`` the doubling inverse is run to (float64 products: the
 #: measured residual stops at a few kappa·u_64·sqrt(n), tests/ops/test_doubling.py).
 DOUBLING_TARGET = 1e-12
+
+
+#: Environment switch of stage 2's n×n arithmetic for float32 and half inputs: "float64"
+#: (default: float64 products, LAPACK / cuSOLVER Cholesky) or the format of products-only forms
+#: (``rounding.FORMATS``: "tf32x3" split TF32 tensor-core products, "float32", "bf16x3"): the
+#: exact log-determinant from ``moments``, its gradient from ``doubling.complement``, the series
+#: on the ``_s_polynomial`` basis, Taylor on the powers of Y — every stored matrix as small as
+#: Y, so float32-grade products keep the contracts (tests/ops/test_small_products.py). Float64
+#: input always runs the float64 side.
+PRODUCTS_ENV = "MMAE_FAST_SMALL_PRODUCTS"
+PRODUCTS = ("float64", "float32", "tf32x3", "bf16x3")
+#: a-priori relative bound of the exact gradient's complement (``doubling.complement_bound``)
+COMPLEMENT_TARGET = 1e-7
+
+
+def products_choice() -> str:
+    """The stage-2 product format named by ``MMAE_FAST_SMALL_PRODUCTS`` (default "float64")."""
+    value = os.environ.get(PRODUCTS_ENV, "").strip() or "float64"
+    if value not in PRODUCTS:
+        raise ValueError(f"environment variable {PRODUCTS_ENV}={value!r}: use one of {PRODUCTS} "
+                         f"or unset it")
+    return value
 
 
 def inverse_choice() -> str:
@@ -87,7 +109,8 @@ class Constants:
     count kappa assumes, checked against the summed count (series with a group, else 0); rows:
     the exact row count that divides the column sums (centring on the feature side without a
     group, else 0); degree: the series degree / Taylor order (0 for exact); inverse: the exact
-    estimator's inverse ("cholesky" or "doubling", whose step count needs kappa too)."""
+    estimator's inverse ("cholesky" or "doubling", whose step count needs kappa too); products:
+    the n×n arithmetic (``PRODUCTS``; the exact estimator's products-only form needs kappa too)."""
     c: float
     estimator: str
     degree: int
@@ -98,21 +121,25 @@ class Constants:
     centering: bool
     need_grad: bool
     inverse: str = "cholesky"
+    products: str = "float64"
 
     @classmethod
     def of(cls, *, mu: float, m: int, d: int, feature: bool, centering: bool, estimator: str,
-           degree: int, need_grad: bool, grouped: bool, inverse: str = "cholesky") -> "Constants":
+           degree: int, need_grad: bool, grouped: bool, inverse: str = "cholesky",
+           products: str = "float64") -> "Constants":
         """The constants of one call: m enters only where the numbers use it, so graphs of the
         exact (with its Cholesky inverse) and Taylor estimators serve every batch size."""
         doubled = estimator == "exact" and inverse == "doubling" and bool(need_grad)
-        uses_kappa = estimator == "series" or doubled
+        tensor_side = products != "float64"
+        uses_kappa = estimator == "series" or doubled or (tensor_side and estimator == "exact")
         return cls(c=float(mu) / d, estimator=estimator,
                    degree=int(degree) if estimator != "exact" else 0,
                    kappa=series.kappa(mu, m, d) if uses_kappa else 0.0,
                    max_rows=m if uses_kappa and grouped else 0,
                    rows=m if centering and feature and not grouped else 0,
                    feature=bool(feature), centering=bool(centering), need_grad=bool(need_grad),
-                   inverse="doubling" if doubled else "cholesky")
+                   inverse="doubling" if doubled and not tensor_side else "cholesky",
+                   products=str(products))
 
 
 @functools.lru_cache(maxsize=512)
@@ -208,26 +235,30 @@ def _combine(weights, mats: Tensor) -> Tensor:
     return out
 
 
-def _polynomial(first: Tensor, w: _Weights, chebyshev: bool, need_grad: bool):
-    """``(logdet, deriv or None)`` of the basis built on ``first`` (M or Y), see ``_Weights``."""
+def _polynomial(first: Tensor, w: _Weights, chebyshev: bool, need_grad: bool, mm=None):
+    """``(logdet, deriv or None)`` of the basis built on ``first`` (M or Y), see ``_Weights``;
+    ``mm``: the product of the powers of Y (Taylor on ``_products_side``), else torch's in
+    first's dtype. Traces and Frobenius products are accumulated in float64."""
     n, q = first.shape[0], w.q
     buf = first.new_empty((q + 1, n, n))  # B_0 .. B_q
     buf[0].zero_()
     buf[0].diagonal().fill_(1.0)
     buf[1].copy_(first)
     for k in range(2, q + 1):
-        if chebyshev:  # T_k = 2 M T_(k-1) - T_(k-2)
+        if mm is not None:
+            buf[k].copy_(mm(first, buf[k - 1]))
+        elif chebyshev:  # T_k = 2 M T_(k-1) - T_(k-2)
             torch.addmm(buf[k - 2], first, buf[k - 1], beta=-1.0, alpha=2.0, out=buf[k])
         else:
             torch.mm(first, buf[k - 1], out=buf[k])
-    parts, weights = [buf.diagonal(dim1=1, dim2=2).sum(-1)], list(w.w_diag)
+    parts, weights = [buf.diagonal(dim1=1, dim2=2).to(F64).sum(-1)], list(w.w_diag)
     if w.w_self:
-        a = buf[w.self_lo: w.self_lo + len(w.w_self)]
+        a = buf[w.self_lo: w.self_lo + len(w.w_self)].to(F64)
         parts.append(torch.linalg.vector_norm(a, dim=(1, 2)).square())
         weights += w.w_self
     if w.w_cross:
-        a = buf[w.cross_lo: w.cross_lo + len(w.w_cross)]
-        b = buf[w.cross_lo + 1: w.cross_lo + 1 + len(w.w_cross)]
+        a = buf[w.cross_lo: w.cross_lo + len(w.w_cross)].to(F64)
+        b = buf[w.cross_lo + 1: w.cross_lo + 1 + len(w.w_cross)].to(F64)
         parts.append((a * b).sum(dim=(1, 2)))
         weights += w.w_cross
     logdet = _combine(weights, torch.cat(parts))
@@ -235,7 +266,8 @@ def _polynomial(first: Tensor, w: _Weights, chebyshev: bool, need_grad: bool):
         return logdet, None
     deriv = _combine(w.w_inner, buf)
     if w.has_outer:
-        deriv = torch.addmm(deriv, buf[q], _combine(w.w_outer, buf))
+        outer = _combine(w.w_outer, buf)
+        deriv = deriv.add_(mm(buf[q], outer)) if mm is not None else torch.addmm(deriv, buf[q], outer)
     return logdet, deriv
 
 
@@ -274,6 +306,137 @@ def _logdet_and_derivative(gc: Tensor, c: float, kappa: float, estimator: str, d
     raise ValueError(f"estimator must be 'exact', 'series' or 'taylor', got {estimator!r}")
 
 
+# ----------------------------------------------------------------------------- products only
+@dataclasses.dataclass(frozen=True)
+class _SWeights:
+    """Host-side weights of the series on the Y-sized basis ``S_k = T_k(M) - (-1)^k I``
+    (``S_0 = 0``, ``S_1 = beta·Y``; ``_s_polynomial``)::
+
+        logdet = Σ_k w_diag[k] tr S_k + Σ_(j,l) w_pair[(j, l)] <S_j, S_l>
+        deriv  = ident·I + Σ_k w_inner[k] S_k + S_q · Σ_r w_outer[r] S_r
+
+    From ``T_(j+l) = 2 T_j T_l - T_(l-j)`` (``j <= l``) on the S basis::
+
+        tr S_(j+l) = 2<S_j, S_l> + 2(-1)^l tr S_j + 2(-1)^j tr S_l - tr S_(l-j)
+        S_(q+r)    = 2 S_q S_r + 2(-1)^r S_q + 2(-1)^q S_r - S_(q-r)
+
+    and ``Σ_k p_k (-1)^k = P(0) = 0``: the log-determinant has no ``n``-sized term; ``ident =
+    Σ_k b_k (-1)^k`` carries the derivative's identity part exactly."""
+    q: int
+    w_diag: tuple
+    pairs: tuple  # ((j, l, weight), ...)
+    ident: float
+    w_inner: tuple
+    w_outer: tuple
+
+
+@functools.lru_cache(maxsize=512)
+def _s_weights(kappa: float, degree: int, deriv_factor: float) -> _SWeights:
+    """The ``_SWeights`` of the series at (kappa, degree), derivative times ``deriv_factor``."""
+    q = max(1, math.ceil(degree / 2))
+    log_c, der_c = _series_coefficients(kappa, degree)
+    der_c = tuple(x * 2.0 / (kappa - 1.0) * deriv_factor for x in der_c)
+    sign = lambda k: -1.0 if k % 2 else 1.0  # noqa: E731
+    w_diag = [0.0] * (q + 1)
+    pairs: dict = {}
+
+    def trace(k: int, w: float) -> None:  # add w · tr S_k
+        if k <= q:
+            w_diag[k] += w
+            return
+        j, l = k // 2, k - k // 2
+        pairs[(j, l)] = pairs.get((j, l), 0.0) + 2.0 * w
+        trace(j, 2.0 * sign(l) * w)
+        trace(l, 2.0 * sign(j) * w)
+        trace(l - j, -w)
+
+    for k, w in enumerate(log_c):
+        trace(k, w)
+    inner, outer = [0.0] * (q + 1), [0.0] * (q + 1)
+    ident = 0.0
+    for k, w in enumerate(der_c):
+        ident += sign(k) * w
+        if k <= q:
+            inner[k] += w
+            continue
+        r = k - q
+        outer[r] += 2.0 * w
+        inner[q] += 2.0 * sign(r) * w
+        inner[r] += 2.0 * sign(q) * w
+        inner[q - r] -= w
+    return _SWeights(q, tuple(w_diag), tuple((j, l, w) for (j, l), w in sorted(pairs.items())),
+                     ident, tuple(inner), tuple(outer))
+
+
+def _s_polynomial(y: Tensor, kappa: float, w: _SWeights, need_grad: bool, mm):
+    """``(logdet, deriv or None)`` of the series on the S basis (``_SWeights``): ``q - 1``
+    products for the basis, one more for the derivative; S_k kept in y's dtype, traces and
+    Frobenius products in float64, deriv returned in float64."""
+    beta = 2.0 / (kappa - 1.0)
+    basis = [torch.zeros_like(y), y * beta]
+    for k in range(2, w.q + 1):  # S_k = 2 beta Y S_(k-1) - 2 S_(k-1) - S_(k-2) ± 2 beta Y
+        sk = mm(y, basis[k - 1]).mul_(2.0 * beta).sub_(basis[k - 1], alpha=2.0).sub_(basis[k - 2])
+        basis.append(sk.add_(y, alpha=2.0 * beta * (-1.0 if k % 2 == 0 else 1.0)))
+    stack = torch.stack(basis)
+    parts = [stack.diagonal(dim1=1, dim2=2).double().sum(-1)]
+    weights = list(w.w_diag)
+    if w.pairs:
+        left = torch.stack([basis[j] for j, _, _ in w.pairs]).double()
+        right = torch.stack([basis[l] for _, l, _ in w.pairs]).double()
+        parts.append((left * right).sum(dim=(1, 2)))
+        weights += [x for _, _, x in w.pairs]
+    logdet = _combine(weights, torch.cat(parts))
+    if not need_grad:
+        return logdet, None
+    deriv = _combine(w.w_inner, stack)
+    if any(w.w_outer):
+        deriv = deriv.add_(mm(basis[w.q], _combine(w.w_outer, stack)))
+    deriv = deriv.double()
+    deriv.diagonal().add_(w.ident)
+    return logdet, deriv
+
+
+def product_function(fmt: str, device: torch.device):
+    """``mm(a, b)`` of stage 2 in format ``fmt``: torch's float32 GEMM for "float32", the Triton
+    tf32x3 kernel on a GPU where it runs, else the emulation ``rounding.product`` (exact
+    roundings of the format on any device)."""
+    if fmt == "float32":
+        return torch.mm
+    if fmt == "tf32x3" and device.type == "cuda":
+        try:
+            from .triton import small_kernel
+        except ImportError:
+            small_kernel = None
+        if small_kernel is not None:
+            return small_kernel.mm
+    return functools.partial(rounding.product, fmt=fmt)
+
+
+def _products_side(g: Tensor, k: Constants) -> tuple[Tensor, Tensor | None]:
+    """``(logdet(I + y), -2c · d logdet / d y or None)`` in float64 for y = c·G_c, with every
+    n×n product in format ``k.products`` (``PRODUCTS_ENV``); g (n, n) float32."""
+    mm = product_function(k.products, g.device)
+    y = g.float() * k.c
+    if k.estimator == "exact":
+        degree = moments.exact_degree(k.kappa)
+        logdet = _combine(moments.weights(k.kappa, degree), moments.moments(y, k.kappa, degree, mm))
+        if not k.need_grad:
+            return logdet, None
+        steps = doubling.complement_steps_for(k.kappa, COMPLEMENT_TARGET)
+        u, beta = doubling.complement(y, k.kappa, steps, mm)
+        q = u.double().mul_(2.0 * k.c)  # -2c·X = 2c·U - 2c·beta·I
+        q.diagonal().sub_(2.0 * k.c * beta)
+        return logdet, q
+    if k.estimator == "series":
+        w = _s_weights(float(k.kappa), int(k.degree), -2.0 * k.c)
+        return _s_polynomial(y, float(k.kappa), w, k.need_grad, mm)
+    if k.estimator == "taylor":
+        logdet, deriv = _polynomial(y, _weights("taylor", 0.0, int(k.degree), -2.0 * k.c), False,
+                                    k.need_grad, mm)
+        return logdet, deriv.double() if deriv is not None else None
+    raise ValueError(f"estimator must be 'exact', 'series' or 'taylor', got {k.estimator!r}")
+
+
 def small_side(g: Tensor, colsum: Tensor, count: Tensor | None,
                k: Constants) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(R, Q, v, qinfo)`` from the Gram stage's outputs; see the module docstring.
@@ -289,9 +452,12 @@ def small_side(g: Tensor, colsum: Tensor, count: Tensor | None,
         return uniformity_side(g, count, k)
     out_dtype = g.dtype
     n = g.shape[0]
-    gc = g.to(F64, copy=True)  # overwritten in place below
-    logdet, q = _logdet_and_derivative(gc, k.c, k.kappa, k.estimator, k.degree, k.need_grad,
-                                       k.inverse)
+    if k.products != "float64" and g.dtype != F64:
+        logdet, q = _products_side(g, k)
+    else:
+        gc = g.to(F64, copy=True)  # overwritten in place below
+        logdet, q = _logdet_and_derivative(gc, k.c, k.kappa, k.estimator, k.degree, k.need_grad,
+                                           k.inverse)
     value = (-logdet).to(out_dtype)
     ok = None
     if k.max_rows:  # the series or the doubling inverse with a group: kappa-dependent
