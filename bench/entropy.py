@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import re
 import sys
 import time
@@ -59,6 +60,7 @@ import torch._dynamo
 from bench import common, roofline
 from mmae_fast import backends, baselines, reference, series, tcr_loss, uniformity_loss
 from mmae_fast.mae import errors
+from mmae_fast.ops.tcr import small_side as _small
 
 SCHEMA = "mmae_fast.bench.entropy"
 ESTIMATORS = ("exact", "series", "taylor")
@@ -152,6 +154,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="synthetic input distribution (see features())")
     p.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads); on a "
                                                 "shared machine 1 gives steadier timings")
+    p.add_argument("--small-products", choices=_small.PRODUCTS, default=None,
+                   help="stage 2's n×n arithmetic for our providers (sets "
+                        f"{_small.PRODUCTS_ENV}; default: the environment's, else float64)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     args = p.parse_args(argv)
@@ -407,7 +412,9 @@ def run(args) -> tuple[Path, Path]:
             setattr(torch._dynamo.config, name, max(64, getattr(torch._dynamo.config, name)))
     if args.threads:
         torch.set_num_threads(args.threads)
-    meta = common.environment(device)
+    if args.small_products:
+        os.environ[_small.PRODUCTS_ENV] = args.small_products
+    meta = common.environment(device) | {"small_products": _small.products_choice()}
     cpu = device.type == "cpu"
     calib = roofline.calibrate(device, args.dtype, gemm_n=512 if args.quick else (
         1024 if cpu else 8192), copy_mib=32 if cpu else 1024, reps=10 if cpu else 20)
@@ -461,7 +468,14 @@ def _tqdm(total: int):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    json_path, csv_path = run(args)
+    saved = os.environ.get(_small.PRODUCTS_ENV)
+    try:
+        json_path, csv_path = run(args)
+    finally:  # an in-process caller (make gpu-check's smoke) keeps its own setting
+        if saved is None:
+            os.environ.pop(_small.PRODUCTS_ENV, None)
+        else:
+            os.environ[_small.PRODUCTS_ENV] = saved
     print(f"wrote {json_path}\nwrote {csv_path}")
     return 0
 

@@ -11,8 +11,9 @@ Stages, in order, each with a share of the total budget (``--budget``, default 4
              skips fails), log in the results folder
     entropy  bench/entropy.py on (1024,1024,μ3) (4096,768,μ3) (16384,768,μ1) (65536,1024,μ1),
              bf16, fwd+bwd, eager + CUDA-graph timing: official, cholesky, ours (reference,
-             triton, cuda × exact, series); then the torch.compile baselines, shape by shape
-             while time is left
+             triton, cuda × exact, series); then triton and cuda with the products-only
+             small side (``--small-products tf32x3``); then the torch.compile baselines,
+             shape by shape while time is left
     kernels  bench/kernel_table.py: torch.profiler kernel table of ours at the same shapes
     train    bench/train.py: ViT-B/16 b256 eager, ViT-L/16 b128 eager, ViT-B/16 b256 compiled
              (few steps; each run while time is left)
@@ -398,11 +399,19 @@ def stage_entropy(ctx: Context, seconds: float) -> dict:
     if ctx.smoke:
         runs = [("eager providers", ["--shapes", *SMOKE_SHAPES, "--providers", "official",
                                      "cholesky", "reference", "--timing", "eager", "--reps", "2",
-                                     "--warmup", "1", "--threads", "1", "--tag", "smoke"], 1.0, 5)]
+                                     "--warmup", "1", "--threads", "1", "--tag", "smoke"], 0.5, 5),
+                ("products-only small side", ["--shapes", *SMOKE_SHAPES, "--providers",
+                                              "reference", "--small-products", "float32",
+                                              "--timing", "eager", "--reps", "2", "--warmup",
+                                              "1", "--threads", "1", "--tag", "smoke-float32"],
+                 1.0, 5)]
     else:  # (what, arguments, fraction of the time left, margin: start-up + one case + write)
         runs = [("eager providers, eager + graph timing",
                  ["--shapes", *FOCUSED, "--providers", "official", "cholesky", "triton", "cuda",
-                  "--timing", "eager,graph", "--tag", "gpucheck"], 0.65, 25),
+                  "--timing", "eager,graph", "--tag", "gpucheck"], 0.5, 25),
+                ("products-only small side (tf32x3)",
+                 ["--shapes", *FOCUSED, "--providers", "triton", "cuda", "--small-products",
+                  "tf32x3", "--timing", "eager,graph", "--tag", "gpucheck-tf32x3"], 0.5, 20),
                 ("torch.compile baselines",
                  ["--shapes", *FOCUSED, "--providers", "official-compile", "cholesky-compile",
                   "--timing", "eager,graph", "--tag", "gpucheck-compiled"], 1.0, 20)]

@@ -27,7 +27,8 @@ J products. From ``T_(js+r) = 2 T_(js) T_r - T_(js-r)``::
     <Y, T_(js+r)>  = 2 <H_j, T_r> - <Y, T_(js-r)>          1 <= r <= s
 
 Every moment is an O(n²) reduction of matrices already computed (on a GPU: the epilogue of the
-product that writes them). ``s`` minimises ``s - 1 + J`` with ``(J + 1)·s >= D - 1``:
+product that writes them); the recurrence is linear, so the log-determinant is one dot product of
+host weights (``weights``) with the ``(J + 1)·(s + 1)`` raw reductions (``raw``). ``s`` minimises ``s - 1 + J`` with ``(J + 1)·s >= D - 1``:
 about ``2·sqrt(D)`` products where the float64 series builds ``D/2``.
 """
 from __future__ import annotations
@@ -80,20 +81,43 @@ def exact_degree(kappa: float) -> int:
 
 
 def _frobenius(a: Tensor, b: Tensor) -> Tensor:
-    """``<a, b> = Σ a_ij b_ij`` accumulated in float64 (0-d)."""
-    return torch.linalg.vecdot(a.reshape(-1).double(), b.reshape(-1).double())
+    """``<a, b_i>`` for every matrix b_i of b (K, n, n), accumulated in float64: (K,)."""
+    return (b.double() * a.double()).sum(dim=(1, 2))
 
 
-def weights(kappa: float, degree: int) -> tuple[float, ...]:
-    """``(a_0, ..., a_(D-1))``: the weights of the moments (``logdet ≈ Σ a_k <Y, T_k>``)."""
-    return tuple(float(x) for x in series._f_chebyshev(float(kappa))[: int(degree)])
+@functools.lru_cache(maxsize=512)
+def _raw_map(degree: int) -> tuple[tuple[float, ...], ...]:
+    """Row k: the moment ``<Y, T_k>`` as a combination of the raw reductions ``raw`` returns
+    (layout ``(J + 1)·(s + 1)``: ``<Y, T_r>`` for j = 0, then ``tr H_j, <H_j, T_1..T_s>``),
+    by the recurrence of the module docstring — host-side, so a call makes J + 1 batched
+    reductions and one dot instead of one small op per moment."""
+    p = plan(degree)
+    s, width = p.s, (p.giants + 1) * (p.s + 1)
+    rows: list = [None] * p.degree
+
+    def unit(j: int, r: int) -> list:
+        v = [0.0] * width
+        v[j * (s + 1) + r] = 1.0
+        return v
+
+    for k in range(min(s, p.degree - 1) + 1):
+        rows[k] = unit(0, k)
+    for j in range(1, p.giants + 1):
+        base = j * s
+        if base < p.degree and rows[base] is None:
+            rows[base] = unit(j, 0)
+        for r in range(1, s + 1):
+            k = base + r
+            if k < p.degree and rows[k] is None:
+                rows[k] = [2.0 * a - b for a, b in zip(unit(j, r), rows[base - r])]
+    return tuple(tuple(r) for r in rows)
 
 
-def moments(y: Tensor, kappa: float, degree: int,
-            mm: Callable[[Tensor, Tensor], Tensor] = torch.mm) -> Tensor:
-    """``(<Y, T_k(M)>)_{k<D}`` (D,) float64 for symmetric Y (n, n) with spectrum in
-    ``[0, kappa - 1]``: ``plan(degree).products`` calls of ``mm``; the basis stays in y's dtype
-    (float32 for tensor-core products), the moments are accumulated in float64."""
+def raw(y: Tensor, kappa: float, degree: int,
+        mm: Callable[[Tensor, Tensor], Tensor] = torch.mm) -> Tensor:
+    """The raw reductions ((J + 1)·(s + 1),) float64 of ``_raw_map`` for symmetric Y (n, n),
+    spectrum in ``[0, kappa - 1]``: ``plan(degree).products`` calls of ``mm``; the basis stays in
+    y's dtype (float32 for tensor-core products)."""
     kappa = float(kappa)
     p = plan(degree)
     beta = 2.0 / (kappa - 1.0)
@@ -103,25 +127,34 @@ def moments(y: Tensor, kappa: float, degree: int,
     for k in range(2, s + 1):  # T_k = 2·beta·Y T_(k-1) - 2 T_(k-1) - T_(k-2)
         basis.append(mm(y, basis[k - 1]).mul_(2.0 * beta).sub_(basis[k - 1], alpha=2.0)
                      .sub_(basis[k - 2]))
-    out: list = [None] * p.degree
-    for k in range(min(s, p.degree - 1) + 1):
-        out[k] = _frobenius(y, basis[k])
+    stack = torch.stack(basis)
+    parts = [_frobenius(y, stack)]
     previous, giant = y, None
     for j in range(1, p.giants + 1):  # H_j = Y T_(js)
         nxt = mm(y, basis[s]) if j == 1 else mm(basis[s], giant).mul_(2.0).sub_(previous)
         previous, giant = (y if j == 1 else giant), nxt
-        base = j * s
-        if base < p.degree and out[base] is None:
-            out[base] = giant.diagonal().double().sum()
-        for r in range(1, s + 1):
-            k = base + r
-            if k < p.degree and out[k] is None:
-                out[k] = 2.0 * _frobenius(giant, basis[r]) - out[base - r]
-    return torch.stack(out)
+        parts.append(giant.diagonal().double().sum().reshape(1))
+        parts.append(_frobenius(giant, stack[1:]))
+    return torch.cat(parts)
+
+
+def weights(kappa: float, degree: int) -> tuple[float, ...]:
+    """The weights of ``raw`` whose dot product is ``Σ_k a_k <Y, T_k>`` (the log-determinant)."""
+    a = series._f_chebyshev(float(kappa))[: int(degree)]
+    rows = _raw_map(int(degree))
+    return tuple(float(sum(float(ak) * row[i] for ak, row in zip(a, rows)))
+                 for i in range(len(rows[0])))
+
+
+def moments(y: Tensor, kappa: float, degree: int,
+            mm: Callable[[Tensor, Tensor], Tensor] = torch.mm) -> Tensor:
+    """``(<Y, T_k(M)>)_{k<D}`` (D,) float64 (``_raw_map`` applied to ``raw``)."""
+    rows = torch.tensor(_raw_map(int(degree)), dtype=torch.float64, device=y.device)
+    return rows @ raw(y, kappa, degree, mm)
 
 
 def logdet(y: Tensor, kappa: float, degree: int,
            mm: Callable[[Tensor, Tensor], Tensor] = torch.mm) -> Tensor:
-    """``logdet(I + Y)`` (0-d float64) from ``moments`` and ``weights``."""
+    """``logdet(I + Y)`` (0-d float64): ``weights · raw``."""
     w = torch.tensor(weights(kappa, degree), dtype=torch.float64, device=y.device)
-    return torch.linalg.vecdot(w, moments(y, kappa, degree, mm))
+    return torch.linalg.vecdot(w, raw(y, kappa, degree, mm))

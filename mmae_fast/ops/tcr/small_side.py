@@ -4,10 +4,12 @@ Input: the Gram ``G_c`` (n, n) of the normalised rows on one side ("feature": ``
 "sample": ``ZZᵀ``, n = m) — of the centred rows ``Z - 1z̄ᵀ`` when centring (stage 1 centres the
 operand, ``stages.centred_gram``: centring the product afterwards cancels catastrophically
 for rows close to one direction) —, the column sums ``s = 1ᵀZ`` (d,) when centring and the row
-count. Everything here runs in float64: it keeps every estimator's accuracy contract (the
-series' terms cancel by ~10³ at large kappa, which float32 cannot afford; a float32 Cholesky
+count. By default everything here runs in float64: stored as ``I + (small)``, float32 loses the
+small part's digits (the series' plain traces cancel by ~10³ at large kappa; a float32 Cholesky
 misses the exact estimator's 1e-5), and on Hopper float64 products cost about what float32 SIMT
-ones do (bench/NOTES.md).
+ones do (bench/NOTES.md). ``MMAE_FAST_SMALL_PRODUCTS`` selects the products-only form
+(``_products_side``), whose stored matrices are all as small as ``Y = c·G_c``, so that
+float32-grade tensor-core products keep the contracts (docs/staged.md).
 
 Output, for ``R = -logdet(I + c·G_c)``, ``c = mu/d`` and ``P = dR/dG_c`` (symmetric)::
 
@@ -419,7 +421,7 @@ def _products_side(g: Tensor, k: Constants) -> tuple[Tensor, Tensor | None]:
     y = g.float() * k.c
     if k.estimator == "exact":
         degree = moments.exact_degree(k.kappa)
-        logdet = _combine(moments.weights(k.kappa, degree), moments.moments(y, k.kappa, degree, mm))
+        logdet = _combine(moments.weights(k.kappa, degree), moments.raw(y, k.kappa, degree, mm))
         if not k.need_grad:
             return logdet, None
         steps = doubling.complement_steps_for(k.kappa, COMPLEMENT_TARGET)
