@@ -277,8 +277,9 @@ def check_limits(parser, args, minimums) -> None:
         value = getattr(args, name)
         if value is not None and value < low:
             parser.error(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
-    if args.time_limit is not None and not args.time_limit >= 0:
-        parser.error(f"--time-limit must be >= 0 seconds, got {args.time_limit}")
+    limit = getattr(args, "time_limit", None)  # a script without --time-limit has none
+    if limit is not None and not limit >= 0:
+        parser.error(f"--time-limit must be >= 0 seconds, got {limit}")
     try:
         errors.writable_dir(args.out, "--out")
     except ValueError as exc:
