@@ -44,6 +44,7 @@ TRAIN_DDP = "tests/train/test_train_ddp.py"
 EXTREMES = "tests/library/test_values_extremes.py"
 CPU_BACKEND = "tests/ops/test_cpu_backend.py"
 DOUBLING = "tests/ops/test_doubling.py"
+SMALL_PRODUCTS = "tests/ops/test_small_products.py"
 
 
 @dataclass(frozen=True)
@@ -193,6 +194,15 @@ MUTANTS = [
     Mutant("doubling-unweighted", "constant (plain Newton-Schulz weights w = 1)",
            "mmae_fast/ops/tcr/doubling.py", "out.append(1.0 if tau > 1e150 else",
            "out.append(1.0 if tau > -1.0 else", (DOUBLING,)),
+    Mutant("moments-giant-sign", "sign (the giant steps' Chebyshev recurrence adds H_(j-1))",
+           "mmae_fast/ops/tcr/moments.py", "mm(basis[s], giant).mul_(2.0).sub_(previous)",
+           "mm(basis[s], giant).mul_(2.0).add_(previous)", (SMALL_PRODUCTS,)),
+    Mutant("s-basis-sign", "sign (the S basis' ±2βY term of the wrong parity)",
+           "mmae_fast/ops/tcr/small_side.py", "alpha=2.0 * beta * (-1.0 if k % 2 == 0 else 1.0)",
+           "alpha=2.0 * beta * (1.0 if k % 2 == 0 else -1.0)", (SMALL_PRODUCTS,)),
+    Mutant("complement-drops-identity", "dropped term (2P without its -2c·beta·I part)",
+           "mmae_fast/ops/tcr/small_side.py", "q.diagonal().sub_(2.0 * k.c * beta)",
+           "q.diagonal().sub_(0.0 * k.c * beta)", (SMALL_PRODUCTS,)),
 ]
 
 

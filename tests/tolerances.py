@@ -198,3 +198,26 @@ CPU_BACKEND_EXACT_GRAD_VS_REFERENCE = 10.0
 #: 0.6, bf16x3 0.01 .. 0.05, tf32 0.03 .. 0.07, bf16 0.02 .. 0.08; float64 reaches 1.6e-15 at
 #: kappa 2 (1.4). Factor 3.
 DOUBLING_FLOOR_FACTOR = 3.0
+
+#: The products-only small side (tests/ops/test_small_products.py, ``MMAE_FAST_SMALL_PRODUCTS``),
+#: each product rounded as a tensor core rounds it (mmae_fast/ops/tcr/rounding.py), n = 101,
+#: kappa 2 .. 257: "moments" — relative error of the exact log-determinant from Y-weighted
+#: moments against the oracle (measured worst: float32 1.8e-7, tf32x3 1.8e-7, bf16x3 4.9e-7 —
+#: the truncation bound 1e-6 and rounding); "complement" — relative Frobenius error of the
+#: shifted gradient matrix 2c·U against the float64 solve (float32 1.2e-5, tf32x3 1.2e-5, bf16x3
+#: 8.5e-5 at kappa 257: the float32 Gram's conditioning). Bounds within 10x.
+SMALL_PRODUCTS = {
+    "moments": {"float32": 1e-6, "tf32x3": 1e-6, "bf16x3": 4e-6},
+    "complement": {"float32": 1e-4, "tf32x3": 1e-4, "bf16x3": 5e-4},
+}
+#: The products-only small side end to end (tf32x3 products; the staged op on the cpu, reference
+#: and Triton stages, tcr_loss on the cpu backend): input dtype -> (value rtol, gradient rtol)
+#: against the oracle of the same estimator and degree (half gradients against the oracle
+#: rounded to the dtype). Measured worst over the test's cases: float32 1.3e-7 (series) / 4.7e-6
+#: (exact at kappa 257); float16 9.1e-8 / 9.6e-6; bfloat16 2.1e-8 / 0 (no one-ulp flip in these
+#: inputs; the bound is the cpu backend's, whose inputs flip: CPU_BACKEND). Bounds within 10x.
+SMALL_PRODUCTS_END_TO_END = {
+    torch.float32: (1e-6, 2e-5),
+    torch.float16: (1e-6, 1e-4),
+    torch.bfloat16: (1e-6, 2e-3),
+}

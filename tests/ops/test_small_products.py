@@ -1,0 +1,470 @@
+"""The products-only small side (``MMAE_FAST_SMALL_PRODUCTS``: ``small_side._products_side``):
+the Y-weighted Chebyshev moments of the exact log-determinant (mmae_fast/ops/tcr/moments.py), the
+doubling's complement form of its gradient (``doubling.complement``), the series on the S basis,
+Taylor on the powers of Y — with every n×n product rounded as a tensor core rounds it
+(``rounding.product``: float32, split TF32 "tf32x3", split bf16 "bf16x3"), against the
+independent float64 oracle (tests/independent.py), kappa in {2, 4, 65, 257}, odd n, centred and
+collapsed rows, every input dtype; the a-priori bounds against measured errors; product counts,
+no host sync, fullgraph compile and two gloo ranks with the switch set."""
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+
+import mmae_fast as mf
+from mmae_fast import reference, series
+from mmae_fast import backends
+from mmae_fast.ops.tcr import doubling, moments, op as staged, rounding, small_side
+from tests import independent as ind
+from tests.gloo import spawn
+from tests.op_names import OpNames
+from tests.tolerances import (CPU_BACKEND_EXACT_GRAD_VS_REFERENCE, SMALL_PRODUCTS,
+                              SMALL_PRODUCTS_END_TO_END, rel_err)
+
+ENV = small_side.PRODUCTS_ENV
+KAPPAS = [2.0, 4.0, 65.0, 257.0]
+KINDS = ["anisotropic", "collapsed", "centred"]
+
+
+def _features(gen, m, d, kind="anisotropic"):
+    """float32 rows: decaying column scales; ``collapsed``: one direction plus 1e-2 noise."""
+    h = torch.randn(m, d, generator=gen, dtype=torch.float64) * torch.linspace(0.1, 3.0, d,
+                                                                               dtype=torch.float64)
+    if kind == "collapsed":
+        h = h[:, :1] * torch.randn(1, d, generator=gen, dtype=torch.float64) + 1e-2 * h
+    return h.float()
+
+
+def _y(h, mu, centering):
+    """``Y = mu/d · G`` (float64) on the smaller side of the float32 rows h."""
+    z = torch.nn.functional.normalize(h.double(), dim=1)
+    if centering:
+        z = z - z.mean(dim=0)
+    m, d = z.shape
+    return (z @ z.mT if m < d else z.mT @ z) * (mu / d)
+
+
+def _series_value(y, kappa, degree):
+    """``Σ_i P(y_i)`` from numpy eigenvalues and numpy's Chebyshev evaluation of the series'
+    polynomial (ind.chebyshev_log1p)."""
+    lam = np.clip(np.linalg.eigvalsh(y.numpy()), 0.0, None)
+    t = 2.0 * lam / (kappa - 1.0) - 1.0
+    return float(np.polynomial.chebyshev.chebval(t, ind.chebyshev_log1p(kappa, degree)).sum())
+
+
+# ----------------------------------------------------------------------------- moments
+@pytest.mark.parametrize("kappa", KAPPAS)
+def test_moments_are_the_series_polynomial(gen, kappa):
+    """In float64, ``moments.logdet`` is the series' polynomial at every degree (every plan
+    shape: s = 1 and no giant, s = 1 with giants, baby and giant steps), within its a-priori
+    relative bound of the exact value."""
+    m, d = 61, 23
+    mu = (kappa - 1.0) * d / m
+    h = _features(gen, m, d)
+    y = _y(h, mu, False)
+    exact = -ind.tcr_exact(h, mu)
+    for degree in (1, 2, 3, 5, 8, 13, moments.exact_degree(kappa)):
+        value = moments.logdet(y, kappa, degree).item()
+        assert value == pytest.approx(_series_value(y, kappa, degree), rel=1e-12, abs=1e-12)
+        bound = series.relative_error_bound(kappa, degree)
+        assert abs(value - exact) <= bound * exact * (1 + 1e-9) + 1e-12
+
+
+def test_plan_is_the_cheapest_cover():
+    """``plan(D)`` covers the moments k < D with s - 1 + J products, the fewest over s, about
+    2·sqrt(D); the exact estimator's degree and products at the four kappas."""
+    for degree in range(1, 160):
+        p = moments.plan(degree)
+        assert (p.giants + 1) * p.s >= degree - 1
+        brute = min(s - 1 + max(0, math.ceil((degree - 1) / s) - 1) for s in range(1, degree + 1))
+        assert p.products == brute <= 2 * math.sqrt(degree)
+    got = [(moments.exact_degree(k), moments.plan(moments.exact_degree(k)).products)
+           for k in KAPPAS]
+    assert got == [(8, 4), (12, 5), (59, 14), (125, 21)]
+    with pytest.raises(ValueError, match="degree must be >= 1"):
+        moments.plan(0)
+
+
+@pytest.mark.parametrize("kappa", KAPPAS)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("fmt", ["float32", "tf32x3", "bf16x3"])
+def test_moments_in_emulated_formats(gen, kappa, kind, fmt):
+    """The exact log-determinant from moments with products in each format, n = 101 (feature
+    side of 203 rows): within ``SMALL_PRODUCTS["moments"][fmt]`` of the oracle, which for
+    float32 and tf32x3 is well inside the exact estimator's 1e-5."""
+    m, d = 203, 101
+    mu = (kappa - 1.0) * d / m
+    h = _features(gen, m, d, kind)
+    centering = kind == "centred"
+    y = _y(h, mu, centering).float()
+    mm = small_side.product_function(fmt, y.device)
+    value = moments.logdet(y, kappa, moments.exact_degree(kappa), mm).item()
+    expected = -ind.tcr_exact(h, mu, centering)
+    assert abs(value - expected) <= SMALL_PRODUCTS["moments"][fmt] * abs(expected)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_plain_traces_miss_what_moments_keep(gen, kind):
+    """The same polynomial from plain traces ``Σ p_k tr T_k(M)`` of a float32 basis misses the
+    exact contract at kappa 65, n = 511 (its n-sized terms cancel to the log-determinant); the
+    Y-weighted moments of the same float32 Y keep it: the weighting is what the accuracy rests on."""
+    kappa, m, d = 65.0, 1022, 511
+    mu = (kappa - 1.0) * d / m
+    h = _features(gen, m, d, kind)
+    centering = kind == "centred"
+    y = _y(h, mu, centering).float()
+    degree = moments.exact_degree(kappa)
+    expected = -ind.tcr_exact(h, mu, centering)
+    p = series.chebyshev_coefficients(kappa, degree)
+    mat = y * (2.0 / (kappa - 1.0))
+    mat.diagonal().sub_(1.0)
+    prev, cur = torch.eye(d), mat
+    plain = p[0] * d + p[1] * cur.double().trace().item()
+    for k in range(2, degree + 1):
+        prev, cur = cur, (mat @ cur).mul_(2.0).sub_(prev)
+        plain += p[k] * cur.double().trace().item()
+    assert abs(plain - expected) > 1e-5 * abs(expected)
+    assert abs(moments.logdet(y, kappa, degree).item() - expected) <= 1e-6 * abs(expected)
+
+
+# ----------------------------------------------------------------------------- complement
+def _spectrum(gen, n, kappa):
+    """Y symmetric with eigenvalues evenly filling [0, kappa - 1], and its eigen-pairs."""
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))
+    lam = torch.linspace(0.0, kappa - 1.0, n, dtype=torch.float64)
+    y = (q * lam) @ q.mT
+    return (y + y.mT) / 2, q, lam
+
+
+@pytest.mark.parametrize("kappa", KAPPAS)
+def test_complement_bound_and_inverse(gen, kappa):
+    """Float64: ``beta_K·I - U_K`` is the K-step doubling inverse, and the relative error of U_K
+    per eigenvalue against ``W = 1 - 1/λ`` stays within ``complement_bound`` at every K."""
+    n = 41
+    y, q, lam = _spectrum(gen, n, kappa)
+    a = y.clone()
+    a.diagonal().add_(1.0)
+    for k in range(1, doubling.complement_steps_for(kappa, 1e-9) + 1):
+        u, beta = doubling.complement(y, kappa, k)
+        x = beta * torch.eye(n, dtype=torch.float64) - u
+        assert (x - doubling.inverse(a, kappa, k)).abs().max().item() <= 1e-13
+        w = lam / (1.0 + lam)
+        got = torch.diagonal(q.mT @ u @ q)
+        measured = ((got - w).abs()[1:] / w[1:]).max().item()
+        assert measured <= doubling.complement_bound(kappa, k) + 1e-12
+    assert [doubling.complement_steps_for(k, small_side.COMPLEMENT_TARGET)
+            for k in KAPPAS] == [4, 5, 7, 8]
+    with pytest.raises(ValueError, match="target must be > 0"):
+        doubling.complement_steps_for(kappa, 0.0)
+
+
+@pytest.mark.parametrize("kappa", KAPPAS)
+@pytest.mark.parametrize("kind", ["anisotropic", "collapsed"])
+@pytest.mark.parametrize("fmt", ["float32", "tf32x3", "bf16x3"])
+def test_complement_in_emulated_formats(gen, kappa, kind, fmt):
+    """The gradient's matrix ``2c·U`` after the radial shift, products in each format, n = 101:
+    relative Frobenius error against the float64 solve within ``SMALL_PRODUCTS["complement"]``."""
+    m, d = 203, 101
+    mu = (kappa - 1.0) * d / m
+    y = _y(_features(gen, m, d, kind), mu, False)
+    a = y.clone()
+    a.diagonal().add_(1.0)
+
+    def shifted(u):
+        u = u.double().clone()
+        u.diagonal().sub_(u.diagonal().sum() / u.shape[0])
+        return u
+
+    want = shifted(torch.linalg.solve(a, y))
+    steps = doubling.complement_steps_for(kappa, small_side.COMPLEMENT_TARGET)
+    u, _ = doubling.complement(y.float(), kappa, steps, small_side.product_function(fmt, y.device))
+    assert rel_err(shifted(u), want) <= SMALL_PRODUCTS["complement"][fmt]
+
+
+# ----------------------------------------------------------------------------- end to end
+def _value_oracle(h, mu, centering, estimator, degree):
+    if estimator == "exact":
+        return ind.tcr_exact(h, mu, centering)
+    if estimator == "taylor":
+        return ind.tcr_taylor(h, mu, degree, centering)
+    return -_series_value(_y(h, mu, centering), series.kappa(mu, *h.shape), degree)
+
+
+def _grad_oracle(h, mu, centering, estimator, degree):
+    if estimator == "exact":
+        return torch.from_numpy(ind.tcr_exact_grad(h, mu, centering))
+    x = h.detach().double().requires_grad_(True)
+    reference.tcr(x, mu, centering=centering, estimator=estimator, degree=degree).backward()
+    return x.grad
+
+
+ESTIMATOR_KAPPAS = [(e, k) for e in ("exact", "series", "taylor") for k in KAPPAS
+                    if e != "taylor" or k <= 2]
+
+
+@pytest.mark.parametrize("m,d", [(45, 31), (31, 45)])
+@pytest.mark.parametrize("estimator,kappa", ESTIMATOR_KAPPAS)
+@pytest.mark.parametrize("centering", [False, True])
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_every_estimator_against_the_oracle(gen, monkeypatch, m, d, estimator, kappa, centering,
+                                            backend):
+    """tf32x3 products end to end (the staged op on the cpu backend's stages and on the
+    reference stages): value and gradient against the oracle of the same estimator and degree,
+    n = 31 on both Gram sides."""
+    monkeypatch.setenv(ENV, "tf32x3")
+    mu = (kappa - 1.0) * d / m
+    degree = reference.default_degree(estimator, kappa)
+    h = _features(gen, m, d)
+    x = h.clone().requires_grad_(True)
+    with warnings.catch_warnings(), OpNames() as ops:
+        warnings.simplefilter("ignore", RuntimeWarning)  # Taylor at mu·m/d = 1
+        value = staged.tcr(x, backend=backend, mu=mu, centering=centering, estimator=estimator,
+                           degree=degree if estimator != "exact" else 0)
+        value.backward()
+    assert "mmae_fast.small_side.default" in ops.names
+    vtol, gtol = SMALL_PRODUCTS_END_TO_END[torch.float32]
+    expected = _value_oracle(h, mu, centering, estimator, degree)
+    assert abs(value.item() - expected) <= vtol * abs(expected)
+    assert rel_err(x.grad, _grad_oracle(h, mu, centering, estimator, degree)) <= gtol
+
+
+@pytest.mark.parametrize("estimator", ["exact", "series"])
+def test_triton_backend_shares_the_small_side(gen, monkeypatch, estimator):
+    """The Triton backend's stages (its interpreter here) around the same products-only small
+    side: its kernels launch and the value and gradient meet the oracle."""
+    reason = backends.availability("triton") or backends._load("triton").supports(
+        torch.ones(2, 2))
+    if reason is not None:
+        pytest.skip(reason)
+    monkeypatch.setenv(ENV, "tf32x3")
+    m, d, kappa = 37, 29, 4.0
+    mu = (kappa - 1.0) * d / m
+    degree = reference.default_degree(estimator, kappa)
+    h = _features(gen, m, d)
+    x = h.clone().requires_grad_(True)
+    with OpNames() as ops:
+        value = staged.tcr(x, backend="triton", mu=mu, centering=False, estimator=estimator,
+                           degree=degree if estimator != "exact" else 0)
+        value.backward()
+    assert "mmae_fast.small_side.default" in ops.names
+    vtol, gtol = SMALL_PRODUCTS_END_TO_END[torch.float32]
+    assert abs(value.item() - _value_oracle(h, mu, False, estimator, degree)) <= vtol * abs(
+        value.item())
+    assert rel_err(x.grad, _grad_oracle(h, mu, False, estimator, degree)) <= gtol
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("estimator", ["exact", "series"])
+def test_each_input_dtype(gen, monkeypatch, dtype, estimator):
+    """Half inputs reach the small side as a float32 Gram: the same contracts against the
+    oracle on the rounded input (gradient against the oracle rounded to the dtype)."""
+    monkeypatch.setenv(ENV, "tf32x3")
+    m, d, kappa = 53, 37, 4.0
+    mu = (kappa - 1.0) * d / m
+    degree = reference.default_degree(estimator, kappa)
+    h = _features(gen, m, d).to(dtype)
+    x = h.clone().requires_grad_(True)
+    value = mf.tcr_loss(x, mu, estimator=estimator, backend="cpu")
+    value.backward()
+    assert value.dtype == torch.float32 and x.grad.dtype == dtype
+    vtol, gtol = SMALL_PRODUCTS_END_TO_END[dtype]
+    h64 = h.double()
+    assert abs(value.item() - _value_oracle(h64, mu, False, estimator, degree)) <= vtol * abs(
+        value.item())
+    want = _grad_oracle(h64, mu, False, estimator, degree)
+    assert rel_err(x.grad, want.to(dtype)) <= gtol
+
+
+@pytest.mark.parametrize("kappa", [65.0, 257.0])
+@pytest.mark.parametrize("m,d,centering", [(1023, 255, False), (1023, 255, True),
+                                           (255, 1023, True)])
+@pytest.mark.parametrize("kind", ["anisotropic", "collapsed"])
+def test_exact_contract_at_realistic_n(gen, monkeypatch, kappa, m, d, centering, kind):
+    """tf32x3 products, float32 input, n = 255 on both sides, kappa 65 and 257: R within 1e-5
+    relative; the gradient within CPU_BACKEND_EXACT_GRAD_VS_REFERENCE x the error of the float32
+    reference (reference.tcr on the same input) against the float64 oracle."""
+    monkeypatch.setenv(ENV, "tf32x3")
+    mu = (kappa - 1.0) * d / m
+    h = _features(gen, m, d, kind)
+    x = h.clone().requires_grad_(True)
+    value = mf.tcr_loss(x, mu, centering=centering, backend="cpu")
+    value.backward()
+    expected = ind.tcr_exact(h, mu, centering)
+    assert abs(value.item() - expected) <= 1e-5 * abs(expected)
+    want = torch.from_numpy(ind.tcr_exact_grad(h, mu, centering))
+    y = h.clone().requires_grad_(True)
+    reference.tcr(y, mu, centering=centering).backward()
+    floor = max(rel_err(y.grad, want), rel_err(want.float(), want))
+    assert rel_err(x.grad, want) <= CPU_BACKEND_EXACT_GRAD_VS_REFERENCE * floor
+
+
+@pytest.mark.parametrize("estimator", ["exact", "series", "taylor"])
+def test_float64_input_keeps_the_float64_side(gen, monkeypatch, estimator):
+    """With the switch set, float64 input gives bit-identical value and gradient."""
+    h = torch.randn(33, 21, generator=gen, dtype=torch.float64)
+    out = []
+    for fmt in (None, "tf32x3"):
+        if fmt is None:
+            monkeypatch.delenv(ENV, raising=False)
+        else:
+            monkeypatch.setenv(ENV, fmt)
+        x = h.clone().requires_grad_(True)
+        value = mf.tcr_loss(x, 0.5, estimator=estimator, backend="cpu")
+        value.backward()
+        out.append((value, x.grad))
+    assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])
+
+
+@pytest.mark.parametrize("estimator", ["exact", "series"])
+def test_rows_at_the_norm_floor_match_the_float64_side(gen, monkeypatch, estimator):
+    """A zero row and a row below the norm floor (their gradient keeps the radial shift alpha,
+    so the identity part of the products side's 2P must be exact): value and gradient equal the
+    float64 side's within the end-to-end tolerance."""
+    h = _features(gen, 40, 24)
+    h[2] = 0.0
+    h[3] = (0.5 * reference.EPS) * h[4] / h[4].norm()
+    out = []
+    for fmt in ("float64", "tf32x3"):
+        monkeypatch.setenv(ENV, fmt)
+        x = h.clone().requires_grad_(True)
+        value = mf.tcr_loss(x, 2.0, estimator=estimator, backend="cpu")
+        value.backward()
+        out.append((value.item(), x.grad.double()))
+    vtol, gtol = SMALL_PRODUCTS_END_TO_END[torch.float32]
+    assert abs(out[0][0] - out[1][0]) <= vtol * abs(out[0][0])
+    assert rel_err(out[1][1][2:4], out[0][1][2:4]) <= gtol
+    assert rel_err(out[1][1], out[0][1]) <= gtol
+
+
+def test_switch_changes_the_arithmetic_and_bad_values_are_refused(gen, monkeypatch):
+    """float32 input: the products side differs from the float64 side (so the switch is live),
+    by no more than the contract; an unknown value is a ValueError naming the variable."""
+    h = _features(gen, 40, 24)
+    values = []
+    for fmt in ("float64", "tf32x3"):
+        monkeypatch.setenv(ENV, fmt)
+        values.append(mf.tcr_loss(h, 2.0, backend="cpu").item())
+    assert values[0] != values[1] and abs(values[0] - values[1]) <= 1e-5 * abs(values[0])
+    monkeypatch.setenv(ENV, "tf32")
+    with pytest.raises(ValueError, match="MMAE_FAST_SMALL_PRODUCTS='tf32'"):
+        mf.tcr_loss(h, 2.0, backend="cpu")
+
+
+# ----------------------------------------------------------------------------- structure
+class _Counting:
+    """A product callable counting its calls (float32 torch.mm)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, a, b):
+        self.calls += 1
+        return torch.mm(a, b)
+
+
+@pytest.mark.parametrize("estimator", ["exact", "series", "taylor"])
+@pytest.mark.parametrize("need_grad", [False, True])
+def test_product_counts(gen, monkeypatch, estimator, need_grad):
+    """The n×n products one call makes are those its plan states: exact ``plan(D).products``
+    (+ ``2(K - 1)`` for the gradient), series ``q - 1`` (+ 1), Taylor ``q - 1`` (+ 1 where the
+    derivative has terms above q)."""
+    monkeypatch.setenv(ENV, "float32")
+    counter = _Counting()
+    monkeypatch.setattr(small_side, "product_function", lambda fmt, device: counter)
+    m, d, mu = 61, 23, 3.0 if estimator != "taylor" else 0.25
+    kappa = series.kappa(mu, m, d)
+    degree = reference.default_degree(estimator, kappa)
+    x = _features(gen, m, d).requires_grad_(need_grad)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        value = mf.tcr_loss(x, mu, estimator=estimator, backend="cpu")
+    if estimator == "exact":
+        want = moments.plan(moments.exact_degree(kappa)).products
+        if need_grad:
+            want += 2 * (doubling.complement_steps_for(kappa, small_side.COMPLEMENT_TARGET) - 1)
+    else:
+        q = max(1, math.ceil(degree / 2))
+        want = q - 1
+        if need_grad:
+            if estimator == "series":
+                want += int(any(small_side._s_weights(kappa, degree, 1.0).w_outer))
+            else:
+                want += int(small_side._weights("taylor", 0.0, degree, 1.0).has_outer)
+    assert counter.calls == want > 0
+    assert math.isfinite(value.item())
+
+
+@pytest.mark.parametrize("estimator", ["exact", "series", "taylor"])
+def test_no_host_sync_and_one_op_call(gen, monkeypatch, estimator):
+    """Forward + backward with tf32x3 products read no device value on the host."""
+    monkeypatch.setenv(ENV, "tf32x3")
+    h = _features(gen, 40, 24).requires_grad_(True)
+    mf.tcr_loss(h, 0.5, centering=True, estimator=estimator).backward()  # warm the caches
+    with OpNames() as ops:
+        mf.tcr_loss(h, 0.5, centering=True, estimator=estimator).backward()
+    assert not [n for n in ops.names if "_local_scalar_dense" in n or "item" in n]
+    assert sum("mmae_fast.small_side" in n for n in ops.names) == 1
+
+
+@pytest.mark.parametrize("estimator", ["exact", "series"])
+def test_compiles_fullgraph(gen, monkeypatch, estimator):
+    monkeypatch.setenv(ENV, "tf32x3")
+    torch._dynamo.reset()
+    fn = torch.compile(lambda x: mf.tcr_loss(x, 2.0, centering=True, estimator=estimator),
+                       fullgraph=True, backend="aot_eager")
+    h = _features(gen, 41, 23)
+    x = h.clone().requires_grad_(True)
+    value = fn(x)
+    value.backward()
+    degree = reference.default_degree(estimator, series.kappa(2.0, 41, 23))
+    vtol, gtol = SMALL_PRODUCTS_END_TO_END[torch.float32]
+    expected = _value_oracle(h, 2.0, True, estimator, degree)
+    assert abs(value.item() - expected) <= vtol * abs(expected)
+    assert rel_err(x.grad, _grad_oracle(h, 2.0, True, estimator, degree)) <= gtol
+
+
+def _gloo_worker(rank, world):
+    import os
+    os.environ[ENV] = "tf32x3"
+    g = torch.Generator().manual_seed(11)
+    x = _features(g, 16, 11)
+    out = {}
+    for estimator in ("exact", "series"):
+        for centering in (False, True):
+            z = x[8 * rank: 8 * rank + 8].clone().requires_grad_(True)
+            with OpNames() as ops:
+                loss = mf.tcr_loss(z, 0.7, centering=centering, estimator=estimator,
+                                   group=dist.group.WORLD, grad_semantics="exact")
+                loss.backward()
+            out[(estimator, centering)] = (loss.detach(), z.grad, ops.names)
+    return out
+
+
+def test_two_gloo_ranks_through_the_staged_path():
+    """Two ranks of 8 rows with tf32x3 products: each rank's value is the whole batch's and its
+    gradient K x its slice of the whole batch's (``grad_semantics="exact"``)."""
+    results = spawn(_gloo_worker)
+    g = torch.Generator().manual_seed(11)
+    x = _features(g, 16, 11)
+    vtol, gtol = SMALL_PRODUCTS_END_TO_END[torch.float32]
+    for (estimator, centering) in results[0]:
+        degree = reference.default_degree(estimator, series.kappa(0.7, 16, 11))
+        expected = _value_oracle(x, 0.7, centering, estimator, degree)
+        want = _grad_oracle(x, 0.7, centering, estimator, degree)
+        for rank in range(2):
+            value, grad, names = results[rank][(estimator, centering)]
+            assert "mmae_fast.small_side.default" in names
+            assert abs(value.item() - expected) <= vtol * abs(expected)
+            assert rel_err(grad, 2.0 * want[8 * rank: 8 * rank + 8]) <= gtol
+
+
+def test_product_function_formats():
+    """float32 is torch's GEMM; the split formats are the emulation on a CPU device."""
+    a = torch.randn(7, 7, dtype=torch.float32)
+    assert small_side.product_function("float32", a.device) is torch.mm
+    for fmt in ("tf32x3", "bf16x3"):
+        got = small_side.product_function(fmt, a.device)(a, a)
+        assert torch.equal(got, rounding.product(a, a, fmt))
