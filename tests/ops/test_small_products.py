@@ -468,3 +468,14 @@ def test_product_function_formats():
     for fmt in ("tf32x3", "bf16x3"):
         got = small_side.product_function(fmt, a.device)(a, a)
         assert torch.equal(got, rounding.product(a, a, fmt))
+
+
+def test_float32_products_refuse_tf32(monkeypatch):
+    """On a CUDA device with TF32 allowed for float32 matmuls, "float32" products would be single
+    TF32: refused with the fix (the check needs no GPU: it reads the flag and the device type)."""
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    with pytest.raises(ValueError, match="allow_tf32 is on.*tf32x3"):
+        small_side.product_function("float32", cuda)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    assert small_side.product_function("float32", cuda) is torch.mm

@@ -399,10 +399,15 @@ def _s_polynomial(y: Tensor, kappa: float, w: _SWeights, need_grad: bool, mm):
 
 
 def product_function(fmt: str, device: torch.device):
-    """``mm(a, b)`` of stage 2 in format ``fmt``: torch's float32 GEMM for "float32", the Triton
-    tf32x3 kernel on a GPU where it runs, else the emulation ``rounding.product`` (exact
-    roundings of the format on any device)."""
+    """``mm(a, b)`` of stage 2 in format ``fmt``: torch's float32 GEMM for "float32" (refused on
+    CUDA while TF32 is allowed for float32 matmuls), the Triton tf32x3 kernel on a GPU where it
+    runs, else the emulation ``rounding.product`` (exact roundings of the format on any device:
+    its operands are already rounded, so a TF32 setting does not change them)."""
     if fmt == "float32":
+        if device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
+            raise ValueError(f"{PRODUCTS_ENV}=float32 needs IEEE float32 products, but "
+                             f"torch.backends.cuda.matmul.allow_tf32 is on (its products would be "
+                             f"single TF32); use {PRODUCTS_ENV}=tf32x3 or turn TF32 off")
         return torch.mm
     if fmt == "tf32x3" and device.type == "cuda":
         try:
