@@ -15,14 +15,25 @@ Rates:
 
 Per-launch cost: ``launch_us`` (eager: the one-element op of the primitives file, 12 µs) for the
 eagerly timed stages (gram, grad), ``graph_launch_us`` (an assumption, 3 µs) inside the CUDA
-graph of the small side. Products of size n scale as n³ from the nearest measured size (not
-below it for tensor-core formats: at n ≤ 1024 they are launch-bound).
+graph of the small side. Products of size n scale as n³ from the nearest measured size (for
+tensor-core formats not below the fastest measured one: at n ≤ 1024 they are launch-bound).
 
     python bench/cost_model.py                 # prediction vs the stored H100 stage table
     python bench/cost_model.py --device a100   # the same stages predicted on an A100
 
 ``compare(stages_csv)`` gives, per row of a stored ``bench/stages.py`` table, predicted and
 measured times and the relative error (tests/tooling/test_cost_model.py checks its bound).
+
+The products-only small side (``MMAE_FAST_SMALL_PRODUCTS``, ``small_side._products_side``):
+``products_side_work`` counts its n×n×n products from the package's own plans
+(``moments.plan``, ``doubling.complement_steps_for``, ``small_side._s_weights`` /
+``_weights``; tests/tooling/test_cost_model.py counts the calls the code makes) and the O(n²)
+passes and small launches of its code; each product is one launch of a product kernel with the
+element-wise recurrence in its epilogue (``mmae_fast/ops/tcr/triton/``), timed as
+``product_us`` of its format (tf32x3: three TF32 products). ``products_small_side_us`` turns the
+counts into µs; ``main`` prints it beside the float64 side for the target shapes on both
+devices, with the whole op and the small-side target ``SMALL_TARGET_US`` (all predictions).
+The stored output: ``bench/results/model/`` (``python bench/cost_model.py > FILE``).
 """
 from __future__ import annotations
 
@@ -88,7 +99,8 @@ def product_us(rates: Rates, n: int, fmt: str) -> float:
     sizes = sorted(s for s, f in rates.product_us if f == fmt)
     ref = min(sizes, key=lambda s: abs(math.log(s / n)))
     t = rates.product_us[(ref, fmt)] * (n / ref) ** 3
-    return max(t, rates.product_us[(sizes[0], fmt)]) if fmt in ("tf32", "bf16") else t
+    floor = min(rates.product_us[(size, fmt)] for size in sizes)  # launch-bound: the fastest
+    return max(t, floor) if fmt in ("tf32", "bf16") else t
 
 
 def factor_us(rates: Rates, name: str, n: int) -> float:
@@ -149,12 +161,106 @@ def doubling_small_side_us(rates: Rates, n: int, kappa: float, fmt: str, target:
             "passes": fused_passes * pass_us(rates, n, bytes_per=4)}
 
 
+def md_stages_us(rates: Rates, m: int, d: int) -> tuple[float, float]:
+    """``(gram, grad)`` µs of the m×d side (bf16 operands), the same for either small side."""
+    n = min(m, d)
+    return (md_side_us(rates, m, d, "bf16", n, GRAM_LAUNCHES),
+            md_side_us(rates, m, d, "bf16", 2 * n, GRAD_LAUNCHES))
+
+
+@dataclasses.dataclass(frozen=True)
+class Pass:
+    """``launches`` O(n²) passes of the products-only small side outside its products, each
+    over ``arrays`` n×n arrays of ``bytes_per`` bytes (read and written)."""
+    what: str
+    launches: int
+    arrays: int
+    bytes_per: int = 4
+
+
+def products_side_work(kappa: float, estimator: str, degree: int,
+                       need_grad: bool = True) -> dict:
+    """The work of ``small_side._products_side`` and ``small_side``'s tail at (kappa, degree):
+    {"products": n×n×n products (each one launch, its element-wise recurrence in the epilogue),
+    "passes": [Pass, ...] (the O(n²) element-wise ops and reductions between them), "small":
+    launches over O(n) or O(1) numbers (diagonals, the host-weight dots, the scalars)}.
+
+    Products from the package's plans: exact ``moments.plan(moments.exact_degree(kappa))``
+    (+ ``2(K - 1)``, ``K = doubling.complement_steps_for(kappa, COMPLEMENT_TARGET)``, with the
+    gradient); series ``q - 1`` basis products of ``_s_weights`` (+ 1 for the derivative's
+    ``S_q·Σ w_outer S_r``); Taylor ``q - 1`` of ``_weights`` (+ 1 where ``w_outer`` is nonzero).
+    Passes as the code writes them: ``y = c·G``; exact: ``T_0``, ``T_1``, the stacked baby basis
+    and its moments ``<Y, T_k>``, one moment reduction per giant, the complement's ``U_1``;
+    series / Taylor: the first basis matrices, the stack, the Frobenius products of the
+    high traces, the two derivative combinations; with the gradient the float64 cast, the
+    radial shift's max, the division and the cast back (``small_side.small_side``)."""
+    from mmae_fast.ops.tcr import doubling, moments, small_side
+
+    passes = [Pass("y = c·G", 1, 2)]
+    small = 2  # the value's negation and cast
+    if estimator == "exact":
+        p = moments.plan(moments.exact_degree(kappa))
+        products = p.products
+        passes += [Pass("T_0 = I, T_1 = beta·Y - I", 2, 2),
+                   Pass("stack T_0..T_s", 1, 2 * (p.s + 1)),
+                   Pass("<Y, T_0..T_s>", 1, p.s + 2),
+                   Pass("<H_j, T_1..T_s> per giant", p.giants, p.s + 1)]
+        small += 1 + p.giants  # the weights' dot, tr H_j
+        if need_grad:
+            steps = doubling.complement_steps_for(kappa, small_side.COMPLEMENT_TARGET)
+            products += 2 * (steps - 1)
+            passes.append(Pass("U_1 = w_0·alpha²·Y", 1, 2))
+    elif estimator in ("series", "taylor"):
+        if estimator == "series":  # a list of S_k, stacked after the basis
+            w = small_side._s_weights(float(kappa), int(degree), -1.0)
+            outer = any(w.w_outer)
+            highs = [Pass("stack S_0..S_q", 1, 2 * (w.q + 1)),
+                     Pass("<S_j, S_l>", 1, 2 * len(w.pairs))]
+        else:  # the powers written into one buffer
+            w = small_side._weights("taylor", 0.0, int(degree), -1.0)
+            outer = w.has_outer
+            highs = [Pass("<Y^a, Y^a>", 1, len(w.w_self)),
+                     Pass("<Y^a, Y^(a+1)>", 1, 2 * len(w.w_cross))]
+        products = w.q - 1 + (1 if need_grad and outer else 0)
+        passes.append(Pass("B_0, B_1", 2, 2))
+        passes += [h for h in highs if h.arrays]
+        small += 2  # the diagonal sums, the weights' dot
+        if need_grad:
+            passes.append(Pass("Σ w_inner B_k", 1, w.q + 2))
+            if outer:
+                passes.append(Pass("Σ w_outer B_r", 1, w.q + 2))
+    else:
+        raise ValueError(f"estimator must be 'exact', 'series' or 'taylor', got {estimator!r}")
+    if need_grad:
+        passes += [Pass("float64 cast", 1, 2, 8), Pass("max |Q'|", 1, 1, 8),
+                   Pass("Q'/qscale", 1, 2, 8), Pass("cast back", 1, 2, 6)]
+        small += 5  # tr, the diagonal shift, the clamp, qinfo's stack and cast
+    return {"products": products, "passes": [x for x in passes if x.launches], "small": small}
+
+
+def products_small_side_us(rates: Rates, n: int, kappa: float, estimator: str, degree: int,
+                           fmt: str = "tf32x3", need_grad: bool = True) -> dict:
+    """The predicted products-only small side (one CUDA graph) at n: ``products_side_work``'s
+    counts, products of ``fmt`` (``product_us``), passes (``pass_us``) and small launches
+    (``graph_launch_us``). {"products", "launches", "passes", "small", "products_us",
+    "passes_us", "small_us", "us", "label"}."""
+    work = products_side_work(kappa, estimator, degree, need_grad)
+    prod = work["products"] * product_us(rates, n, fmt)
+    passes = sum(x.launches * pass_us(rates, n, bytes_per=x.bytes_per, arrays=x.arrays)
+                 for x in work["passes"])
+    small = work["small"] * rates.graph_launch_us
+    n_passes = sum(x.launches for x in work["passes"])
+    return {"products": work["products"], "passes": n_passes, "small": work["small"],
+            "launches": work["products"] + n_passes + work["small"], "products_us": prod,
+            "passes_us": passes, "small_us": small, "us": prod + passes + small,
+            "label": f"prediction ({rates.name} rates, {fmt} products)"}
+
+
 def predict_row(rates: Rates, row: dict) -> dict:
     """Predicted gram / small (graph) / grad / call ms of one stage-table row."""
     m, d, degree = int(row["m"]), int(row["d"]), int(row["degree"])
     n = min(m, d)
-    gram = md_side_us(rates, m, d, "bf16", n, GRAM_LAUNCHES)
-    grad = md_side_us(rates, m, d, "bf16", 2 * n, GRAD_LAUNCHES)
+    gram, grad = md_stages_us(rates, m, d)
     small = sum(small_side_us(rates, n, row["estimator"], degree).values())
     return {"gram_ms": gram / 1e3, "small_graph_ms": small / 1e3, "grad_ms": grad / 1e3,
             "call_graph_ms": (gram + small + grad) / 1e3}
@@ -173,6 +279,81 @@ def compare(path: Path = H100_STAGES, rates: Rates = H100) -> list[dict]:
             entry[key] = (p, meas, abs(p - meas) / meas)
         out.append(entry)
     return out
+
+
+#: The project's target for the small side: at most 80 µs at n = 1024, κ 4 (fwd+bwd).
+SMALL_TARGET_US, TARGET_N, TARGET_KAPPA = 80.0, 1024, 4.0
+#: The target shapes (m, d, mu): κ 4 and 17 of the stored stage table, κ 65 and 257 at n = 1024.
+TARGET_SHAPES = ((1024, 1024, 3.0), (4096, 768, 3.0), (65536, 1024, 1.0), (65536, 1024, 4.0))
+H100_ENTROPY = H100_DIR / "entropy-20261126T145235Z.csv"
+
+
+def official_measured_ms(path: Path = H100_ENTROPY) -> dict:
+    """{(m, d, mu): median ms} of the official eager loss (bf16, fwd+bwd) in a stored
+    ``bench/entropy.py`` CSV: measured, not predicted (the model has no LU rate)."""
+    with open(path, newline="") as fh:
+        rows = csv.DictReader(line for line in fh if not line.startswith("#"))
+        return {(int(r["m"]), int(r["d"]), float(r["mu"])): float(r["median_ms"]) for r in rows
+                if r["provider"] == "official" and r["dtype"] == "bf16"
+                and r["mode"] == "fwd+bwd" and r["status"] == "ok"}
+
+
+def target_rows(fmt: str = "tf32x3") -> list[dict]:
+    """Per target shape, estimator ("exact", "series") and device: the predicted small side on
+    the float64 side (``small_side_us``) and on the products side (``products_small_side_us``),
+    and the whole op (m×d side + small side) with each; fwd+bwd, series at its default degree."""
+    from mmae_fast import reference, series
+
+    out = []
+    for m, d, mu in TARGET_SHAPES:
+        n, kappa = min(m, d), series.kappa(mu, m, d)
+        for estimator in ("exact", "series"):
+            degree = reference.default_degree(estimator, kappa, reference.SERIES_TOL)
+            for rates in (H100, A100):
+                f64 = sum(small_side_us(rates, n, estimator, degree).values())
+                prod = products_small_side_us(rates, n, kappa, estimator, degree, fmt)
+                gram, grad = md_stages_us(rates, m, d)
+                out.append({"m": m, "d": d, "mu": mu, "n": n, "kappa": kappa,
+                            "estimator": estimator, "degree": degree, "device": rates.name,
+                            "float64_us": f64, "products": prod, "op_float64_us": gram + f64 + grad,
+                            "op_products_us": gram + prod["us"] + grad})
+    return out
+
+
+def print_targets(fmt: str = "tf32x3") -> None:
+    """The target-shape table, the official loss where measured, and the small-side target."""
+    official = official_measured_ms()
+    print(f"# PREDICTION: the small side, float64 side (Cholesky / float64 products, "
+          f"{SMALL_PASSES} passes) against the products-only side ({fmt}: one launch per product, "
+          f"plus passes and small launches), fwd+bwd; op = gram + small side + grad; official: "
+          f"MEASURED on the H100 ({H100_ENTROPY.name}), not predicted")
+    print("m d mu kappa n estimator degree device | float64 side us | products side: products "
+          "launches us | op float64 ms | op products ms | official ms")
+    rows = target_rows(fmt)
+    for r in rows:
+        meas = official.get((r["m"], r["d"], r["mu"])) if r["device"] == "h100" else None
+        p = r["products"]
+        print(f"{r['m']} {r['d']} {r['mu']:g} {r['kappa']:g} {r['n']} {r['estimator']} "
+              f"{r['degree']} {r['device']} | {r['float64_us']:.0f} | {p['products']} "
+              f"{p['launches']} {p['us']:.0f} | {r['op_float64_us'] / 1e3:.3f} | "
+              f"{r['op_products_us'] / 1e3:.3f} | "
+              + (f"{meas:.3f} (measured)" if meas is not None else "-"))
+    for r in rows:
+        if r["n"] != TARGET_N or r["kappa"] != TARGET_KAPPA:
+            continue
+        p = r["products"]
+        best = min(r["float64_us"], p["us"])
+        rest = p["passes_us"] + p["small_us"]
+        room = (SMALL_TARGET_US - rest) / p["products"]
+        need = (f"would need <= {room:.1f} us per product" if room > 0 else
+                f"{p['passes']} passes and {p['small']} small launches alone: {rest:.0f} us")
+        print(f"# TARGET small side <= {SMALL_TARGET_US:g} us at n = {TARGET_N}, kappa "
+              f"{TARGET_KAPPA:g}: {r['device']} {r['estimator']}: predicted float64 side "
+              f"{r['float64_us']:.0f} us, products side {p['us']:.0f} us ({p['products']} "
+              f"{fmt} products {p['products_us']:.0f} us): "
+              f"{'met' if best <= SMALL_TARGET_US else 'NOT MET'} (PREDICTION; products side: "
+              f"{need}; the model's {fmt} product "
+              f"{product_us(DEVICES[r['device']], TARGET_N, fmt):.0f} us)")
 
 
 def main(argv=None) -> int:
@@ -208,6 +389,7 @@ def main(argv=None) -> int:
             print(f"kappa {kappa:g} {fmt}: K = {parts['steps']}, products "
                   f"{parts['products']:.0f} us + chol64 {parts['chol64']:.0f} us + passes "
                   f"{parts['passes']:.0f} us = {total / 1e3:.3f} ms")
+    print_targets()
     return 0
 
 

@@ -401,6 +401,9 @@ def main(argv=None) -> int:
     base = Path(args.readme).resolve().parent if args.readme else Path.cwd()
     sections = [device_section(f, Path(os.path.relpath(f.resolve(), base)).as_posix(), args.d,
                                args.dtype, args.mode) for f in folders]
+    # a folder with nothing to plot or tabulate (bench/results/model: the cost model's
+    # predictions) gets no section
+    sections = [s for s, f in zip(sections, folders) if s.strip() != f"### {f.name}"]
     for f in folders:
         print(f"plotted {f}")
     goals = targets.section(folders, lambda f: merged_entropy(f)[0])

@@ -50,3 +50,87 @@ def test_cli_prints_labelled_predictions(tmp_path):
     bad = subprocess.run([sys.executable, str(ROOT / "bench" / "cost_model.py"), "--stages",
                           str(tmp_path / "none.csv")], capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+
+
+def _counting_products(monkeypatch):
+    """Every n×n product of the products-only small side, counted: ``product_function``
+    returns a float32 ``torch.mm`` that records each call."""
+    import torch
+    from mmae_fast.ops.tcr import small_side
+
+    calls = []
+
+    def product_function(fmt, device):
+        def mm(a, b):
+            calls.append((a.shape, b.shape))
+            return torch.mm(a, b)
+        return mm
+
+    monkeypatch.setattr(small_side, "product_function", product_function)
+    monkeypatch.setenv(small_side.PRODUCTS_ENV, "float32")
+    return calls
+
+
+@pytest.mark.parametrize("estimator,order", [("exact", None), ("series", None), ("series", 9),
+                                             ("taylor", None), ("taylor", 5)])
+@pytest.mark.parametrize("need_grad", [False, True], ids=["fwd", "fwd+bwd"])
+@pytest.mark.parametrize("shape", [(60, 23), (23, 61)], ids=["feature", "sample"])
+def test_products_side_counts_the_products_the_code_makes(monkeypatch, estimator, order,
+                                                          need_grad, shape):
+    """The model's product count equals the calls of stage 2's ``mm`` in a staged CPU run
+    (one fused product kernel launch each on a GPU): exact, series and Taylor, value only and
+    value with gradient, both sides of the Gram."""
+    import torch
+    import mmae_fast
+    from mmae_fast import reference, series
+
+    calls = _counting_products(monkeypatch)
+    m, d = shape
+    mu = 1.0 if estimator != "taylor" else 0.2  # Taylor converges for mu·m/d < 1
+    x = torch.randn(m, d, generator=torch.Generator().manual_seed(m + d), requires_grad=need_grad)
+    with torch.set_grad_enabled(need_grad):
+        value = mmae_fast.tcr_loss(x, mu, estimator=estimator, order=order, backend="cpu")
+        if need_grad:
+            value.backward()
+    assert torch.isfinite(value) and calls, calls
+    n, kappa = min(m, d), series.kappa(mu, m, d)
+    degree = order or reference.default_degree(estimator, kappa, reference.SERIES_TOL)
+    work = cost_model.products_side_work(kappa, estimator, degree, need_grad)
+    assert len(calls) == work["products"]
+    assert all(a == (n, n) and b == (n, n) for a, b in calls)
+    pred = cost_model.products_small_side_us(cost_model.H100, n, kappa, estimator, degree,
+                                             need_grad=need_grad)
+    assert pred["products"] == len(calls)
+    assert pred["launches"] == len(calls) + pred["passes"] + pred["small"]
+
+
+def test_products_side_prediction_grows_with_kappa():
+    """Positive, labelled, and monotone in kappa (more moments and doublings, a higher degree)."""
+    from mmae_fast import reference
+
+    for rates in (cost_model.H100, cost_model.A100):
+        for estimator in ("exact", "series"):
+            last = None
+            for kappa in (2.0, 4.0, 17.0, 65.0, 257.0):
+                degree = reference.default_degree(estimator, kappa, reference.SERIES_TOL)
+                pred = cost_model.products_small_side_us(rates, 1024, kappa, estimator, degree)
+                assert pred["us"] > pred["products_us"] > 0 and "prediction" in pred["label"]
+                assert pred["products_us"] == pytest.approx(
+                    pred["products"] * cost_model.product_us(rates, 1024, "tf32x3"))
+                if last is not None:
+                    assert pred["us"] >= last["us"] and pred["products"] >= last["products"]
+                last = pred
+    fwd = cost_model.products_side_work(65.0, "exact", 0, need_grad=False)
+    both = cost_model.products_side_work(65.0, "exact", 0, need_grad=True)
+    assert both["products"] > fwd["products"]
+
+
+def test_cli_prints_the_small_side_target():
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "cost_model.py")],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("# TARGET small side")]
+    assert len(lines) == 4 and all("PREDICTION" in ln for ln in lines)
+    assert all(("NOT MET" in ln) != (": met" in ln) for ln in lines)
+    rows = [ln for ln in out.stdout.splitlines() if ln.startswith(("1024 1024 3 4 ", "65536"))]
+    assert len(rows) == 12 and any("(measured)" in ln for ln in rows)
