@@ -185,32 +185,27 @@ def products_side_work(kappa: float, estimator: str, degree: int,
     "passes": [Pass, ...] (the O(n²) element-wise ops and reductions between them), "small":
     launches over O(n) or O(1) numbers (diagonals, the host-weight dots, the scalars)}.
 
-    Products from the package's plans: exact ``moments.plan(moments.exact_degree(kappa))``
-    (+ ``2(K - 1)``, ``K = doubling.complement_steps_for(kappa, COMPLEMENT_TARGET)``, with the
-    gradient); series ``q - 1`` basis products of ``_s_weights`` (+ 1 for the derivative's
-    ``S_q·Σ w_outer S_r``); Taylor ``q - 1`` of ``_weights`` (+ 1 where ``w_outer`` is nonzero).
-    Passes as the code writes them: ``y = c·G``; exact: ``T_0``, ``T_1``, the stacked baby basis
-    and its moments ``<Y, T_k>``, one moment reduction per giant, the complement's ``U_1``;
+    Products: ``small_side.product_count`` (the package's plans). Passes as the code writes
+    them: ``y = c·G``; exact: ``T_0``, ``T_1``, the stacked baby basis and its moments
+    ``<Y, T_k>``, one moment reduction per giant, the complement's ``U_1``;
     series / Taylor: the first basis matrices, the stack, the Frobenius products of the
     high traces, the two derivative combinations; with the gradient the float64 cast, the
     radial shift's max, the division and the cast back (``small_side.small_side``)."""
-    from mmae_fast.ops.tcr import doubling, moments, small_side
+    from mmae_fast.ops.tcr import moments, small_side
 
     passes = [Pass("y = c·G", 1, 2)]
     small = 2  # the value's negation and cast
+    products = small_side.product_count(estimator, kappa, degree, need_grad)
     if estimator == "exact":
         p = moments.plan(moments.exact_degree(kappa))
-        products = p.products
         passes += [Pass("T_0 = I, T_1 = beta·Y - I", 2, 2),
                    Pass("stack T_0..T_s", 1, 2 * (p.s + 1)),
                    Pass("<Y, T_0..T_s>", 1, p.s + 2),
                    Pass("<H_j, T_1..T_s> per giant", p.giants, p.s + 1)]
         small += 1 + p.giants  # the weights' dot, tr H_j
         if need_grad:
-            steps = doubling.complement_steps_for(kappa, small_side.COMPLEMENT_TARGET)
-            products += 2 * (steps - 1)
             passes.append(Pass("U_1 = w_0·alpha²·Y", 1, 2))
-    elif estimator in ("series", "taylor"):
+    else:
         if estimator == "series":  # a list of S_k, stacked after the basis
             w = small_side._s_weights(float(kappa), int(degree), -1.0)
             outer = any(w.w_outer)
@@ -221,7 +216,6 @@ def products_side_work(kappa: float, estimator: str, degree: int,
             outer = w.has_outer
             highs = [Pass("<Y^a, Y^a>", 1, len(w.w_self)),
                      Pass("<Y^a, Y^(a+1)>", 1, 2 * len(w.w_cross))]
-        products = w.q - 1 + (1 if need_grad and outer else 0)
         passes.append(Pass("B_0, B_1", 2, 2))
         passes += [h for h in highs if h.arrays]
         small += 2  # the diagonal sums, the weights' dot
@@ -229,8 +223,6 @@ def products_side_work(kappa: float, estimator: str, degree: int,
             passes.append(Pass("Σ w_inner B_k", 1, w.q + 2))
             if outer:
                 passes.append(Pass("Σ w_outer B_r", 1, w.q + 2))
-    else:
-        raise ValueError(f"estimator must be 'exact', 'series' or 'taylor', got {estimator!r}")
     if need_grad:
         passes += [Pass("float64 cast", 1, 2, 8), Pass("max |Q'|", 1, 1, 8),
                    Pass("Q'/qscale", 1, 2, 8), Pass("cast back", 1, 2, 6)]

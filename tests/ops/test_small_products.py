@@ -4,8 +4,8 @@ doubling's complement form of its gradient (``doubling.complement``), the series
 Taylor on the powers of Y — with every n×n product rounded as a tensor core rounds it
 (``rounding.product``: float32, split TF32 "tf32x3", split bf16 "bf16x3"), against the
 independent float64 oracle (tests/independent.py), kappa in {2, 4, 65, 257}, odd n, centred and
-collapsed rows, every input dtype; the a-priori bounds against measured errors; product counts,
-no host sync, fullgraph compile and two gloo ranks with the switch set."""
+collapsed rows, every input dtype; the a-priori bounds against measured errors; no host sync,
+fullgraph compile and two gloo ranks with the switch set."""
 import math
 import warnings
 
@@ -15,8 +15,7 @@ import torch
 import torch.distributed as dist
 
 import mmae_fast as mf
-from mmae_fast import reference, series
-from mmae_fast import backends
+from mmae_fast import backends, reference, series
 from mmae_fast.ops.tcr import doubling, moments, op as staged, rounding, small_side
 from tests import independent as ind
 from tests.gloo import spawn
@@ -354,47 +353,7 @@ def test_switch_changes_the_arithmetic_and_bad_values_are_refused(gen, monkeypat
 
 
 # ----------------------------------------------------------------------------- structure
-class _Counting:
-    """A product callable counting its calls (float32 torch.mm)."""
-
-    def __init__(self):
-        self.calls = 0
-
-    def __call__(self, a, b):
-        self.calls += 1
-        return torch.mm(a, b)
-
-
-@pytest.mark.parametrize("estimator", ["exact", "series", "taylor"])
-@pytest.mark.parametrize("need_grad", [False, True])
-def test_product_counts(gen, monkeypatch, estimator, need_grad):
-    """The n×n products one call makes are those its plan states: exact ``plan(D).products``
-    (+ ``2(K - 1)`` for the gradient), series ``q - 1`` (+ 1), Taylor ``q - 1`` (+ 1 where the
-    derivative has terms above q)."""
-    monkeypatch.setenv(ENV, "float32")
-    counter = _Counting()
-    monkeypatch.setattr(small_side, "product_function", lambda fmt, device: counter)
-    m, d, mu = 61, 23, 3.0 if estimator != "taylor" else 0.25
-    kappa = series.kappa(mu, m, d)
-    degree = reference.default_degree(estimator, kappa)
-    x = _features(gen, m, d).requires_grad_(need_grad)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        value = mf.tcr_loss(x, mu, estimator=estimator, backend="cpu")
-    if estimator == "exact":
-        want = moments.plan(moments.exact_degree(kappa)).products
-        if need_grad:
-            want += 2 * (doubling.complement_steps_for(kappa, small_side.COMPLEMENT_TARGET) - 1)
-    else:
-        q = max(1, math.ceil(degree / 2))
-        want = q - 1
-        if need_grad:
-            if estimator == "series":
-                want += int(any(small_side._s_weights(kappa, degree, 1.0).w_outer))
-            else:
-                want += int(small_side._weights("taylor", 0.0, degree, 1.0).has_outer)
-    assert counter.calls == want > 0
-    assert math.isfinite(value.item())
+# The products a call makes against ``small_side.product_count``: tests/tooling/test_cost_model.py.
 
 
 @pytest.mark.parametrize("estimator", ["exact", "series", "taylor"])

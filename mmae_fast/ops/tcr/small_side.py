@@ -419,6 +419,28 @@ def product_function(fmt: str, device: torch.device):
     return functools.partial(rounding.product, fmt=fmt)
 
 
+def product_count(estimator: str, kappa: float, degree: int, need_grad: bool) -> int:
+    """The n×n products ``_products_side`` makes: exact ``moments.plan(exact_degree).products``
+    (+ ``2(K - 1)`` for the gradient, ``K = doubling.complement_steps_for(kappa,
+    COMPLEMENT_TARGET)``); series ``q - 1`` basis products of ``_s_weights`` (+ 1 for the
+    derivative's ``S_q·Σ w_outer S_r``); Taylor ``q - 1`` of ``_weights`` (+ 1 where its
+    ``w_outer`` is nonzero)."""
+    if estimator == "exact":
+        count = moments.plan(moments.exact_degree(kappa)).products
+        if need_grad:
+            count += 2 * (doubling.complement_steps_for(kappa, COMPLEMENT_TARGET) - 1)
+        return count
+    if estimator == "series":
+        w = _s_weights(float(kappa), int(degree), 1.0)
+        outer = any(w.w_outer)
+    elif estimator == "taylor":
+        w = _weights("taylor", 0.0, int(degree), 1.0)
+        outer = w.has_outer
+    else:
+        raise ValueError(f"estimator must be 'exact', 'series' or 'taylor', got {estimator!r}")
+    return w.q - 1 + int(bool(need_grad) and outer)
+
+
 def _products_side(g: Tensor, k: Constants) -> tuple[Tensor, Tensor | None]:
     """``(logdet(I + y), -2c · d logdet / d y or None)`` in float64 for y = c·G_c, with every
     n×n product in format ``k.products`` (``PRODUCTS_ENV``); g (n, n) float32."""
