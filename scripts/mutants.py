@@ -44,6 +44,7 @@ TRAIN_DDP = "tests/train/test_train_ddp.py"
 EXTREMES = "tests/library/test_values_extremes.py"
 CPU_BACKEND = "tests/ops/test_cpu_backend.py"
 DOUBLING = "tests/ops/test_doubling.py"
+SMALL_KERNEL = "tests/ops/test_small_kernel.py"
 
 
 @dataclass(frozen=True)
@@ -193,6 +194,13 @@ MUTANTS = [
     Mutant("doubling-unweighted", "constant (plain Newton-Schulz weights w = 1)",
            "mmae_fast/ops/tcr/doubling.py", "out.append(1.0 if tau > 1e150 else",
            "out.append(1.0 if tau > -1.0 else", (DOUBLING,)),
+    Mutant("small-kernel-gamma-everywhere", "wrong term in a kernel epilogue (gamma·11ᵀ for gamma·I)",
+           "mmae_fast/ops/tcr/triton/small_kernel.py", "out = tl.where(diag, out + gamma, out)",
+           "out = out + gamma", (SMALL_KERNEL,)),
+    Mutant("small-kernel-diagonal-unmasked", "mask dropped (the padded diagonal of an edge tile "
+           "enters the trace)", "mmae_fast/ops/tcr/triton/small_kernel.py",
+           "diag = (rows[:, None] == cols[None, :]) & msk", "diag = rows[:, None] == cols[None, :]",
+           (SMALL_KERNEL,)),
 ]
 
 

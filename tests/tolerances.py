@@ -198,3 +198,16 @@ CPU_BACKEND_EXACT_GRAD_VS_REFERENCE = 10.0
 #: 0.6, bf16x3 0.01 .. 0.05, tf32 0.03 .. 0.07, bf16 0.02 .. 0.08; float64 reaches 1.6e-15 at
 #: kappa 2 (1.4). Factor 3.
 DOUBLING_FLOOR_FACTOR = 3.0
+
+#: The small side's tf32x3 product kernel (tests/ops/test_small_kernel.py,
+#: mmae_fast/ops/tcr/triton/small_kernel.py) against float64 torch, n = 37, 101, 130, every
+#: epilogue: "out": ||OUT - ref||_F / ||ref||_F; "trace": |Σ partials - trace| / Σ|OUT_ii|;
+#: "frob": |Σ partials - <OUT, F>| / Σ|OUT·F| (the sums' condition numbers divided out).
+#: Measured worst in Triton's interpreter (plain float32 tl.dot; seeds 0..3, 32- and 64-wide
+#: tiles): out 1.15e-7, trace 4.1e-8, frob 1.0e-8 (float32 accumulation over n <= 130 terms and
+#: the float32 epilogue, ~u_32 = 6e-8 per entry; the sums of the partials are float64). Bounds
+#: 9x, 10x, 10x of them. On a GPU the operands are tf32x3's (hi + lo, lo·lo dropped: unit
+#: roundoff 2^-22, 4x float32's, mmae_fast/ops/tcr/rounding.py), so the tests scale the bounds by
+#: SMALL_KERNEL_GPU_FACTOR = that ratio (derived, not measured: no GPU run yet).
+SMALL_KERNEL = {"out": 1e-6, "trace": 4e-7, "frob": 1e-7}
+SMALL_KERNEL_GPU_FACTOR = 4.0
