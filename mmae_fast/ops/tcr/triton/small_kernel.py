@@ -13,8 +13,9 @@ gamma=2)``; ``frob=T_j`` gives ``<T_k, T_j>`` in the same pass.
 Precision. ``tl.dot(..., input_precision="tf32x3")`` (Triton 3.9's NVIDIA backend accepts
 "tf32", "tf32x3", "ieee", "bf16x3", "bf16x6"; its interpreter "tf32", "tf32x3", "ieee"): each
 float32 operand is split as ``x = hi + lo`` in TF32 and ``a·b ≈ hi_a·hi_b + hi_a·lo_b +
-lo_a·hi_b`` — three TF32 tensor-core products with float32 accumulation, about float32 accuracy (``mmae_fast/ops/tcr/rounding.py`` emulates it on
-the CPU: ``product(a, b, "tf32x3")``). Triton's interpreter computes tl.dot as a plain float32
+lo_a·hi_b`` — three TF32 tensor-core products with float32 accumulation, about float32
+accuracy (``mmae_fast/ops/tcr/rounding.py`` emulates it on the CPU: ``product(a, b,
+"tf32x3")``). Triton's interpreter computes tl.dot as a plain float32
 numpy matmul whatever the precision, so on the CPU this kernel checks the tiling, the masks of
 odd n, the epilogue and the reductions, not the TF32 rounding.
 
