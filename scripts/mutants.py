@@ -45,6 +45,7 @@ EXTREMES = "tests/library/test_values_extremes.py"
 CPU_BACKEND = "tests/ops/test_cpu_backend.py"
 DOUBLING = "tests/ops/test_doubling.py"
 SMALL_PRODUCTS = "tests/ops/test_small_products.py"
+SMALL_KERNEL = "tests/ops/test_small_kernel.py"
 
 
 @dataclass(frozen=True)
@@ -203,6 +204,13 @@ MUTANTS = [
     Mutant("complement-drops-identity", "dropped term (2P without its -2c·beta·I part)",
            "mmae_fast/ops/tcr/small_side.py", "q.diagonal().sub_(2.0 * k.c * beta)",
            "q.diagonal().sub_(0.0 * k.c * beta)", (SMALL_PRODUCTS,)),
+    Mutant("small-kernel-gamma-everywhere", "wrong term in a kernel epilogue (gamma·11ᵀ for gamma·I)",
+           "mmae_fast/ops/tcr/triton/small_kernel.py", "out = tl.where(diag, out + gamma, out)",
+           "out = out + gamma", (SMALL_KERNEL,)),
+    Mutant("small-kernel-diagonal-unmasked", "mask dropped (the padded diagonal of an edge tile "
+           "enters the trace)", "mmae_fast/ops/tcr/triton/small_kernel.py",
+           "diag = (rows[:, None] == cols[None, :]) & msk", "diag = rows[:, None] == cols[None, :]",
+           (SMALL_KERNEL,)),
 ]
 
 

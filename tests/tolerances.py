@@ -221,3 +221,15 @@ SMALL_PRODUCTS_END_TO_END = {
     torch.float16: (1e-6, 1e-4),
     torch.bfloat16: (1e-6, 2e-3),
 }
+#: The small side's tf32x3 product kernel (tests/ops/test_small_kernel.py,
+#: mmae_fast/ops/tcr/triton/small_kernel.py) against float64 torch, n = 37, 101, 130, every
+#: epilogue: "out": ||OUT - ref||_F / ||ref||_F; "trace": |Σ partials - trace| / Σ|OUT_ii|;
+#: "frob": |Σ partials - <OUT, F>| / Σ|OUT·F| (the sums' condition numbers divided out).
+#: Measured worst in Triton's interpreter (plain float32 tl.dot; seeds 0..3, 32- and 64-wide
+#: tiles): out 1.15e-7, trace 4.1e-8, frob 1.0e-8 (float32 accumulation over n <= 130 terms and
+#: the float32 epilogue, ~u_32 = 6e-8 per entry; the sums of the partials are float64). Bounds
+#: 9x, 10x, 10x of them. On a GPU the operands are tf32x3's (hi + lo, lo·lo dropped: unit
+#: roundoff 2^-22, 4x float32's, mmae_fast/ops/tcr/rounding.py), so the tests scale the bounds by
+#: SMALL_KERNEL_GPU_FACTOR = that ratio (derived, not measured: no GPU run yet).
+SMALL_KERNEL = {"out": 1e-6, "trace": 4e-7, "frob": 1e-7}
+SMALL_KERNEL_GPU_FACTOR = 4.0

@@ -424,7 +424,7 @@ def test_public_api_uses_the_kernels(gen, monkeypatch):
 # ----------------------------------------------------------------------------- GPU compilation
 def test_kernels_compile_for_sm90():
     """The interpreter never compiles a kernel: compile the launches of two cases (fp16 feature
-    side with v, bf16 sample side) for sm_90 with Triton's own ptxas, in a process
+    side with v, bf16 sample side, one tf32x3 small-side product) for sm_90 with Triton's own ptxas, in a process
     without TRITON_INTERPRET (``python -m mmae_fast.ops.tcr.triton.compile_check`` runs every case)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     root = pathlib.Path(__file__).resolve().parents[2]
@@ -432,8 +432,10 @@ def test_kernels_compile_for_sm90():
                            "--quick", "--arch", "90"], cwd=root, env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    # 12: the bf16 sample side launches _row_norms_kernel before its Gram, as the feature side
-    assert "compiled 12 kernel variants" in proc.stdout, proc.stdout
+    # 12: the bf16 sample side launches _row_norms_kernel before its Gram, as the feature side;
+    # 13: the small side's tf32x3 product (small_kernel), printed with its TF32 instructions
+    assert "compiled 13 kernel variants" in proc.stdout, proc.stdout
+    assert "small_kernel._product_kernel" in proc.stdout and "(tf32)" in proc.stdout, proc.stdout
 
 
 def test_tensor_core_check_names_a_simt_half_product():

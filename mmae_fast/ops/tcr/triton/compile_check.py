@@ -5,13 +5,16 @@
 The interpreter never compiles a kernel, so errors of the GPU path (tl.dot operand shapes and
 dtypes, layouts, shared memory) stay hidden on a CPU machine. This module runs the real launch
 code of the staged ops (``gram_kernel.gram``, ``grad_kernel.grad``, block sizes from
-``config.choose_stage`` / ``choose_grad``) on CPU tensors with every kernel launch *recorded*
-instead of run, then compiles each distinct
-launch (kernel, argument types, constexprs, num_warps, num_stages) with ``triton.compile`` for
+``config.choose_stage`` / ``choose_grad``) and of the small side's tf32x3 product
+(``small_kernel.product``, block sizes from ``small_kernel.choose``) on CPU tensors with
+every kernel launch *recorded* instead of run, then compiles each distinct launch (kernel,
+argument types, constexprs, num_warps, num_stages) with ``triton.compile`` for
 ``GPUTarget("cuda", arch, 32)``: Triton IR -> PTX -> cubin with Triton's bundled ptxas, no driver.
 The recorded values are garbage (nothing runs), so only compilation is checked, not results —
 and that every half-input product compiled to tensor-core instructions (``wgmma`` /
-``mma.sync`` / ``tcgen05.mma``).
+``mma.sync`` / ``tcgen05.mma``), and every TF32 product (``input_precision`` "tf32" / "tf32x3")
+to TF32 ones (tf32x3: at least three, its hi·hi, hi·lo and lo·hi products); each variant of
+the small-side product is printed with the instruction found and how often it occurs.
 
 Needs ``TRITON_INTERPRET`` unset (the kernels must be real ``JITFunction``s).
 """
@@ -62,19 +65,19 @@ def _signature(fn, args, kwargs):
     return sig, consts, options
 
 
-def record_launches(cases) -> list:
+def record_launches(cases, small=()) -> list:
     """Run the staged ops' launch code (``gram_kernel.gram``, ``grad_kernel.grad``) for every
-    ``(m, d, dtype, feature, has_v)`` case with the kernels replaced by recorders; return the
-    launches."""
+    ``(m, d, dtype, feature, has_v)`` case and ``small_kernel.product`` for every ``(n, kwargs)``
+    of ``small`` with the kernels replaced by recorders; return the launches."""
     import triton.runtime.jit as jit
 
     from .... import reference
-    from . import grad_kernel as stage_grad, gram_kernel as stage_gram
+    from . import grad_kernel as stage_grad, gram_kernel as stage_gram, small_kernel
     from .config import choose_grad, choose_stage
 
     launches: list = []
     saved = {}
-    for mod in (stage_gram, stage_grad):
+    for mod in (stage_gram, stage_grad, small_kernel):
         for name, obj in vars(mod).items():
             if isinstance(obj, jit.JITFunction):
                 saved[(mod, name)] = obj
@@ -92,6 +95,10 @@ def record_launches(cases) -> list:
             for coef in (torch.ones(2), torch.ones(())):  # [s, t] (the staged op), [s]
                 stage_grad.grad(coef, h, torch.ones(m), q, v, feature, 1.0, reference.EPS,
                                 choose_grad(dtype, m, d))
+        for n, kwargs in small:
+            a = torch.zeros(n, n)
+            extra = {k: (a if v == "matrix" else v) for k, v in kwargs.items()}
+            small_kernel.product(a, torch.zeros(n, n), **extra)
     finally:
         for (mod, name), obj in saved.items():
             setattr(mod, name, obj)
@@ -113,19 +120,63 @@ def cases(quick: bool):
     return out
 
 
+#: The small side's product: n (both tile sizes of ``small_kernel.choose``) x the epilogues
+#: of its algorithms ("matrix": an (n, n) operand): plain, the Chebyshev recurrence
+#: ``2·M·T - T'``, the Newton–Schulz step ``2I - A·X``, C with both reductions, the trace alone.
+SMALL_EPILOGUES = (
+    {},
+    {"alpha": 2.0, "c": "matrix", "beta": -1.0},
+    {"alpha": -1.0, "gamma": 2.0},
+    {"alpha": 2.0, "c": "matrix", "beta": -1.0, "gamma": 0.5, "frob": "matrix", "trace": True},
+    {"trace": True},
+)
+
+
+def small_cases(quick: bool):
+    """``(n, product kwargs)`` of ``small_kernel.product``: odd n on 32- and 64-wide tiles with
+    every epilogue; quick: one case with all of C, gamma and both reductions."""
+    if quick:
+        return [(101, SMALL_EPILOGUES[3])]
+    return [(n, kw) for n in (101, 255, 1023) for kw in SMALL_EPILOGUES]
+
+
 #: PTX instructions of tensor-core products: Hopper's warpgroup MMA, the warp-level mma.sync
 #: (sm_80, and small tiles on sm_90), Blackwell's tcgen05.
 MMA_INSTRUCTIONS = ("wgmma.mma_async", "mma.sync", "tcgen05.mma")
 
 
-def check_tensor_cores(name: str, sig: dict, consts: dict, ptx: str, arch: int) -> None:
+#: Fewest TF32 tensor-core instructions of a product by ``input_precision``.
+TF32_PRODUCTS = {"tf32": 1, "tf32x3": 3}
+
+
+def tf32_instructions(ptx: str) -> dict:
+    """``{instruction: count}`` of the PTX lines holding a tensor-core instruction on TF32
+    operands (e.g. ``wgmma.mma_async.sync.aligned.m64n32k8.f32.tf32.tf32``)."""
+    found: dict = {}
+    for line in ptx.splitlines():
+        for ins in MMA_INSTRUCTIONS:
+            if ins in line and ".tf32" in line:
+                found[ins] = found.get(ins, 0) + 1
+    return found
+
+
+def check_tensor_cores(name: str, sig: dict, consts: dict, ptx: str, arch: int):
     """Half-input products (the Gram and backward kernels with ``HALF_DOT``) must compile to
-    tensor-core instructions: a RuntimeError naming the kernel otherwise."""
+    tensor-core instructions, and TF32 products (``PREC`` "tf32" / "tf32x3") to at least
+    ``TF32_PRODUCTS[PREC]`` TF32 tensor-core instructions: a RuntimeError naming the kernel
+    otherwise. Returns the TF32 instructions found (``tf32_instructions``)."""
     half = any(t in ("*fp16", "*bf16") for t in sig.values())
     if half and consts.get("HALF_DOT") and not any(i in ptx for i in MMA_INSTRUCTIONS):
         raise RuntimeError(f"{name} {consts}: half inputs but no tensor-core instruction "
                            f"({', '.join(MMA_INSTRUCTIONS)}) in its PTX for sm_{arch} (the "
                            f"product would run on SIMT cores)")
+    found = tf32_instructions(ptx)
+    need = TF32_PRODUCTS.get(consts.get("PREC"), 0)
+    if need and sum(found.values()) < need:
+        raise RuntimeError(f"{name} {consts}: input_precision {consts['PREC']!r} needs >= {need} "
+                           f"TF32 tensor-core instructions ({', '.join(MMA_INSTRUCTIONS)} on "
+                           f".tf32), found {sum(found.values())} in its PTX for sm_{arch}")
+    return found
 
 
 def compile_all(launches, arch: int) -> int:
@@ -149,7 +200,11 @@ def compile_all(launches, arch: int) -> int:
         except Exception as exc:
             raise RuntimeError(f"{fn.__name__} {consts} {options} does not compile for "
                                f"sm_{arch}: {exc}") from exc
-        check_tensor_cores(fn.__name__, sig, consts, kernel.asm["ptx"], arch)
+        found = check_tensor_cores(fn.__name__, sig, consts, kernel.asm["ptx"], arch)
+        if fn.__name__ == "_product_kernel":
+            flags = " ".join(f"{k}={v}" for k, v in consts.items())
+            ins = ", ".join(f"{k} x{v}" for k, v in found.items())
+            print(f"  small_kernel._product_kernel {flags} {options}: {ins} (tf32)")
     return len(seen)
 
 
@@ -162,7 +217,7 @@ def main(argv=None) -> int:
         print("unset TRITON_INTERPRET: the interpreter replaces the kernels", file=sys.stderr)
         return 2
     start = time.perf_counter()
-    launches = record_launches(cases(args.quick))
+    launches = record_launches(cases(args.quick), small_cases(args.quick))
     count = compile_all(launches, args.arch)
     print(f"compiled {count} kernel variants ({len(launches)} launches) for sm_{args.arch} "
           f"in {time.perf_counter() - start:.1f} s")
