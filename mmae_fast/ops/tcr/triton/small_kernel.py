@@ -6,9 +6,11 @@ epilogue and the traces they need::
     partials[0, p] = Σ_(i in tile p) OUT[i, i]              (trace(OUT) = Σ_p partials[0, p])
     partials[1, p] = Σ_(i, j in tile p) OUT[i, j]·F[i, j]   (<OUT, F>  = Σ_p partials[1, p])
 
-The Chebyshev recurrence ``T_k = 2·M·T_(k-1) - T_(k-2)`` is ``product(M, T_(k-1), alpha=2,
-c=T_(k-2), beta=-1)``, the Newton–Schulz step ``2I - A·X`` is ``product(A, X, alpha=-1,
-gamma=2)``; ``frob=T_j`` gives ``<T_k, T_j>`` in the same pass.
+The products-only small side (``small_side.product_function``) calls it as ``mm(a, b)``. The
+epilogue and the reductions fold element-wise work into the same launch: the Newton–Schulz step
+``2I - A·X`` is ``product(A, X, alpha=-1, gamma=2)``, a Y-operand Chebyshev step
+``2·beta·Y·T_(k-1) - C`` (``C = 2 T_(k-1) + T_(k-2)``) is ``product(Y, T_(k-1),
+alpha=2·beta, c=C, beta=-1)``, and ``frob=T_j`` gives ``<OUT, T_j>`` in the same pass.
 
 Precision. ``tl.dot(..., input_precision="tf32x3")`` (Triton 3.9's NVIDIA backend accepts
 "tf32", "tf32x3", "ieee", "bf16x3", "bf16x6"; its interpreter "tf32", "tf32x3", "ieee"): each
