@@ -203,6 +203,15 @@ MUTANTS = [
     Mutant("complement-drops-identity", "dropped term (2P without its -2c·beta·I part)",
            "mmae_fast/ops/tcr/small_side.py", "q.diagonal().sub_(2.0 * k.c * beta)",
            "q.diagonal().sub_(0.0 * k.c * beta)", (SMALL_PRODUCTS,)),
+    Mutant("s-basis-drops-2s", "dropped term (the S basis' recurrence without its -2 S_(k-1))",
+           "mmae_fast/ops/tcr/small_side.py",
+           ".mul_(2.0 * beta).sub_(basis[k - 1], alpha=2.0).sub_(basis[k - 2])",
+           ".mul_(2.0 * beta).sub_(basis[k - 2])", (SMALL_PRODUCTS,)),
+    Mutant("products-float64-ignores-inverse", "ignored argument (float64 input with the "
+           "products switch set runs the Cholesky inverse whatever MMAE_FAST_EXACT_INVERSE says)",
+           "mmae_fast/ops/tcr/small_side.py", 'inverse="doubling" if doubled else "cholesky"',
+           'inverse="doubling" if doubled and not tensor_side else "cholesky"',
+           (SMALL_PRODUCTS,)),
 ]
 
 
