@@ -211,6 +211,15 @@ MUTANTS = [
            "enters the trace)", "mmae_fast/ops/tcr/triton/small_kernel.py",
            "diag = (rows[:, None] == cols[None, :]) & msk", "diag = rows[:, None] == cols[None, :]",
            (SMALL_KERNEL,)),
+    Mutant("s-basis-drops-2s", "dropped term (the S basis' recurrence without its -2 S_(k-1))",
+           "mmae_fast/ops/tcr/small_side.py",
+           ".mul_(2.0 * beta).sub_(basis[k - 1], alpha=2.0).sub_(basis[k - 2])",
+           ".mul_(2.0 * beta).sub_(basis[k - 2])", (SMALL_PRODUCTS,)),
+    Mutant("products-float64-ignores-inverse", "ignored argument (float64 input with the "
+           "products switch set runs the Cholesky inverse whatever MMAE_FAST_EXACT_INVERSE says)",
+           "mmae_fast/ops/tcr/small_side.py", 'inverse="doubling" if doubled else "cholesky"',
+           'inverse="doubling" if doubled and not tensor_side else "cholesky"',
+           (SMALL_PRODUCTS,)),
 ]
 
 

@@ -148,6 +148,16 @@ def chebyshev_log1p(kappa: float, degree: int) -> np.ndarray:
     return h * (np.pad(q, (0, 1)) + cheb.chebmulx(q)[: degree + 1])
 
 
+def tcr_series(h, mu: float, degree: int, centering: bool = False) -> float:
+    """``R_D = -Σ_i P(y_i)``: the degree-D series polynomial P (``chebyshev_log1p``) by numpy's
+    chebval at ``t_i = 2y_i/(kappa - 1) - 1``, ``y_i = mu/d · λ_i(ZᵀZ)``, ``kappa = 1 + mu·m/d``."""
+    m, d = np.shape(h)
+    kappa = 1.0 + mu * m / d
+    y = mu / d * gram_eigenvalues(h, centering)
+    t = 2.0 * y / (kappa - 1.0) - 1.0
+    return float(-np.polynomial.chebyshev.chebval(t, chebyshev_log1p(kappa, degree)).sum())
+
+
 def _rows_gradient(h, gz) -> np.ndarray:
     """dL/dh (m, d) from dL/dZ through ``z_i = h_i/||h_i||``: ``(g_i - z_i <g_i, z_i>)/||h_i||``."""
     h = np.asarray(h.detach().double().cpu().numpy() if hasattr(h, "detach") else h, np.float64)

@@ -200,15 +200,34 @@ CPU_BACKEND_EXACT_GRAD_VS_REFERENCE = 10.0
 DOUBLING_FLOOR_FACTOR = 3.0
 
 #: The products-only small side (tests/ops/test_small_products.py, ``MMAE_FAST_SMALL_PRODUCTS``),
-#: each product rounded as a tensor core rounds it (mmae_fast/ops/tcr/rounding.py), n = 101,
-#: kappa 2 .. 257: "moments" — relative error of the exact log-determinant from Y-weighted
-#: moments against the oracle (measured worst: float32 1.8e-7, tf32x3 1.8e-7, bf16x3 4.9e-7 —
-#: the truncation bound 1e-6 and rounding); "complement" — relative Frobenius error of the
-#: shifted gradient matrix 2c·U against the float64 solve (float32 1.2e-5, tf32x3 1.2e-5, bf16x3
-#: 8.5e-5 at kappa 257: the float32 Gram's conditioning). Bounds within 10x.
+#: each product rounded as a tensor core rounds it (mmae_fast/ops/tcr/rounding.py), kappa 2 .. 257,
+#: n = 101 and 255, anisotropic, collapsed and centred rows:
+#:  - "moments": relative error of the exact log-determinant from Y-weighted moments against the
+#:    oracle; measured worst float32 1.9e-7, tf32x3 1.9e-7 (both the truncation bound 1e-6 at
+#:    kappa 4, rounding below 8e-8), bf16x3 1.2e-6 (collapsed rows, kappa 65 and 257); at n = 255
+#:    through tcr_loss at most 2.9e-7 (bf16x3). Every format keeps the exact contract 1e-5.
+#:  - "complement": relative Frobenius error of the shifted gradient matrix 2c·U against the
+#:    float64 solve; measured worst float32 1.0e-5, tf32x3 1.1e-5 (collapsed rows at kappa 257: the
+#:    float32 rounding of Y, the same error as the float64 complement of that Y), bf16x3 8.7e-5.
+#:  - "complement_tightness": the float64 per-eigenvalue error of U_K over ``complement_bound``
+#:    on a spectrum filling [0, kappa - 1]: 0.98 .. 0.999 at K = 1, falling with K (Markov's N² is
+#:    loose once the error is small), measured least 2.2e-3 (kappa 257, K = 8, bound 1.3e-11).
+#:  - "exact_grad_vs_reference": the exact gradient's error through tcr_loss at n = 255 over the
+#:    float32 reference's (reference.tcr on the same input, the floor of
+#:    tests/ops/test_cpu_backend.py::test_exact_float32_contract_at_large_kappa); measured worst
+#:    float32 3.8, tf32x3 4.2 (collapsed rows on the sample side), bf16x3 33 (bf16x3 products carry
+#:    2^-16 relative, 256x float32's, into U).
+#:  - "end_to_end": (value rtol, gradient rtol) of float32 / bf16x3 products through tcr_loss on
+#:    the cpu backend, n = 61 on both sides, against the oracle and against the float64 side on
+#:    the same input; measured worst float32 9.6e-8 / 2.4e-6, bf16x3 1.0e-7 / 5.2e-5 (exact at
+#:    kappa 257).
+#: Bounds within 10x of the measured worst.
 SMALL_PRODUCTS = {
     "moments": {"float32": 1e-6, "tf32x3": 1e-6, "bf16x3": 4e-6},
     "complement": {"float32": 1e-4, "tf32x3": 1e-4, "bf16x3": 5e-4},
+    "complement_tightness": 1e-3,
+    "exact_grad_vs_reference": {"float32": 10.0, "tf32x3": 10.0, "bf16x3": 100.0},
+    "end_to_end": {"float32": (1e-6, 2e-5), "bf16x3": (1e-6, 3e-4)},
 }
 #: The products-only small side end to end (tf32x3 products; the staged op on the cpu, reference
 #: and Triton stages, tcr_loss on the cpu backend): input dtype -> (value rtol, gradient rtol)

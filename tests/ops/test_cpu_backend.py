@@ -14,6 +14,8 @@ from mmae_fast.ops.tcr import cpu, stages
 from tests import independent as ind
 from tests.gloo import spawn
 from tests.op_names import OpNames
+from tests.tcr_checks import (assert_compiles_fullgraph, assert_no_host_sync, grad_oracle,
+                              value_oracle)
 from torch.utils._python_dispatch import TorchDispatchMode
 from tests.tolerances import CPU_BACKEND, CPU_BACKEND_EXACT_GRAD_VS_REFERENCE, rel_err
 
@@ -96,25 +98,6 @@ def test_grad_makes_few_passes_over_the_rows(gen):
     assert len(big) <= 1 + 5 + 1, big  # + the z = h·rinv pass; v's subtraction with centring
 
 
-def _value_oracle(h, mu, centering, estimator, degree):
-    if estimator == "exact":
-        return ind.tcr_exact(h, mu, centering)
-    if estimator == "taylor":
-        return ind.tcr_taylor(h, mu, degree, centering)
-    # the degree-D series' own float64 value (the reference is checked against eigenvalues in
-    # tests/library/test_values_tcr.py)
-    return reference.tcr(h.double(), mu, centering=centering, estimator="series",
-                         degree=degree).item()
-
-
-def _grad_oracle(h, mu, centering, estimator, degree):
-    if estimator == "exact":
-        return torch.from_numpy(ind.tcr_exact_grad(h, mu, centering))
-    x = h.detach().double().requires_grad_(True)
-    reference.tcr(x, mu, centering=centering, estimator=estimator, degree=degree).backward()
-    return x.grad
-
-
 #: (estimator, kappa): Taylor only where its polynomial is a loss one runs (y <= 3)
 ESTIMATOR_KAPPAS = [(e, k) for e in ("exact", "series", "taylor") for k in KAPPAS
                     if e != "taylor" or k <= 4]
@@ -141,12 +124,12 @@ def test_auto_on_cpu_against_the_oracle(gen, m, d, kappa, centering, estimator, 
     assert value.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
     assert x.grad.dtype == dtype
     vtol, gtol = CPU_BACKEND[dtype]
-    expected = _value_oracle(h, mu, centering, estimator, degree)
+    expected = value_oracle(h, mu, centering, estimator, degree)
     assert abs(value.item() - expected) <= vtol * abs(expected)
     if estimator == "series":  # and the series' contract against the exact value
         exact = ind.tcr_exact(h, mu, centering)
         assert abs(value.item() - exact) <= (reference.SERIES_TOL + vtol) * abs(exact)
-    want = _grad_oracle(h, mu, centering, estimator, degree)
+    want = grad_oracle(h, mu, centering, estimator, degree)
     assert rel_err(x.grad, want.to(dtype)) <= gtol
 
 
@@ -178,28 +161,13 @@ def test_exact_float32_contract_at_large_kappa(gen, kappa, m, d, centering, coll
 @pytest.mark.parametrize("estimator", ["exact", "series", "taylor"])
 def test_no_host_sync_and_the_op_calls(gen, estimator):
     """Forward + backward read no device value on the host; one small-side op call."""
-    h = _features(gen, 40, 24, torch.float32).requires_grad_(True)
-    mf.tcr_loss(h, 0.5, centering=True, estimator=estimator).backward()  # warm the caches
-    with OpNames() as ops:
-        mf.tcr_loss(h, 0.5, centering=True, estimator=estimator).backward()
-    assert not [n for n in ops.names if "_local_scalar_dense" in n or "item" in n]
-    assert sum("mmae_fast.small_side" in n for n in ops.names) == 1
+    assert_no_host_sync(_features(gen, 40, 24, torch.float32), estimator)
 
 
 @pytest.mark.parametrize("estimator", ["exact", "series"])
 def test_auto_on_cpu_compiles_fullgraph(gen, estimator):
-    torch._dynamo.reset()
-    fn = torch.compile(lambda x: mf.tcr_loss(x, 2.0, centering=True, estimator=estimator),
-                       fullgraph=True, backend="aot_eager")
-    h = _features(gen, 41, 23, torch.float32)
-    x = h.clone().requires_grad_(True)
-    value = fn(x)
-    value.backward()
-    degree = reference.default_degree(estimator, series.kappa(2.0, 41, 23))
-    vtol, gtol = CPU_BACKEND[torch.float32]
-    assert abs(value.item() - _value_oracle(h, 2.0, True, estimator, degree)) <= vtol * abs(
-        value.item())
-    assert rel_err(x.grad, _grad_oracle(h, 2.0, True, estimator, degree)) <= gtol
+    assert_compiles_fullgraph(_features(gen, 41, 23, torch.float32), estimator,
+                              *CPU_BACKEND[torch.float32])
 
 
 def test_gradcheck_float64(gen):

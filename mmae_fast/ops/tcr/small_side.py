@@ -140,7 +140,8 @@ class Constants:
                    max_rows=m if uses_kappa and grouped else 0,
                    rows=m if centering and feature and not grouped else 0,
                    feature=bool(feature), centering=bool(centering), need_grad=bool(need_grad),
-                   inverse="doubling" if doubled and not tensor_side else "cholesky",
+                   # float64 input runs the float64 side, with its inverse, whatever products
+                   inverse="doubling" if doubled else "cholesky",
                    products=str(products))
 
 
