@@ -207,6 +207,9 @@ MUTANTS = [
     Mutant("small-kernel-gamma-everywhere", "wrong term in a kernel epilogue (gamma·11ᵀ for gamma·I)",
            "mmae_fast/ops/tcr/triton/small_kernel.py", "out = tl.where(diag, out + gamma, out)",
            "out = out + gamma", (SMALL_KERNEL,)),
+    Mutant("small-kernel-mirror-once", "dropped factor (the symmetric mode's off-diagonal "
+           "tiles counted once in <OUT, F>)", "mmae_fast/ops/tcr/triton/small_kernel.py",
+           "tile = tile * 2.0", "tile = tile * 1.0", (SMALL_KERNEL,)),
     Mutant("small-kernel-diagonal-unmasked", "mask dropped (the padded diagonal of an edge tile "
            "enters the trace)", "mmae_fast/ops/tcr/triton/small_kernel.py",
            "diag = (rows[:, None] == cols[None, :]) & msk", "diag = rows[:, None] == cols[None, :]",

@@ -165,6 +165,51 @@ def test_mm_drives_the_doubling_inverse(gen):
     assert resid.item() < 1e-4, "converged (not the bound of a diverged iteration)"
 
 
+def _commuting(gen, n):
+    """Y (n, n) symmetric and T = Y² - Y, F = Y + I (polynomials in Y: commuting, symmetric),
+    float64."""
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))
+    y = (q * (torch.rand(n, generator=gen, dtype=torch.float64) - 0.3)) @ q.mT
+    y = (y + y.mT) / 2
+    eye = torch.eye(n, dtype=torch.float64)
+    return y, y @ y - y, y + eye
+
+
+@pytest.mark.parametrize("n", NS)
+@pytest.mark.parametrize("block", [32, 64])
+def test_symmetric_mode(gen, n, block):
+    """``symmetric=True`` on commuting symmetric operands: OUT exactly symmetric and within
+    ``SMALL_KERNEL`` of float64 (its mirrored tiles included), the trace and ``<OUT, F>`` with
+    the off-diagonal tiles counted twice; ``symmetric_mm`` is that product."""
+    y, t, f = _commuting(gen, n)
+    want = 2.0 * (y @ t) - t + 0.5 * torch.eye(n, dtype=torch.float64)
+    cfg = small_kernel.SmallConfig(block, 32, 4, 3)
+    out, part = small_kernel.product(y.float().to(DEVICE), t.float().to(DEVICE), alpha=2.0,
+                                     c=t.float().to(DEVICE), beta=-1.0, gamma=0.5,
+                                     frob=f.float().to(DEVICE), trace=True, symmetric=True,
+                                     config=cfg)
+    out = out.cpu()
+    assert torch.equal(out, out.mT)
+    assert rel_err(out, want) <= SMALL_KERNEL["out"]
+    got = small_kernel.sums(part).cpu()
+    assert abs(got[0] - want.trace()).item() <= SMALL_KERNEL["trace"] * want.diagonal().abs().sum()
+    assert abs(got[1] - (want * f).sum()).item() <= SMALL_KERNEL["frob"] * (want * f).abs().sum()
+    plain = small_kernel.symmetric_mm(y.float().to(DEVICE), t.float().to(DEVICE)).cpu()
+    assert torch.equal(plain, plain.mT) and rel_err(plain, y @ t) <= SMALL_KERNEL["out"]
+
+
+def test_symmetric_mode_needs_a_symmetric_product(gen):
+    """On operands whose product is not symmetric the mode returns the mirrored upper half, not
+    the product: a wrong promise is visible (why the small side passes it only polynomials in
+    Y)."""
+    ops = _operands(gen, 37)
+    out = small_kernel.product(ops["A"].to(DEVICE), ops["B"].to(DEVICE), symmetric=True)[0].cpu()
+    want = ops["A"].double() @ ops["B"].double()
+    assert rel_err(out, want) > 100 * SMALL_KERNEL["out"]
+    upper = torch.triu(torch.ones(37, 37, dtype=torch.bool), diagonal=32)  # beyond tile 0's cols
+    assert rel_err(out[upper], want[upper]) <= SMALL_KERNEL["out"]
+
+
 def _good(n=5):
     return torch.zeros(n, n, device=DEVICE)
 

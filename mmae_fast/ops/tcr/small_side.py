@@ -401,9 +401,10 @@ def _s_polynomial(y: Tensor, kappa: float, w: _SWeights, need_grad: bool, mm):
 
 def product_function(fmt: str, device: torch.device):
     """``mm(a, b)`` of stage 2 in format ``fmt``: torch's float32 GEMM for "float32" (refused on
-    CUDA while TF32 is allowed for float32 matmuls), the Triton tf32x3 kernel on a GPU where it
-    runs, else the emulation ``rounding.product`` (exact roundings of the format on any device:
-    its operands are already rounded, so a TF32 setting does not change them)."""
+    CUDA while TF32 is allowed for float32 matmuls); for "tf32x3" on a GPU the Triton kernel's
+    symmetric mode (every product here is of two polynomials in Y); else the emulation
+    ``rounding.product`` (exact roundings of the format on any device: its operands are already
+    rounded, so a TF32 setting does not change them)."""
     if fmt == "float32":
         if device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
             raise ValueError(f"{PRODUCTS_ENV}=float32 needs IEEE float32 products, but "
@@ -416,7 +417,7 @@ def product_function(fmt: str, device: torch.device):
         except ImportError:
             small_kernel = None
         if small_kernel is not None:
-            return small_kernel.mm
+            return small_kernel.symmetric_mm
     return functools.partial(rounding.product, fmt=fmt)
 
 

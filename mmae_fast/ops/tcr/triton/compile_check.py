@@ -122,13 +122,17 @@ def cases(quick: bool):
 
 #: The small side's product: n (both tile sizes of ``small_kernel.choose``) x the epilogues
 #: of its algorithms ("matrix": an (n, n) operand): plain, the Chebyshev recurrence
-#: ``2·M·T - T'``, the Newton–Schulz step ``2I - A·X``, C with both reductions, the trace alone.
+#: ``2·M·T - T'``, the Newton–Schulz step ``2I - A·X``, C with both reductions, the trace alone,
+#: and the symmetric mode (``symmetric_mm``, the small side's product) plain and with both.
 SMALL_EPILOGUES = (
     {},
     {"alpha": 2.0, "c": "matrix", "beta": -1.0},
     {"alpha": -1.0, "gamma": 2.0},
     {"alpha": 2.0, "c": "matrix", "beta": -1.0, "gamma": 0.5, "frob": "matrix", "trace": True},
     {"trace": True},
+    {"symmetric": True},
+    {"alpha": 2.0, "c": "matrix", "beta": -1.0, "frob": "matrix", "trace": True,
+     "symmetric": True},
 )
 
 

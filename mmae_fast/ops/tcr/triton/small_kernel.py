@@ -6,7 +6,9 @@ epilogue and the traces they need::
     partials[0, p] = Σ_(i in tile p) OUT[i, i]              (trace(OUT) = Σ_p partials[0, p])
     partials[1, p] = Σ_(i, j in tile p) OUT[i, j]·F[i, j]   (<OUT, F>  = Σ_p partials[1, p])
 
-The products-only small side (``small_side.product_function``) calls it as ``mm(a, b)``. The
+The products-only small side (``small_side.product_function``) calls it as
+``symmetric_mm(a, b)``: every matrix there is a polynomial in Y, so only the tiles on and above
+the diagonal compute (``symmetric=True``), about half the work. The
 epilogue and the reductions fold element-wise work into the same launch: the Newton–Schulz step
 ``2I - A·X`` is ``product(A, X, alpha=-1, gamma=2)``, a Y-operand Chebyshev step
 ``2·beta·Y·T_(k-1) - C`` (``C = 2 T_(k-1) + T_(k-2)``) is ``product(Y, T_(k-1),
@@ -71,13 +73,19 @@ def choose(n: int) -> SmallConfig:
 @triton.jit
 def _product_kernel(a_ptr, b_ptr, c_ptr, f_ptr, out_ptr, part_ptr, n, alpha, beta, gamma,
                     HAS_C: tl.constexpr, HAS_GAMMA: tl.constexpr, TRACE: tl.constexpr,
-                    FROB: tl.constexpr, PREC: tl.constexpr, BLOCK: tl.constexpr,
-                    BLOCK_K: tl.constexpr):
+                    FROB: tl.constexpr, SYM: tl.constexpr, PREC: tl.constexpr,
+                    BLOCK: tl.constexpr, BLOCK_K: tl.constexpr):
     """Tile (pid_m, pid_n) of ``OUT = alpha·A@B + beta·C + gamma·I`` (row-major, row stride n),
     and its slot p = pid_m·nt + pid_n of ``part[2, nt²]``: its diagonal's sum (TRACE) and
-    Σ OUT·F over the tile (FROB); slots not asked for are not written."""
+    Σ OUT·F over the tile (FROB); slots not asked for are not written. SYM: OUT is symmetric
+    (A, B commuting symmetric, C and F symmetric): only tiles with pid_m <= pid_n compute, an
+    off-diagonal one also stores its transpose and counts twice in FROB, a diagonal one is
+    replaced by its symmetric part."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
+    if SYM:
+        if pid_m > pid_n:
+            return
     rows = pid_m * BLOCK + tl.arange(0, BLOCK)
     cols = pid_n * BLOCK + tl.arange(0, BLOCK)
     rmask = rows < n
@@ -99,14 +107,24 @@ def _product_kernel(a_ptr, b_ptr, c_ptr, f_ptr, out_ptr, part_ptr, n, alpha, bet
     diag = (rows[:, None] == cols[None, :]) & msk
     if HAS_GAMMA:
         out = tl.where(diag, out + gamma, out)
+    if SYM:
+        if pid_m == pid_n:  # a diagonal tile is its own mirror: made exactly symmetric
+            out = (out + tl.trans(out)) * 0.5
     tl.store(out_ptr + offs, out, mask=msk)
+    if SYM:
+        if pid_m < pid_n:  # the mirror tile
+            tl.store(out_ptr + cols.to(tl.int64)[:, None] * n + rows[None, :], tl.trans(out),
+                     mask=cmask[:, None] & rmask[None, :])
     slot = pid_m * tl.num_programs(1) + pid_n
     if TRACE:
         tl.store(part_ptr + slot, tl.sum(tl.sum(tl.where(diag, out, 0.0), axis=1), axis=0))
     if FROB:
         f = tl.load(f_ptr + offs, mask=msk, other=0.0)
-        tl.store(part_ptr + tl.num_programs(0) * tl.num_programs(1) + slot,
-                 tl.sum(tl.sum(tl.where(msk, out * f, 0.0), axis=1), axis=0))
+        tile = tl.sum(tl.sum(tl.where(msk, out * f, 0.0), axis=1), axis=0)
+        if SYM:
+            if pid_m < pid_n:
+                tile = tile * 2.0
+        tl.store(part_ptr + tl.num_programs(0) * tl.num_programs(1) + slot, tile)
 
 
 def _check(name: str, x, like: torch.Tensor | None) -> None:
@@ -131,15 +149,19 @@ def _check(name: str, x, like: torch.Tensor | None) -> None:
 
 def product(a: torch.Tensor, b: torch.Tensor, *, alpha: float = 1.0, c: torch.Tensor | None = None,
             beta: float = 0.0, gamma: float = 0.0, frob: torch.Tensor | None = None,
-            trace: bool = False, config: SmallConfig | None = None):
+            trace: bool = False, symmetric: bool = False, config: SmallConfig | None = None):
     """``(OUT, partials)``: ``OUT = alpha·(a @ b) + beta·c + gamma·I`` (n, n) float32 with tf32x3
     products, and ``partials`` (2, programs) float32 — row 0 the per-tile sums of trace(OUT)
     (when ``trace``), row 1 those of ``<OUT, frob>`` (when ``frob`` is given), zero otherwise —
     or None when neither is asked for; ``sums(partials)`` adds them in float64.
 
     a, b, c, frob: contiguous float32 (n, n) on one device (frob may be a, b or c). ``c`` is read
-    only when ``beta != 0`` (``beta != 0`` needs a ``c``). config: block sizes (``choose(n)``
-    by default)."""
+    only when ``beta != 0`` (``beta != 0`` needs a ``c``). ``symmetric``: the caller promises a
+    symmetric OUT (a, b commuting symmetric matrices — polynomials in one Y —, c and frob
+    symmetric): the tiles on and above the diagonal compute and store their mirror, about half
+    the products' work; OUT is then exactly symmetric (a diagonal tile is averaged with its
+    transpose). config: block sizes (``choose(n)`` by
+    default)."""
     _check("a", a, None)
     _check("b", b, a)
     for name, value in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
@@ -163,7 +185,7 @@ def product(a: torch.Tensor, b: torch.Tensor, *, alpha: float = 1.0, c: torch.Te
         a, b, c if has_c else a, frob if frob is not None else a, out, part, n,
         float(alpha), float(beta), float(gamma),
         HAS_C=has_c, HAS_GAMMA=gamma != 0.0, TRACE=bool(trace), FROB=frob is not None,
-        PREC=cfg.precision, BLOCK=cfg.block, BLOCK_K=cfg.block_k,
+        SYM=bool(symmetric), PREC=cfg.precision, BLOCK=cfg.block, BLOCK_K=cfg.block_k,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out, (part if reduce else None)
 
@@ -174,6 +196,12 @@ def sums(partials: torch.Tensor) -> torch.Tensor:
 
 
 def mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b`` (float32 (n, n), tf32x3): the product callable of ``doubling.inverse`` /
-    ``doubling.complement``."""
+    """``a @ b`` (float32 (n, n), tf32x3) for ``doubling.inverse``."""
     return product(a, b)[0]
+
+
+def symmetric_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` of two commuting symmetric matrices (float32 (n, n), tf32x3; the upper tiles
+    and their mirror): the products-only small side's product (``small_side.product_function``;
+    every matrix there is a polynomial in Y)."""
+    return product(a, b, symmetric=True)[0]
