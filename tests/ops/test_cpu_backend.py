@@ -133,14 +133,15 @@ def test_auto_on_cpu_against_the_oracle(gen, m, d, kappa, centering, estimator, 
     assert rel_err(x.grad, want.to(dtype)) <= gtol
 
 
-@pytest.mark.parametrize("kappa", [65.0, 257.0])
+@pytest.mark.parametrize("kappa", [16.0, 65.0, 257.0])  # 16: the float32 inverse's edge
 @pytest.mark.parametrize("m,d,centering", [(1023, 255, False), (1023, 255, True),
                                            (255, 1023, True)])
 @pytest.mark.parametrize("collapsed", [False, True])
 def test_exact_float32_contract_at_large_kappa(gen, kappa, m, d, centering, collapsed):
     """Exact on float32 input at a realistic odd n: R within 1e-5 relative; the gradient within
     CPU_BACKEND_EXACT_GRAD_VS_REFERENCE x the error of the float32 reference (reference.tcr on
-    the same input: a float32 Gram, the float64 small side) against the float64 oracle."""
+    the same input: a float32 Gram, the float64 small side) against the float64 oracle; at
+    kappa 16 the gradient takes the float32 inverse (``cpu.FLOAT32_INVERSE_KAPPA``)."""
     mu = (kappa - 1.0) * d / m
     h = _features(gen, m, d)
     if collapsed:
@@ -156,6 +157,25 @@ def test_exact_float32_contract_at_large_kappa(gen, kappa, m, d, centering, coll
     reference.tcr(y, mu, centering=centering).backward()
     floor = max(rel_err(y.grad, want), rel_err(want.float(), want))
     assert rel_err(x.grad, want) <= CPU_BACKEND_EXACT_GRAD_VS_REFERENCE * floor
+
+
+@pytest.mark.parametrize("kappa,n,dtype,want", [
+    (16.0, 255, torch.float32, torch.float32),  # the float32 inverse
+    (17.0, 255, torch.float32, torch.float64),  # kappa above cpu.FLOAT32_INVERSE_KAPPA
+    (16.0, 191, torch.float32, torch.float64),  # n below cpu.FLOAT32_INVERSE_MIN_N
+    (16.0, 255, torch.float64, torch.float64),  # float64 input
+])
+def test_exact_inverse_precision_choice(gen, monkeypatch, kappa, n, dtype, want):
+    """The exact gradient's inverse runs in float32 only where its error stays within the
+    contract (``cpu.exact_derivative``): what the kappa-16 case of the contract test above runs."""
+    seen, inverse = [], torch.cholesky_inverse
+    monkeypatch.setattr(torch, "cholesky_inverse", lambda a, *r, **k: seen.append(a.dtype) or
+                        inverse(a, *r, **k))
+    m = 4 * n
+    mu = (kappa - 1.0) * n / m
+    x = _features(gen, m, n, dtype).requires_grad_(True)
+    mf.tcr_loss(x, mu).backward()
+    assert seen == [want]
 
 
 @pytest.mark.parametrize("estimator", ["exact", "series", "taylor"])
