@@ -62,14 +62,19 @@ def residual_bound(kappa: float, steps: int) -> float:
     return 2.0 * math.exp(n * log_r) / (1.0 + math.exp(2.0 * n * log_r))
 
 
-def steps_for(kappa: float, target: float) -> int:
-    """Smallest K >= 1 with ``residual_bound(kappa, K) <= target``."""
+def _smallest_steps(bound: Callable[[float, int], float], kappa: float, target: float) -> int:
+    """Smallest K >= 1 with ``bound(kappa, K) <= target``."""
     if not target > 0.0:
         raise ValueError(f"target must be > 0, got {target}")
     for k in range(1, MAX_STEPS + 1):
-        if residual_bound(kappa, k) <= target:
+        if bound(kappa, k) <= target:
             return k
     raise ValueError(f"target {target:g} needs more than {MAX_STEPS} doublings at kappa {kappa:g}")
+
+
+def steps_for(kappa: float, target: float) -> int:
+    """Smallest K >= 1 with ``residual_bound(kappa, K) <= target``."""
+    return _smallest_steps(residual_bound, kappa, target)
 
 
 def weights(kappa: float, steps: int) -> tuple[float, ...]:
@@ -119,12 +124,7 @@ def complement_bound(kappa: float, steps: int) -> float:
 
 def complement_steps_for(kappa: float, target: float) -> int:
     """Smallest K >= 1 with ``complement_bound(kappa, K) <= target``."""
-    if not target > 0.0:
-        raise ValueError(f"target must be > 0, got {target}")
-    for k in range(1, MAX_STEPS + 1):
-        if complement_bound(kappa, k) <= target:
-            return k
-    raise ValueError(f"target {target:g} needs more than {MAX_STEPS} doublings at kappa {kappa:g}")
+    return _smallest_steps(complement_bound, kappa, target)
 
 
 def complement(y: Tensor, kappa: float, steps: int,

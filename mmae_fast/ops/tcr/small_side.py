@@ -84,22 +84,24 @@ PRODUCTS = ("float64", "float32", "tf32x3", "bf16x3")
 COMPLEMENT_TARGET = 1e-7
 
 
-def products_choice() -> str:
-    """The stage-2 product format named by ``MMAE_FAST_SMALL_PRODUCTS`` (default "float64")."""
-    value = os.environ.get(PRODUCTS_ENV, "").strip() or "float64"
-    if value not in PRODUCTS:
-        raise ValueError(f"environment variable {PRODUCTS_ENV}={value!r}: use one of {PRODUCTS} "
+def _env_choice(name: str, choices: tuple[str, ...]) -> str:
+    """The value of environment variable ``name`` (unset or empty: ``choices[0]``); a ValueError
+    naming the variable and the choices otherwise."""
+    value = os.environ.get(name, "").strip() or choices[0]
+    if value not in choices:
+        raise ValueError(f"environment variable {name}={value!r}: use one of {choices} "
                          f"or unset it")
     return value
+
+
+def products_choice() -> str:
+    """The stage-2 product format named by ``MMAE_FAST_SMALL_PRODUCTS`` (default "float64")."""
+    return _env_choice(PRODUCTS_ENV, PRODUCTS)
 
 
 def inverse_choice() -> str:
     """The exact estimator's inverse named by ``MMAE_FAST_EXACT_INVERSE`` (default "cholesky")."""
-    value = os.environ.get(INVERSE_ENV, "").strip() or "cholesky"
-    if value not in INVERSES:
-        raise ValueError(f"environment variable {INVERSE_ENV}={value!r}: use one of {INVERSES} "
-                         f"or unset it")
-    return value
+    return _env_choice(INVERSE_ENV, INVERSES)
 
 
 @dataclasses.dataclass(frozen=True)
