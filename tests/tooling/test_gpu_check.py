@@ -71,9 +71,10 @@ def test_smoke_passes_and_writes_the_summary(smoke):
 def test_smoke_entropy_rows_match_numpy(smoke):
     """The smoke's sweep: the shapes and mu asked for, eager only; values against numpy."""
     _, folder, _ = smoke
-    (path,) = folder.glob("entropy-smoke-*.json")
+    (path,) = folder.glob("entropy-smoke-2*.json")  # (the products-only run: test below)
     payload = json.loads(path.read_text())
     assert payload["config"]["timing"] == ["eager"] and payload["complete"] is True
+    assert payload["meta"]["small_products"] == "float64"
     rows = payload["results"]
     want = {(m, d, mu) for m, d, mu in map(entropy.parse_shape, gpu_check.SMOKE_SHAPES)}
     assert {(r["m"], r["d"], r["mu"]) for r in rows} == want
@@ -89,6 +90,24 @@ def test_smoke_entropy_rows_match_numpy(smoke):
         # official: normalise and Gram in bf16 on the CPU; the others compute in float32
         assert r["value"] == pytest.approx(exact, rel=5e-3 if r["provider"] == "official" else
                                            2e-3 if r["estimator"] == "series" else 1e-4)
+
+
+def test_smoke_products_only_small_side(smoke):
+    """The smoke's second sweep: the reference stages with float32 products on the small side
+    (``--small-products float32``, recorded), values against numpy within the exact contract."""
+    _, folder, _ = smoke
+    (path,) = folder.glob("entropy-smoke-float32-*.json")
+    payload = json.loads(path.read_text())
+    assert payload["meta"]["small_products"] == "float32"
+    assert payload["config"]["small_products"] == "float32" and payload["complete"] is True
+    rows = payload["results"]
+    assert {r["provider"] for r in rows} == {"reference"} and len(rows) == 4
+    for r in rows:
+        assert r["status"] == "ok"
+        gen = torch.Generator().manual_seed(0)
+        h = entropy.features(r["m"], r["d"], "anisotropic", gen).to(torch.bfloat16).double()
+        exact = ind.tcr_exact(h.numpy(), r["mu"])
+        assert r["value"] == pytest.approx(exact, rel=2e-3 if r["estimator"] == "series" else 1e-4)
 
 
 def test_smoke_kernel_table(smoke):
@@ -454,8 +473,8 @@ def test_entropy_stage_gpu_runs(fake_gpu):
     ctx, calls = fake_gpu
     res = gpu_check.stage_entropy(ctx, 100)
     assert res["status"] == "ok", res
-    eager, compiled = calls()
-    for argv in (eager, compiled):
+    eager, products, compiled = calls()
+    for argv in (eager, products, compiled):
         assert argv[0].endswith("bench/entropy.py")
         assert argv[argv.index("--shapes") + 1:][:4] == list(gpu_check.FOCUSED)
         assert argv[argv.index("--timing") + 1] == "eager,graph"
@@ -464,6 +483,9 @@ def test_entropy_stage_gpu_runs(fake_gpu):
         rest = argv[argv.index("--providers") + 1:]
         return [a for a in rest[:next(i for i, a in enumerate(rest) if a.startswith("--"))]]
     assert providers(eager) == ["official", "cholesky", "triton", "cuda"]
+    assert providers(products) == ["triton", "cuda"]
+    assert products[products.index("--small-products") + 1] == "tf32x3"
+    assert "--small-products" not in eager and "--small-products" not in compiled
     assert providers(compiled) == ["official-compile", "cholesky-compile"]
 
 
@@ -496,8 +518,8 @@ def test_whole_gpu_run_with_a_stand_in_python(fake_gpu, tmp_path, capsys):
     assert rc == 1 and payload["passed"] is False and payload["complete"] is True
     assert payload["meta"]["device_name"] == "Fake GPU"
     scripts = [Path(c[0]).name for c in calls() if c[0].endswith(".py")]
-    assert scripts == ["entropy.py", "entropy.py", "kernel_table.py", "train.py", "train.py",
-                       "train.py", "plot.py"]
+    assert scripts == ["entropy.py", "entropy.py", "entropy.py", "kernel_table.py", "train.py",
+                       "train.py", "train.py", "plot.py"]
     assert printed.rstrip().splitlines()[-1].startswith("| report | ok |")
     exported = sorted(p.name for p in (export / "results" / "cuda-fake").iterdir())
     assert summary.name in exported and "gpu-tests-" + summary.stem[10:] + ".log" in exported
