@@ -49,9 +49,9 @@ def symmetric_product(left: Tensor, right: Tensor, alpha: float = 1.0) -> Tensor
 
         P_11 = L_1 R_1,  P_21 = L_2 R_1,  P_22 = L_2 R_2,  P_12 = P_21ᵀ
 
-    (3/4 of the multiply-adds; about 12% less time at n = 1024 on two threads). ``P_12`` is
-    the transposed ``P_21`` — for a Gram exactly what the full product gives (MKL sums each
-    element in the same order), else a rounding of the same symmetric matrix."""
+    (3/4 of the multiply-adds). ``P_12`` is the transposed ``P_21``, so the result is exactly
+    symmetric, within float32 rounding of the full product
+    (tests/ops/test_cpu_backend.py::test_symmetric_product_from_three_blocks)."""
     n = left.shape[0]
     if n < BLOCKED_MIN:
         return torch.mm(left, right) if alpha == 1.0 else torch.mm(left, right).mul_(alpha)
@@ -95,11 +95,9 @@ def grad(coef: Tensor, h: Tensor, rinv: Tensor, q: Tensor, v: Tensor, feature: b
 
 
 #: The spectrum bound ``kappa = 1 + mu·m/d`` up to which the exact gradient of float32 (and half)
-#: input takes float32 products (``exact_derivative``): its error grows as ``u32·kappa``; at
-#: kappa 16 the gradient error stays within 4.0x the float32 reference's own error, as with the
-#: float64 inverse (the shapes of tests/ops/test_cpu_backend.py::
-#: test_exact_float32_contract_at_large_kappa; 1.8x but for 255×1023), at 32 within 3.9x, at
-#: 65 it reaches 16x (bound 10x).
+#: input takes float32 products (``exact_derivative``): its error grows as ``u32·kappa``; up to
+#: here it keeps the gradient contract as the float64 inverse does, at kappa 65 it does not (the
+#: measurements: tests/tolerances.py, CPU_BACKEND_EXACT_GRAD_VS_REFERENCE).
 FLOAT32_INVERSE_KAPPA = 16.0
 #: The size from which the float32 inverse is the faster one (two threads: at n = 128 the float64
 #: potri costs what the float32 potri and product cost; from 256 on the float32 pair is faster)
