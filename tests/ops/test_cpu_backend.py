@@ -234,17 +234,20 @@ def test_two_gloo_ranks_through_the_cpu_stages():
 
 def test_symmetric_product_from_three_blocks(gen):
     """``cpu.symmetric_product`` from n = BLOCKED_MIN on (odd n = 515, three of four blocks):
-    a Gram equal to the full float32 product to float32 rounding and exactly symmetric, a product
-    of commuting symmetric matrices likewise, alpha applied; below BLOCKED_MIN one product."""
+    a Gram and a product of commuting symmetric matrices within float32 rounding of the full
+    product, the upper off-diagonal block the mirror of the lower (by construction, on every
+    BLAS), alpha applied; below BLOCKED_MIN one product."""
     n = cpu.BLOCKED_MIN + 3
     a = torch.randn(n, 301, generator=gen)
     g = cpu.symmetric_product(a, a.mT)
-    want = a.double() @ a.double().mT
-    assert torch.equal(g, g.mT) and rel_err(g, want) <= CPU_BACKEND[torch.float32][0]
+    half = n // 2
+    assert torch.equal(g[:half, half:], g[half:, :half].mT)  # the mirrored block
+    assert rel_err(g, a.double() @ a.double().mT) <= CPU_BACKEND[torch.float32][0]
     q, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))
     x = (q * torch.rand(n, generator=gen, dtype=torch.float64)) @ q.mT
     y = (q * torch.rand(n, generator=gen, dtype=torch.float64)) @ q.mT
     p = cpu.symmetric_product(x.float(), y.float(), 0.5)
-    assert torch.equal(p, p.mT) and rel_err(p, 0.5 * x @ y) <= CPU_BACKEND[torch.float32][0]
+    assert torch.equal(p[:half, half:], p[half:, :half].mT)  # the mirrored block
+    assert rel_err(p, 0.5 * x @ y) <= CPU_BACKEND[torch.float32][0]
     small = torch.randn(cpu.BLOCKED_MIN - 1, 7, generator=gen)
     assert torch.equal(cpu.symmetric_product(small, small.mT), small @ small.mT)

@@ -49,8 +49,8 @@ def symmetric_product(left: Tensor, right: Tensor, alpha: float = 1.0) -> Tensor
 
         P_11 = L_1 R_1,  P_21 = L_2 R_1,  P_22 = L_2 R_2,  P_12 = P_21ᵀ
 
-    (3/4 of the multiply-adds). ``P_12`` is the transposed ``P_21``, so the result is exactly
-    symmetric, within float32 rounding of the full product
+    (3/4 of the multiply-adds). ``P_12`` is the transposed ``P_21``; the result is within
+    float32 rounding of the full product
     (tests/ops/test_cpu_backend.py::test_symmetric_product_from_three_blocks)."""
     n = left.shape[0]
     if n < BLOCKED_MIN:
