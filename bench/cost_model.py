@@ -186,8 +186,9 @@ def products_side_work(kappa: float, estimator: str, degree: int,
     launches over O(n) or O(1) numbers (diagonals, the host-weight dots, the scalars)}.
 
     Products: ``small_side.product_count`` (the package's plans). Passes as the code writes
-    them: ``y = c·G``; exact: ``T_0``, ``T_1``, the stacked baby basis and its moments
-    ``<Y, T_k>``, one moment reduction per giant, the complement's ``U_1``;
+    them: ``y = c·G``; exact: ``T_0``, ``T_1``, the stacked baby basis, its float64 copy and its
+    moments ``<Y, T_k>``, per giant its float64 copy and one moment GEMV, the complement's
+    ``U_1``;
     series / Taylor: the first basis matrices, the stack, the Frobenius products of the
     high traces, the two derivative combinations; with the gradient the float64 cast, the
     radial shift's max, the division and the cast back (``small_side.small_side``)."""
@@ -200,8 +201,10 @@ def products_side_work(kappa: float, estimator: str, degree: int,
         p = moments.plan(moments.exact_degree(kappa))
         passes += [Pass("T_0 = I, T_1 = beta·Y - I", 2, 2),
                    Pass("stack T_0..T_s", 1, 2 * (p.s + 1)),
-                   Pass("<Y, T_0..T_s>", 1, p.s + 2),
-                   Pass("<H_j, T_1..T_s> per giant", p.giants, p.s + 1)]
+                   Pass("the stack in float64", 1, 3 * (p.s + 1)),  # 4-byte reads, 8-byte writes
+                   Pass("Y in float64, <Y, T_0..T_s>", 2, p.s + 4, 8),
+                   Pass("H_j in float64 per giant", p.giants, 3),
+                   Pass("<H_j, T_1..T_s> per giant", p.giants, p.s + 1, 8)]
         small += 1 + p.giants  # the weights' dot, tr H_j
         if need_grad:
             passes.append(Pass("U_1 = w_0·alpha²·Y", 1, 2))

@@ -80,9 +80,9 @@ def exact_degree(kappa: float) -> int:
     return series.series_degree(float(kappa), EXACT_TRUNCATION)
 
 
-def _frobenius(a: Tensor, b: Tensor) -> Tensor:
-    """``<a, b_i>`` for every matrix b_i of b (K, n, n), accumulated in float64: (K,)."""
-    return (b.double() * a.double()).sum(dim=(1, 2))
+def _frobenius(a64: Tensor, b64: Tensor) -> Tensor:
+    """``<a, b_i>`` for every matrix b_i of b (K, n, n), both float64 already: one GEMV (K,)."""
+    return b64.reshape(b64.shape[0], -1) @ a64.reshape(-1)
 
 
 @functools.lru_cache(maxsize=512)
@@ -127,14 +127,15 @@ def raw(y: Tensor, kappa: float, degree: int,
     for k in range(2, s + 1):  # T_k = 2·beta·Y T_(k-1) - 2 T_(k-1) - T_(k-2)
         basis.append(mm(y, basis[k - 1]).mul_(2.0 * beta).sub_(basis[k - 1], alpha=2.0)
                      .sub_(basis[k - 2]))
-    stack = torch.stack(basis)
-    parts = [_frobenius(y, stack)]
+    stack64 = torch.stack(basis).double()  # once: every giant's moments read it
+    parts = [_frobenius(y.double(), stack64)]
     previous, giant = y, None
     for j in range(1, p.giants + 1):  # H_j = Y T_(js)
         nxt = mm(y, basis[s]) if j == 1 else mm(basis[s], giant).mul_(2.0).sub_(previous)
         previous, giant = (y if j == 1 else giant), nxt
-        parts.append(giant.diagonal().double().sum().reshape(1))
-        parts.append(_frobenius(giant, stack[1:]))
+        giant64 = giant.double()
+        parts.append(giant64.diagonal().sum().reshape(1))
+        parts.append(_frobenius(giant64, stack64[1:]))
     return torch.cat(parts)
 
 
