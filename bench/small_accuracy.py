@@ -9,7 +9,9 @@ Per (kappa, n, input kind, format), against numpy-free float64 eigenvalues of th
   in the format (what the Y weighting avoids), relative error;
 * ``cholesky``: ``2 Σ log diag chol(I + Y)`` in float32 (the factorisation it replaces);
 * ``complement``: the gradient's ``2c·U`` from ``doubling.complement`` after the radial shift,
-  relative Frobenius error; ``float32_inverse``: the same matrix from a float32 inverse.
+  relative Frobenius error; ``float32_inverse``: the same matrix from a float32 inverse
+  (``I - inv32(I + Y)``); ``float32_complement``: from the cpu backend's float32 form
+  (``mmae_fast/ops/tcr/cpu.py``, ``float32_complement`` of the float64 factor).
 
 Inputs: anisotropic rows (scales 0.1 … 3), ``collapsed`` (one direction plus 1e-2 noise),
 ``centred`` (rows minus their mean), rounded to float32 before the float64 Gram.
@@ -33,13 +35,14 @@ import torch
 from bench import common
 from mmae_fast import series
 from mmae_fast.mae import errors
-from mmae_fast.ops.tcr import doubling, moments, rounding, small_side
+from mmae_fast.ops.tcr import cpu, doubling, moments, rounding, small_side
 
 SCHEMA = "mmae_fast.bench.small_accuracy"
 KINDS = ("anisotropic", "collapsed", "centred")
 FORMATS = ("float32", "tf32x3", "bf16x3")
 CSV_FIELDS = ("kappa", "n", "m", "kind", "format", "degree", "products", "steps", "logdet",
-              "moments", "plain_traces", "cholesky", "complement", "float32_inverse")
+              "moments", "plain_traces", "cholesky", "complement", "float32_inverse",
+              "float32_complement")
 F64 = torch.float64
 
 
@@ -92,13 +95,15 @@ def row(kappa: float, n: int, kind: str, fmt: str, gen: torch.Generator) -> dict
     w32 = -inv32
     w32.diagonal().add_(1.0)
     chol = torch.linalg.cholesky(a.float())
+    w_form = cpu.float32_complement(torch.linalg.cholesky(a)).double()
     return {"kappa": kappa, "n": n, "m": 2 * n, "kind": kind, "format": fmt, "degree": degree,
             "products": moments.plan(degree).products, "steps": steps, "logdet": want,
             "moments": rel(moments.logdet(y.float(), kappa, degree, mm)),
             "plain_traces": rel(plain_traces(y, kappa, degree, fmt)),
             "cholesky": rel(2.0 * chol.diagonal().double().log().sum()),
             "complement": float((shifted(u) - w_ref).norm() / w_ref.norm()),
-            "float32_inverse": float((shifted(w32) - w_ref).norm() / w_ref.norm())}
+            "float32_inverse": float((shifted(w32) - w_ref).norm() / w_ref.norm()),
+            "float32_complement": float((shifted(w_form) - w_ref).norm() / w_ref.norm())}
 
 
 def parse_args(argv=None):

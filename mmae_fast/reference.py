@@ -53,10 +53,10 @@ def row_norms(x: torch.Tensor) -> torch.Tensor:
     """
     lim = math.frexp(torch.finfo(x.dtype).max)[1] - 3  # 125 in float32, 1021 in float64
     _, k = torch.frexp(x.detach().abs().amax(dim=1))
-    k = k.clamp(-lim, lim)
-    one = torch.ones_like(x[:, 0]).detach()
-    # 2^-k and 2^k as float factors (autograd through ldexp itself rounds 2^-k to an integer)
-    return torch.linalg.vector_norm(x * torch.ldexp(one, -k)[:, None], dim=1) * torch.ldexp(one, k)
+    # 2^-k as a float factor of no gradient (autograd through ldexp itself rounds 2^-k to an
+    # integer); dividing by it multiplies by 2^k exactly
+    scale = torch.ldexp(x.new_ones(x.shape[0]), k.clamp_(-lim, lim).neg_())
+    return torch.linalg.vector_norm(x * scale[:, None], dim=1) / scale
 
 
 def l2_normalize(h: torch.Tensor, eps: float = EPS) -> torch.Tensor:

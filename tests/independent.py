@@ -136,6 +136,15 @@ def tcr_exact_grad(h, mu: float, centering: bool = False) -> np.ndarray:
     return (g - z * (g * z).sum(1, keepdims=True)) / row_norms(h)
 
 
+def inverse_complement(y) -> np.ndarray:
+    """``W = I - (I + Y)⁻¹ = V diag(λ/(1 + λ)) Vᵀ`` (n, n) of a symmetric PSD Y, from its
+    eigendecomposition (no subtraction from the identity)."""
+    y = np.asarray(y.detach().double().cpu().numpy() if hasattr(y, "detach") else y, np.float64)
+    lam, v = np.linalg.eigh((y + y.T) / 2)
+    lam = np.clip(lam, 0.0, None)
+    return (v * (lam / (1.0 + lam))) @ v.T
+
+
 def chebyshev_log1p(kappa: float, degree: int) -> np.ndarray:
     """(p_0..p_D) in the Chebyshev basis of t = 2y/(kappa-1) - 1 of the series' polynomial
     ``P(y) = y·q(y)``, q the degree D-1 truncation of log1p(y)/y's Chebyshev series on

@@ -17,7 +17,8 @@ from tests.op_names import OpNames
 from tests.tcr_checks import (assert_compiles_fullgraph, assert_no_host_sync, grad_oracle,
                               value_oracle)
 from torch.utils._python_dispatch import TorchDispatchMode
-from tests.tolerances import CPU_BACKEND, CPU_BACKEND_EXACT_GRAD_VS_REFERENCE, rel_err
+from tests.tolerances import (CPU_BACKEND, CPU_BACKEND_EXACT_GRAD_VS_REFERENCE,
+                               CPU_FLOAT32_COMPLEMENT, rel_err)
 
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
 KAPPAS = [2.0, 4.0, 65.0, 257.0]
@@ -133,15 +134,15 @@ def test_auto_on_cpu_against_the_oracle(gen, m, d, kappa, centering, estimator, 
     assert rel_err(x.grad, want.to(dtype)) <= gtol
 
 
-@pytest.mark.parametrize("kappa", [16.0, 65.0, 257.0])  # 16: the float32 inverse's edge
+@pytest.mark.parametrize("kappa", [16.0, 65.0, 257.0])  # 257: the float32 form's edge
 @pytest.mark.parametrize("m,d,centering", [(1023, 255, False), (1023, 255, True),
                                            (255, 1023, True)])
 @pytest.mark.parametrize("collapsed", [False, True])
 def test_exact_float32_contract_at_large_kappa(gen, kappa, m, d, centering, collapsed):
     """Exact on float32 input at a realistic odd n: R within 1e-5 relative; the gradient within
     CPU_BACKEND_EXACT_GRAD_VS_REFERENCE x the error of the float32 reference (reference.tcr on
-    the same input: a float32 Gram, the float64 small side) against the float64 oracle; at
-    kappa 16 the gradient takes the float32 inverse (``cpu.FLOAT32_INVERSE_KAPPA``)."""
+    the same input: a float32 Gram, the float64 small side) against the float64 oracle; up to
+    kappa 257 the gradient takes the float32 form (``cpu.FLOAT32_INVERSE_KAPPA``)."""
     mu = (kappa - 1.0) * d / m
     h = _features(gen, m, d)
     if collapsed:
@@ -160,22 +161,26 @@ def test_exact_float32_contract_at_large_kappa(gen, kappa, m, d, centering, coll
 
 
 @pytest.mark.parametrize("kappa,n,dtype,want", [
-    (16.0, 255, torch.float32, torch.float32),  # the float32 inverse
-    (17.0, 255, torch.float32, torch.float64),  # kappa above cpu.FLOAT32_INVERSE_KAPPA
-    (16.0, 191, torch.float32, torch.float64),  # n below cpu.FLOAT32_INVERSE_MIN_N
-    (16.0, 255, torch.float64, torch.float64),  # float64 input
+    (257.0, 255, torch.float32, "float32"),  # the float32 form up to cpu.FLOAT32_INVERSE_KAPPA
+    (258.0, 255, torch.float32, "float64"),  # kappa above it
+    (16.0, 191, torch.float32, "float64"),  # n below cpu.FLOAT32_INVERSE_MIN_N
+    (16.0, 255, torch.float64, "float64"),  # float64 input
 ])
 def test_exact_inverse_precision_choice(gen, monkeypatch, kappa, n, dtype, want):
-    """The exact gradient's inverse runs in float32 only where its error stays within the
-    contract (``cpu.exact_derivative``): what the kappa-16 case of the contract test above runs."""
-    seen, inverse = [], torch.cholesky_inverse
-    monkeypatch.setattr(torch, "cholesky_inverse", lambda a, *r, **k: seen.append(a.dtype) or
-                        inverse(a, *r, **k))
+    """The exact gradient's inverse is the float32 form (a float32 triangular solve, no
+    potri) only where the tests measure its error within the contract
+    (``cpu.exact_derivative``); else LAPACK's float64 potri."""
+    seen, inverse, solve = [], torch.cholesky_inverse, torch.linalg.solve_triangular
+    monkeypatch.setattr(torch, "cholesky_inverse", lambda a, *r, **k: seen.append(
+        ("potri", a.dtype)) or inverse(a, *r, **k))
+    monkeypatch.setattr(torch.linalg, "solve_triangular", lambda a, *r, **k: seen.append(
+        ("solve", a.dtype)) or solve(a, *r, **k))
     m = 4 * n
     mu = (kappa - 1.0) * n / m
     x = _features(gen, m, n, dtype).requires_grad_(True)
     mf.tcr_loss(x, mu).backward()
-    assert seen == [want]
+    assert seen == ([("solve", torch.float32)] if want == "float32"
+                    else [("potri", torch.float64)]), seen
 
 
 @pytest.mark.parametrize("estimator", ["exact", "series", "taylor"])
@@ -230,6 +235,41 @@ def test_two_gloo_ranks_through_the_cpu_stages():
             assert abs(value.item() - expected) <= vtol * abs(expected)
             local = 2.0 * want[8 * rank: 8 * rank + 8]  # "exact": K x the local slice
             assert rel_err(grad, local) <= gtol
+
+
+def test_lower_gram_from_blocks(gen):
+    """``cpu.lower_gram`` of a lower-triangular matrix from n = BLOCKED_MIN on (odd n = 515,
+    the zero block skipped) within float32 rounding of ``mᵀm``, its lower off-diagonal block
+    the mirror of the upper (by construction); below BLOCKED_MIN one product."""
+    n = cpu.BLOCKED_MIN + 3
+    m = torch.randn(n, n, generator=gen).tril()
+    p = cpu.lower_gram(m)
+    half = n // 2
+    assert torch.equal(p[half:, :half], p[:half, half:].mT)
+    want = torch.from_numpy(m.double().numpy().T @ m.double().numpy())
+    assert rel_err(p, want) <= CPU_BACKEND[torch.float32][0]
+    small = torch.randn(cpu.BLOCKED_MIN - 1, cpu.BLOCKED_MIN - 1, generator=gen).tril()
+    assert torch.equal(cpu.lower_gram(small), small.mT @ small)
+
+
+@pytest.mark.parametrize("kappa", [1.01, 4.0, 257.0])
+@pytest.mark.parametrize("n,collapsed", [(255, False), (255, True), (517, True)])
+def test_float32_complement_keeps_w_digits(gen, kappa, n, collapsed):
+    """``cpu.float32_complement``: W = I - A⁻¹ from the float64 factor of A = I + Y in float32
+    products, within CPU_FLOAT32_COMPLEMENT (relative Frobenius) of the eigendecomposition's W
+    at kappa 1.01 (W ~ 1e-2), 4 and 257, on spread and collapsed rows; odd n on both sides of
+    BLOCKED_MIN (lower_gram's one product and its blocks)."""
+    h = _features(gen, 2 * n + 1, n)
+    if collapsed:
+        h = h[:, :1] * torch.randn(1, n, generator=gen, dtype=torch.float64) + 1e-2 * h
+    z = torch.nn.functional.normalize(h.float(), dim=1).double()
+    g = z.mT @ z
+    y = g * ((kappa - 1.0) / z.shape[0])  # c = mu/d with mu·m/d = kappa - 1
+    a = y.clone()
+    a.diagonal().add_(1.0)
+    w = cpu.float32_complement(torch.linalg.cholesky(a))
+    assert w.dtype == torch.float32
+    assert rel_err(w, torch.from_numpy(ind.inverse_complement(y))) <= CPU_FLOAT32_COMPLEMENT
 
 
 def test_symmetric_product_from_three_blocks(gen):

@@ -27,9 +27,12 @@ def test_rows_and_what_they_show(tmp_path):
         (257.0, 37, "collapsed", "float32"), (257.0, 37, "collapsed", "tf32x3")]
     for r in rows:
         assert r["degree"] == 125 and r["products"] == 21 and r["steps"] == 8
-        for key in ("moments", "plain_traces", "cholesky", "complement", "float32_inverse"):
+        for key in ("moments", "plain_traces", "cholesky", "complement", "float32_inverse",
+                    "float32_complement"):
             assert 0.0 <= r[key] < 1e-3, (key, r[key])
         assert r["moments"] <= 1e-5 and r["moments"] < r["plain_traces"]
+        # the cpu backend's float32 form keeps W's digits that I - inv32(A) loses
+        assert r["float32_complement"] < r["float32_inverse"] / 2
     (table,) = tmp_path.glob("*/small-accuracy-*.csv")
     lines = [line for line in open(table) if not line.startswith("#")]
     assert [row["format"] for row in csv.DictReader(lines)] == ["float32", "tf32x3"]

@@ -77,65 +77,88 @@ def gram(h: Tensor, feature: bool) -> tuple[Tensor, Tensor]:
 def grad(coef: Tensor, h: Tensor, rinv: Tensor, q: Tensor, v: Tensor, feature: bool,
          scale: float) -> Tensor:
     """Stage 3: dh (m, d) in h's dtype; ``coef = [s, t]`` or ``[s]`` (t = 0); see the module
-    docstring and ``stages.py``."""
+    docstring and ``stages.py``. With ``r = rinv·s``: ``dh_i = r_i·u_i - x_i·z_i``, ``x_i =
+    r_i·<z_i, u_i>`` on projected rows, ``rinv_i·t`` on floor rows."""
     acc = rinv.dtype
-    coef = coef.to(acc).reshape(-1) * scale
-    s = coef[0]
-    t = coef[1] if coef.numel() == 2 else torch.zeros_like(s)
-    z = h.to(acc) * rinv[:, None]
-    q = q.to(acc)
-    u = z @ q if feature else q @ z
+    coef = coef.to(acc).reshape(-1)
+    if scale != 1.0:
+        coef = coef * scale
+    z = (h if h.dtype == acc else h.to(acc)) * rinv[:, None]
+    q = q if q.dtype == acc else q.to(acc)
+    u = torch.mm(z, q) if feature else torch.mm(q, z)
     if v.numel():
         u.sub_(v.to(acc)[None, :])
-    radial = torch.linalg.vecdot(z, u)
-    project = rinv < stages._inv_floor(acc)
-    w = torch.where(project, s * radial, t)
-    dh = u.mul_((rinv * s)[:, None]).addcmul_(z, (rinv * w)[:, None], value=-1.0)
-    return dh.to(h.dtype)
+    r = rinv * coef[0]
+    floor = rinv * coef[1] if coef.numel() == 2 else 0.0
+    x = torch.where(rinv < stages._inv_floor(acc), r * torch.linalg.vecdot(z, u), floor)
+    dh = u.mul_(r[:, None]).addcmul_(z, x[:, None], value=-1.0)
+    return dh if dh.dtype == h.dtype else dh.to(h.dtype)
 
 
 #: The spectrum bound ``kappa = 1 + mu·m/d`` up to which the exact gradient of float32 (and half)
-#: input takes float32 products (``exact_derivative``): its error grows as ``u32·kappa``; up to
-#: here it keeps the gradient contract as the float64 inverse does, at kappa 65 it does not (the
-#: measurements: tests/tolerances.py, CPU_BACKEND_EXACT_GRAD_VS_REFERENCE).
-FLOAT32_INVERSE_KAPPA = 16.0
-#: The size from which the float32 inverse is the faster one (two threads: at n = 128 the float64
-#: potri costs what the float32 potri and product cost; from 256 on the float32 pair is faster)
+#: input takes float32 products (``exact_derivative``): the contract's range, where the tests
+#: measure it (tests/tolerances.py, CPU_BACKEND_EXACT_GRAD_VS_REFERENCE); above it, float64.
+FLOAT32_INVERSE_KAPPA = 257.0
+#: The size from which the float32 form is the faster one (two threads: below it LAPACK's
+#: float64 potri costs less than the float32 solve and product, bench/NOTES.md)
 FLOAT32_INVERSE_MIN_N = 192
 
 
-def exact_derivative(chol: Tensor, y: Tensor, c: float, float32_grade: bool) -> Tensor:
-    """``-2c·A⁻¹`` (n, n) float64, the exact estimator's ``2·dR/dG_c`` on the CPU, from the
-    float64 factor ``chol`` (``A = I + c·G_c = L Lᵀ``); ``y`` holds A (float64, overwritten).
+def lower_gram(m: Tensor) -> Tensor:
+    """``mᵀ m`` (n, n) for a lower-triangular m, from n = ``BLOCKED_MIN`` on by 2×2 blocks
+    (split at n/2) that skip the zero block::
+
+        [[M11ᵀM11 + M21ᵀM21, M21ᵀM22], [M22ᵀM21, M22ᵀM22]]
+
+    (half the multiply-adds of a full product; the lower off-diagonal block is the transposed
+    upper one); below BLOCKED_MIN one product."""
+    n = m.shape[0]
+    if n < BLOCKED_MIN:
+        return m.mT @ m
+    h = n // 2
+    m11, m21, m22 = m[:h, :h], m[h:, :h], m[h:, h:]
+    out = m.new_empty((n, n))
+    torch.addmm(torch.mm(m21.mT, m21), m11.mT, m11, out=out[:h, :h])
+    torch.mm(m21.mT, m22, out=out[:h, h:])
+    torch.mm(m22.mT, m22, out=out[h:, h:])
+    out[h:, :h].copy_(out[:h, h:].mT)
+    return out
+
+
+def float32_complement(chol: Tensor) -> Tensor:
+    """``W = I - A⁻¹`` (n, n) float32 from the float64 factor ``chol`` of ``A = I + Y = L Lᵀ``,
+    in float32 products on matrices as small as Y, never ``I + (small)``: with ``L = I + N``::
+
+        L⁻¹ = I - M,  M = N L⁻¹          ((I - M)(I + N) = I  <=>  M L = N)
+        A⁻¹ = L⁻ᵀ L⁻¹ = I - W,  W = M + Mᵀ - MᵀM
+
+    M̃ from one float32 triangular solve ``M̃ fl32(L) = fl32(N)`` (N = L - I in float64 first),
+    MᵀM by ``lower_gram``. N, M and W are as small as Y to first order (``N ≈ M ≈`` Y's lower
+    triangle with half its diagonal), so float32 keeps their relative digits: the solve's
+    backward error in L and the rounding of N perturb M by ``O((γ_n + u32)·sqrt(kappa_A))·||M||``
+    (kappa_A = 1 + ||Y|| <= the spectrum bound; sqrt(kappa_A) bounds the condition number of
+    L), no more than the float32 Gram's own error puts into W. Forming ``I - inv32(A)`` instead
+    leaves an absolute error ``kappa_A·u32`` against a W that can be far smaller than 1
+    (bench/small_accuracy.py measures both)."""
+    n_part = chol.clone()
+    n_part.diagonal().sub_(1.0)  # N = L - I, in float64
+    m = torch.linalg.solve_triangular(chol.to(torch.float32), n_part.to(torch.float32),
+                                      upper=False, left=False)
+    return (m + m.mT).sub_(lower_gram(m))
+
+
+def exact_derivative(chol: Tensor, c: float, float32_grade: bool):
+    """``-2c·A⁻¹`` (n, n), the exact estimator's ``2·dR/dG_c`` on the CPU, from the float64
+    factor ``chol`` of ``A = I + c·G_c``.
 
     Without ``float32_grade`` (float64 input, kappa above ``FLOAT32_INVERSE_KAPPA``) or below
-    n = ``FLOAT32_INVERSE_MIN_N``: LAPACK's potri in float64 (``cholesky_inverse``,
-    about half the time of a solve and a product). Otherwise float32 products, through the
-    part of the inverse the gradient keeps::
-
-        -2c·A⁻¹ = 2c·W - 2c·I,   W = I - A⁻¹ = A⁻¹Y  (Y = A - I = c·G_c)
-        W̃ = fl32(X̃ Ỹ),  X̃ = potri32(fl32(L)),  Ỹ = fl32(Y);  q = 2c·W̃ - 2c·I in float64
-
-    (the product by ``symmetric_product``: A⁻¹ and Y commute).
-
-    The identity part is radial (``small_side`` removes it with the shift alpha) and is added
-    in float64, exactly; only W carries the tangential gradient, and W̃ is accurate relative
-    to W. With ``X̃ A = I + F`` (the residual of the float32 inverse of the cast factor,
-    ``||F|| <= c_n·u32·kappa_A``, kappa_A = 1 + ||Y|| the condition number of A, at most the
-    spectrum bound 1 + mu·m/d), ``X̃ Y = X̃ A A⁻¹Y = (I + F) W``; with ``||X̃|| ≈ ||A⁻¹|| <= 1``
-    and ``||Y|| = kappa_A·||W||`` the product's and Ỹ's roundings add ``(γ_n + u32)·kappa_A``::
-
-        ||W̃ - W|| <= (c_n + γ_n + 1)·u32·kappa_A·||W||
-
-    the order of the float32 Gram's own error in W (``δW = A⁻¹ δY A⁻¹``, ``||δY|| ~ γ_m·||Y||``).
-    Forming ``I - X̃`` in float32 instead would leave an absolute error ``kappa_A·u32`` against
-    a W that can be far smaller than 1. Costs a float32 potri and one float32 n×n product in
-    place of the float64 potri (bench/NOTES.md has the timings).
+    n = ``FLOAT32_INVERSE_MIN_N``: LAPACK's potri in float64 (``cholesky_inverse``), a float64
+    tensor. Otherwise ``-2c·A⁻¹ = 2c·W - 2c·I`` as ``small_side.Complement(W, 2c, -2c)`` with W
+    from ``float32_complement`` (a float32 solve and half a product): the identity part is
+    radial (``small_side`` removes it with the shift alpha), only W carries the tangential
+    gradient, and no float32 number ever holds ``I + (small)``.
     """
     if not float32_grade or chol.shape[0] < FLOAT32_INVERSE_MIN_N:
         return torch.cholesky_inverse(chol).mul_(-2.0 * c)
-    y.diagonal().sub_(1.0)  # Y = A - I (float64: its rounding is far below float32's)
-    inv = torch.cholesky_inverse(chol.to(torch.float32))
-    w = symmetric_product(inv, y.to(torch.float32), 2.0 * c).to(torch.float64)
-    w.diagonal().sub_(2.0 * c)
-    return w
+    from .small_side import Complement  # small_side imports this module
+    return Complement(float32_complement(chol), 2.0 * c, -2.0 * c)

@@ -9,7 +9,9 @@ the distributed path (docs/staged.md).
 
 U-MAE's uniformity (``uniformity``) is the same op with stage 2 ``small_side.uniformity_side``.
 Stage 2 is the custom op ``torch.ops.mmae_fast.small_side`` so that ``torch.compile`` sees one
-opaque call whose Python (degree, coefficients, warnings) runs at run time, not while tracing.
+opaque call whose Python (degree, coefficients, warnings) runs at run time, not while tracing
+(in plain eager mode, with no dispatch mode active, the op's body is called directly:
+``_small_side``).
 Stages 1 and 3 are the backend's ops (``torch.ops.mmae_fast.<backend>_gram`` / ``_grad``; the
 "reference" backend runs ``mmae_fast.ops.tcr.stages``). Four op calls from Python per step
 without a group (``tests/ops/test_staged_backends.py::test_four_op_calls_from_python``; besides
@@ -38,13 +40,13 @@ def _default_degree(estimator: str, kappa: float, tol: float) -> int:
     return reference.default_degree(estimator, kappa, tol)
 
 
-@torch.library.custom_op("mmae_fast::small_side", mutates_args=())
-def small_side_op(g: Tensor, colsum: Tensor, count: Tensor | None, mu: float, m: int, d: int,
-                  feature: bool, centering: bool, estimator: str, degree: int, tol: float,
-                  need_grad: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(R, Q, v, qinfo)``: ``mmae_fast.ops.tcr.small_side.small_side`` as one op; ``degree`` 0
-    means the estimator's default (series: from ``tol`` and kappa = 1 + mu·m/d); ``count``
-    None: the row count is exactly ``m`` (no group)."""
+def small_side_call(g: Tensor, colsum: Tensor, count: Tensor | None, mu: float, m: int, d: int,
+                    feature: bool, centering: bool, estimator: str, degree: int, tol: float,
+                    need_grad: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(R, Q, v, qinfo)``: ``mmae_fast.ops.tcr.small_side.small_side`` from the op's
+    arguments; ``degree`` 0 means the estimator's default (series: from ``tol`` and kappa =
+    1 + mu·m/d); ``count`` None: the row count is exactly ``m`` (no group). The body of the
+    custom op ``small_side_op``."""
     if estimator == _small.UNIFORMITY:
         constants = _small.uniformity_constants(m=m, feature=feature, need_grad=need_grad,
                                                 grouped=count is not None)
@@ -58,6 +60,21 @@ def small_side_op(g: Tensor, colsum: Tensor, count: Tensor | None, mu: float, m:
                                     products=_small.products_choice())
     inputs = (g, colsum) if count is None else (g, colsum, count)
     return _small.CACHE.run(_run_small_side, inputs, constants)
+
+
+#: ``torch.ops.mmae_fast.small_side``: ``small_side_call`` as one opaque op for torch.compile,
+#: fake tensors and dispatch modes (``_small_side``)
+small_side_op = torch.library.custom_op("mmae_fast::small_side", small_side_call,
+                                        mutates_args=())
+
+
+def _small_side(*args):
+    """Stage 2: the custom op while torch.compile traces or a dispatch mode (fake tensors, export,
+    an op recorder) is active; in plain eager mode its body directly (the same function, without
+    the dispatcher's per-call cost)."""
+    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack():
+        return torch.ops.mmae_fast.small_side(*args)
+    return small_side_call(*args)
 
 
 def _run_small_side(g, colsum, *rest):
@@ -121,9 +138,8 @@ class _StagedTCR(torch.autograd.Function):
         feature = group is not None or d <= h.shape[0]
         with torch.autocast(h.device.type, enabled=False):
             g, rinv, colsum, count, m_bound = _gram(h, backend, feature, centering, group)
-            value, q, v, qinfo = torch.ops.mmae_fast.small_side(
-                g, colsum, count, mu, m_bound, d, feature, centering, estimator, degree, tol,
-                need_grad)
+            value, q, v, qinfo = _small_side(g, colsum, count, mu, m_bound, d, feature,
+                                             centering, estimator, degree, tol, need_grad)
         ctx.save_for_backward(h, rinv, q, v, qinfo)
         ctx.backend, ctx.feature, ctx.grad_scale = backend, feature, grad_scale
         return value

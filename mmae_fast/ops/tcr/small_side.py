@@ -48,6 +48,7 @@ import dataclasses
 import functools
 import math
 import os
+import typing
 import warnings
 
 import torch
@@ -82,6 +83,22 @@ PRODUCTS_ENV = "MMAE_FAST_SMALL_PRODUCTS"
 PRODUCTS = ("float64", "float32", "tf32x3", "bf16x3")
 #: a-priori relative bound of the exact gradient's complement (``doubling.complement_bound``)
 COMPLEMENT_TARGET = 1e-7
+
+
+class Complement(typing.NamedTuple):
+    """A derivative ``q = a·w + b·I`` (n, n) kept as its small part w (float32: the products
+    side's complement, the cpu backend's float32 form) and two numbers. The identity part
+    never reaches Q (the radial shift removes it), so ``small_side`` takes Q and the shift from
+    w alone, in w's dtype, where it does not centre (``_complement_outputs``)."""
+    w: Tensor
+    a: float
+    b: float
+
+    def dense(self) -> Tensor:
+        """``q = a·w + b·I`` in float64."""
+        q = self.w.to(F64).mul_(self.a)
+        q.diagonal().add_(self.b)
+        return q
 
 
 def _env_choice(name: str, choices: tuple[str, ...]) -> str:
@@ -291,15 +308,14 @@ def _logdet_and_derivative(gc: Tensor, c: float, kappa: float, estimator: str, d
         y = gc.mul_(c)
         y.diagonal().add_(1.0)
         chol, info = torch.linalg.cholesky_ex(y)
-        logdet = 2.0 * chol.diagonal().log().sum()
-        logdet = torch.where(info == 0, logdet, torch.full_like(logdet, math.nan))
+        logdet = torch.where(info == 0, chol.diagonal().log().sum(), math.nan).mul_(2.0)
         if not need_grad:
             return logdet, None
         if inverse == "doubling":  # spectrum of y = I + cG_c in [1, kappa]
             steps = doubling.steps_for(kappa, DOUBLING_TARGET)
             return logdet, doubling.inverse(y, kappa, steps).mul_(-2.0 * c)
         if not y.is_cuda:  # LAPACK's potri, float32-grade for float32 input: cpu.py
-            return logdet, cpu.exact_derivative(chol, y, c, float32_grade)
+            return logdet, cpu.exact_derivative(chol, c, float32_grade)
         # (L Lᵀ)⁻¹ = L⁻ᵀ L⁻¹ from one triangular solve and one product (on CUDA cheaper than
         # cholesky_inverse: bench/primitives.py)
         eye = torch.eye(y.shape[0], dtype=y.dtype, device=y.device)
@@ -463,9 +479,7 @@ def _products_side(g: Tensor, k: Constants) -> tuple[Tensor, Tensor | None]:
             return logdet, None
         steps = doubling.complement_steps_for(k.kappa, COMPLEMENT_TARGET)
         u, beta = doubling.complement(y, k.kappa, steps, mm)
-        q = u.double().mul_(2.0 * k.c)  # -2c·X = 2c·U - 2c·beta·I
-        q.diagonal().sub_(2.0 * k.c * beta)
-        return logdet, q
+        return logdet, Complement(u, 2.0 * k.c, -2.0 * k.c * beta)  # -2c·X = 2c·U - 2c·beta·I
     if k.estimator == "series":
         w = _s_weights(float(k.kappa), int(k.degree), -2.0 * k.c)
         return _s_polynomial(y, float(k.kappa), w, k.need_grad, mm)
@@ -505,11 +519,16 @@ def small_side(g: Tensor, colsum: Tensor, count: Tensor | None,
         # the spectrum outside the series' interval: NaN value and gradient, never a silently
         # wrong one
         ok = count.to(F64) <= k.max_rows
-        value = torch.where(ok, value, torch.full_like(value, math.nan))
+        value = torch.where(ok, value, math.nan)
     if not k.need_grad:
         qinfo = g.new_zeros(2)
         qinfo[:1].fill_(1.0)  # a fill kernel (qinfo[0] = 1.0 copies from the host and syncs)
         return value, g.new_empty((0, 0)), g.new_empty((0,)), qinfo
+    if isinstance(q, Complement):
+        if not k.centering:
+            q, qinfo = _complement_outputs(q, ok)
+            return value, q.to(out_dtype).contiguous(), g.new_empty((0,)), qinfo.to(out_dtype)
+        q = q.dense()
     # q = 2·dR/dG_c (symmetric), row-major as the op's fake kernel and the backward kernels
     # promise (a column-major result, e.g. from cholesky_inverse, broke inductor's stride check)
     if not q.is_contiguous() and q.mT.is_contiguous():
@@ -521,17 +540,35 @@ def small_side(g: Tensor, colsum: Tensor, count: Tensor | None,
         v = q @ (colsum.to(F64) / (count.to(F64) if count is not None else float(k.rows)))
     else:
         v = None
-    alpha = q.diagonal().sum() / -n  # the radial shift (see the module docstring)
+    alpha = torch.trace(q).div_(-n)  # the radial shift (see the module docstring)
     q.diagonal().add_(alpha)
     qscale = q.abs().amax()  # max |q_ij| (amax: a cheaper reduction than vector_norm(ord=inf))
     if v is not None:  # v shares the scale: it must not overflow either
         qscale = torch.maximum(qscale, v.abs().amax())
-    qscale = qscale.clamp_min(torch.finfo(torch.float32).tiny)
+    qscale = qscale.clamp_min_(torch.finfo(torch.float32).tiny)
     if ok is not None:
-        qscale = torch.where(ok, qscale, torch.full_like(qscale, math.nan))
+        qscale = torch.where(ok, qscale, math.nan)
     q = q.div_(qscale).to(out_dtype).contiguous()
     v = v.div_(qscale).to(out_dtype) if v is not None else g.new_empty((0,))
     return value, q, v, torch.stack([qscale, alpha]).to(out_dtype)
+
+
+def _complement_outputs(c: Complement, ok: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``(Q, qinfo)`` of ``q = a·w + b·I`` without forming q (uncentred; w is overwritten)::
+
+        alpha = -tr(q)/n = -(a·w̄ + b),  w̄ = tr(w)/n (summed in float64)
+        Q' = q + alpha·I = a·(w - w̄I),  qscale = |a|·max|w - w̄I|,  Q = Q'/qscale
+
+    so no number of the size of the identity part meets w's rounding."""
+    n = c.w.shape[0]
+    wbar = c.w.diagonal().sum(dtype=F64) / n
+    alpha = (wbar * -c.a).sub_(c.b)
+    d = c.w
+    d.diagonal().sub_(wbar.to(d.dtype))
+    qscale = d.abs().amax().to(F64).mul_(abs(c.a)).clamp_min_(torch.finfo(torch.float32).tiny)
+    if ok is not None:
+        qscale = torch.where(ok, qscale, math.nan)
+    return d.mul_(qscale.reciprocal().mul_(c.a).to(d.dtype)), torch.stack([qscale, alpha])
 
 
 def warn_if_taylor_diverges(estimator: str, mu: float, m: int, d: int, stacklevel: int = 4) -> None:

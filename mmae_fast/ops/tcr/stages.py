@@ -59,7 +59,7 @@ def _inv_floor(dtype: torch.dtype) -> float:
 
 
 def _rinv(h: Tensor) -> Tensor:
-    return 1.0 / reference.row_norms(h.to(_acc(h.dtype))).clamp_min(reference.EPS)
+    return torch.reciprocal(reference.row_norms(h.to(_acc(h.dtype))).clamp_min(reference.EPS))
 
 
 def gram(h: Tensor, feature: bool) -> tuple[Tensor, Tensor]:
