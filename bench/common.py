@@ -6,6 +6,8 @@ Timing rules (both benches):
   input rotates through a pool of copies larger than the L2 cache, so no repetition finds its
   input in cache. Warm-up calls (compilation, autotuning, allocator) come first and are dropped.
 * CPU: ``time.perf_counter`` around every call, same rotation and warm-up.
+* Round-robin (``time_round_robin``): several calls timed one repetition each per round, so a
+  machine load that changes during the rounds reaches all of them alike (a shared CPU).
 * CUDA graph (``time_graph``): the call captured once, one pair of events around every replay.
 * Every repetition is stored; tables and plots use the median.
 """
@@ -142,31 +144,64 @@ def rotation_count(bytes_per_input: int, device: torch.device, limit: int = 64) 
     return max(2, min(limit, math.ceil(target / max(1, bytes_per_input))))
 
 
+def warm_up(fn: Callable, inputs: Sequence, device: torch.device, calls: int) -> None:
+    """``calls`` untimed calls ``fn(inputs[i % len(inputs)])``, then a synchronisation."""
+    for i in range(calls):
+        fn(inputs[i % len(inputs)])
+    synchronize(device)
+
+
 def time_calls(fn: Callable, inputs: Sequence, device: torch.device, *, warmup: int,
                reps: int) -> list[float]:
     """Milliseconds of each of ``reps`` calls ``fn(inputs[i % len(inputs)])`` after ``warmup``
     untimed calls (CUDA events on a GPU, ``perf_counter`` on the CPU)."""
-    n = len(inputs)
-    for i in range(warmup):
-        fn(inputs[i % n])
-    synchronize(device)
-    if device.type == "cuda":
-        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-                  for _ in range(reps)]
-        for i, (start, end) in enumerate(events):
-            x = inputs[(warmup + i) % n]
-            start.record()
-            fn(x)
-            end.record()
-        torch.cuda.synchronize(device)
-        return [start.elapsed_time(end) for start, end in events]
-    times = []
-    for i in range(reps):
-        x = inputs[(warmup + i) % n]
-        t0 = time.perf_counter()
-        fn(x)
-        times.append((time.perf_counter() - t0) * 1e3)
+    warm_up(fn, inputs, device, warmup)
+    (times,), (error,) = time_round_robin([fn], inputs, device, reps=reps, start=warmup)
+    if error is not None:
+        raise error
     return times
+
+
+def time_round_robin(fns: Sequence[Callable], inputs: Sequence, device: torch.device, *,
+                     reps: int, start: int = 0) -> tuple[list[list[float]],
+                                                         list[Exception | None]]:
+    """Milliseconds of ``reps`` calls of each of ``fns``, one call of each per round: in the
+    order given on even rounds, reversed on odd ones (no function always follows the same one).
+    The k-th call overall reads ``inputs[(start + k) % len(inputs)]``, so consecutive calls never
+    read the same copy. CUDA events around every call on a GPU (one synchronisation at the
+    end), ``perf_counter`` on the CPU.
+
+    Returns ``(times, errors)``, one entry per function: a function that raises is left out of
+    the remaining rounds, its exception in ``errors`` (None for the others) and no times.
+    """
+    cuda = device.type == "cuda"
+    spans: list[list] = [[] for _ in fns]
+    errors: list[Exception | None] = [None] * len(fns)
+    k = start
+    for r in range(reps):
+        for i in (range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))):
+            if errors[i] is not None:
+                continue
+            x = inputs[k % len(inputs)]
+            k += 1
+            try:
+                if cuda:
+                    begin = torch.cuda.Event(enable_timing=True)
+                    end = torch.cuda.Event(enable_timing=True)
+                    begin.record()
+                    fns[i](x)
+                    end.record()
+                    spans[i].append((begin, end))
+                else:
+                    t0 = time.perf_counter()
+                    fns[i](x)
+                    spans[i].append((time.perf_counter() - t0) * 1e3)
+            except Exception as exc:  # noqa: BLE001 - the caller records it per function
+                errors[i] = exc
+    synchronize(device)
+    times = [[] if err is not None else [b.elapsed_time(e) for b, e in sp] if cuda else sp
+             for sp, err in zip(spans, errors)]
+    return times, errors
 
 
 def time_graph(fn: Callable, x, device: torch.device, *, warmup: int, reps: int) -> list[float]:

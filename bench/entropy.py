@@ -21,6 +21,13 @@ the call once as a CUDA graph after warm-up and times each replay (``bench.commo
 GPU time without Python). A provider that cannot be captured keeps its eager row, with
 ``graph_status`` "error" and the reason.
 
+``--interleave`` (default on the CPU, ``--no-interleave`` off; off on CUDA): the cases of one
+(m, d, dtype, mu, mode) are each prepared (checked call, warm-up, peak memory), then their eager
+repetitions run round-robin, one call of each per round, the order reversed every other round
+(``bench.common.time_round_robin``), so a load that changes during the run (other jobs on a
+shared CPU) reaches every provider alike. A case that fails in a timed call is an error row
+and leaves the rounds; each row keeps its own times.
+
 ``--shapes 1024x1024@3 4096x768@3 ...`` runs exactly those (m, d, mu) instead of the m × d grid;
 ``--time-limit S`` starts no case after S seconds: the rest are written as skipped, with the reason.
 
@@ -43,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import os
 import re
 import sys
@@ -142,6 +150,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--timing", type=parse_timing,
                    help="eager and/or graph, comma-separated (default: eager,graph on CUDA, "
                         "eager on the CPU)")
+    p.add_argument("--interleave", action=argparse.BooleanOptionalAction, default=None,
+                   help="time the repetitions of the providers (and estimators) of one shape, "
+                        "dtype and mode round-robin, one call of each per round, after each "
+                        "case's warm-up and checked call, so a machine load that changes "
+                        "during the run reaches every provider alike and their ratios hold; "
+                        "--no-interleave times each case's repetitions in a row (default: on "
+                        "for --device cpu, where other jobs share the cores; off on CUDA, "
+                        "where the GPU is held alone and one provider called back to back is "
+                        "how a training step calls it). Graph replays are timed per case.")
     p.add_argument("--time-limit", type=float, default=None, metavar="S",
                    help="start no case after S seconds; the rest are written as skipped")
     p.add_argument("--tol", type=float, default=1e-4, help="series tolerance (degree from it)")
@@ -178,6 +195,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.providers = [p for p in PROVIDERS if not (args.quick and p.endswith("-compile"))]
     if args.timing is None:
         args.timing = ["eager"] if cpu else ["eager", "graph"]
+    if args.interleave is None:
+        args.interleave = cpu
     if args.shapes:
         args.shapes = [(m, d, args.mu if mu is None else mu) for m, d, mu in args.shapes]
         args.m = sorted({s[0] for s in args.shapes})
@@ -342,42 +361,91 @@ def _error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:300]
 
 
-def run_case(case: Case, inputs: Inputs, args, device: torch.device, calib: dict) -> dict:
+@dataclasses.dataclass
+class Prepared:
+    """A case after its untimed calls. ``row`` is its base row (``base_row``), final when
+    ``call`` is None (skipped or failed); else ``results`` holds the value, errors and peak
+    memory and ``call(pool[i])`` is the call to time."""
+    row: dict
+    call: Callable | None = None
+    pool: list | None = None
+    results: dict = dataclasses.field(default_factory=dict)
+
+
+def failed(row: dict, exc: Exception, device: torch.device) -> dict:
+    """The case's row as an error: a failing provider is a result, not a crash."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return row | {"status": "error", "reason": _error(exc),
+                  "graph_reason": "the eager call failed" if row["graph_status"] else None}
+
+
+def prepare(case: Case, inputs: Inputs, args, device: torch.device, calib: dict) -> Prepared:
+    """Everything before the timed repetitions: availability, the call whose value and
+    gradient are checked against the float64 references, the warm-up, the peak memory."""
     row = base_row(case, args, calib, len(inputs.pool))
     reason = unavailable(case, inputs.pool[0])
     if reason is not None:
-        return row | {"status": "skipped", "reason": reason,
-                      "graph_reason": reason if row["graph_status"] else None}
+        return Prepared(row | {"status": "skipped", "reason": reason,
+                               "graph_reason": reason if row["graph_status"] else None})
     grad = case.mode == "fwd+bwd"
     pool = inputs.grad_pool if grad else inputs.pool
     call = make_call(loss_fn(case, case.mu, args.tol), case.mode)
-    times, peak = [], None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Taylor's divergence warning: the error column says it
             value, g = call(pool[0])
             if "eager" in args.timing:
-                times = common.time_calls(call, pool, device, warmup=args.warmup, reps=args.reps)
+                common.warm_up(call, pool, device, args.warmup)
             peak = common.peak_memory(call, pool[0], device)
     except Exception as exc:  # noqa: BLE001 - a failing provider is a result, not a crash
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        return row | {"status": "error", "reason": _error(exc),
-                      "graph_reason": "the eager call failed" if row["graph_status"] else None}
+        return Prepared(failed(row, exc, device))
     ref_exact, g_exact = inputs.reference(
         "uniformity" if case.estimator == "uniformity" else "exact", 0, grad)
-    ref_same, _ = inputs.reference(case.estimator, degree_of(
-        case.estimator, case.mu, case.m, case.d, args.tol), False)
+    ref_same, _ = inputs.reference(case.estimator, row["degree"], False)
+    return Prepared(row, call, pool, dict(
+        peak_mem_bytes=peak, value=float(value.detach()), ref_exact=float(ref_exact),
+        rel_err=rel(value, ref_exact), rel_err_same_estimator=rel(value, ref_same),
+        grad_rel_err=rel(g, g_exact) if grad else None))
+
+
+def finish(prep: Prepared, times: list[float], args, device: torch.device) -> dict:
+    """The row of a prepared case from its eager times (ms): summary, roofline fraction and,
+    with ``--timing graph``, the graph replays."""
     stats = common.summary(times)
-    row.update(stats, times_ms=times, reps=len(times), peak_mem_bytes=peak,
-               value=float(value.detach()), ref_exact=float(ref_exact),
-               rel_err=rel(value, ref_exact), rel_err_same_estimator=rel(value, ref_same),
-               grad_rel_err=rel(g, g_exact) if grad else None)
+    row = prep.row | prep.results | stats | {"times_ms": times, "reps": len(times)}
     if row["floor_ms"] is not None and stats["median_ms"]:
         row["roofline_fraction"] = row["floor_ms"] / stats["median_ms"]
     if "graph" in args.timing:
-        row.update(graph_row(call, pool[0], args, device))
+        row.update(graph_row(prep.call, prep.pool[0], args, device))
     return row
+
+
+def time_group(group: list[Prepared], args, device: torch.device) -> list[dict]:
+    """The rows of prepared cases that share one input pool: the eager repetitions of those
+    that ran, timed round-robin (``common.time_round_robin``; one case: its repetitions in a
+    row), then each row finished; a case failing in a timed call is an error row, the others
+    go on."""
+    live = [p for p in group if p.call is not None]
+    times, errs = [[] for _ in live], [None] * len(live)
+    if live and "eager" in args.timing:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            times, errs = common.time_round_robin([p.call for p in live], live[0].pool, device,
+                                                  reps=args.reps, start=args.warmup)
+    for prep, t, err in zip(live, times, errs):
+        prep.row = failed(prep.row, err, device) if err is not None else finish(
+            prep, t, args, device)
+    return [p.row for p in group]
+
+
+def groups(todo: list[Case], interleave: bool) -> list[list[Case]]:
+    """The cases timed together: with ``interleave`` those of one (m, d, dtype, mu, mode), which
+    share one input pool (consecutive in ``cases()``), else each case alone."""
+    if not interleave:
+        return [[c] for c in todo]
+    return [list(g) for _, g in itertools.groupby(todo, lambda c: (c.m, c.d, c.dtype, c.mu,
+                                                                    c.mode))]
 
 
 def graph_row(call: Callable, x: torch.Tensor, args, device: torch.device) -> dict:
@@ -435,27 +503,34 @@ def run(args) -> tuple[Path, Path]:
 
     bar = None if args.no_progress else _tqdm(len(todo))
     start = time.monotonic()
-    for case in todo:
-        if args.time_limit is not None and time.monotonic() - start > args.time_limit:
-            rows.append(base_row(case, args, calib, None) | {
-                "status": "skipped", "reason": f"time limit: --time-limit {args.time_limit:g} s "
-                                               f"was reached before this case"})
-            continue
-        if (case.m, case.d, case.dtype, case.mu) != key:
-            if rows:
-                write(False)
-            inputs = None  # free the previous pool first
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            key = (case.m, case.d, case.dtype, case.mu)
-            inputs = Inputs(case.m, case.d, case.dtype, device, args.seed, case.mu,
-                            args.features)
-        if bar is not None:
-            bar.set_postfix_str(f"{case.provider} {case.estimator} {case.m}x{case.d} "
+    for group in groups(todo, args.interleave):
+        ready = []
+        for case in group:
+            if args.time_limit is not None and time.monotonic() - start > args.time_limit:
+                ready.append(Prepared(base_row(case, args, calib, None) | {
+                    "status": "skipped", "reason": f"time limit: --time-limit "
+                                                   f"{args.time_limit:g} s was reached before "
+                                                   f"this case"}))
+                continue
+            if (case.m, case.d, case.dtype, case.mu) != key:
+                if rows:
+                    write(False)
+                inputs = None  # free the previous pool first
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                key = (case.m, case.d, case.dtype, case.mu)
+                inputs = Inputs(case.m, case.d, case.dtype, device, args.seed, case.mu,
+                                args.features)
+            if bar is not None:
+                bar.set_postfix_str(f"{case.provider} {case.estimator} {case.m}x{case.d} "
+                                    f"{case.dtype} {case.mode}")
+            ready.append(prepare(case, inputs, args, device, calib))
+        if bar is not None and len(ready) > 1:
+            bar.set_postfix_str(f"{len(ready)} cases round-robin {case.m}x{case.d} "
                                 f"{case.dtype} {case.mode}")
-        rows.append(run_case(case, inputs, args, device, calib))
+        rows += time_group(ready, args, device)
         if bar is not None:
-            bar.update()
+            bar.update(len(group))
     if bar is not None:
         bar.close()
     return write(True)

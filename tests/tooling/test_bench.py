@@ -1,6 +1,6 @@
 """The benchmark's smoke test: ``bench/entropy.py --quick`` on tiny shapes, the result files'
-schema, the plots and the README tables. No timing is asserted (timings are results, not
-properties)."""
+schema, the plots and the README tables; the interleaved timing's call order (fake providers
+that record their calls). No timing is asserted (timings are results, not properties)."""
 import csv
 import json
 import math
@@ -16,7 +16,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from bench import entropy, plot, roofline, train  # noqa: E402
+from bench import common, entropy, plot, roofline, train  # noqa: E402
 
 M, D = [48, 96], [40]  # m < d and m > d, not powers of two
 
@@ -246,3 +246,109 @@ def test_uniformity_roofline_cost_has_no_small_side_products():
     cost = roofline.tcr_cost(4096, 768, "uniformity", 0, "fwd+bwd", 2)
     assert cost["gram_flops"] == 2 * (2.0 * 4096 * 768 * 768)
     assert cost["small_flops"] == 4.0 * 768 * 768
+
+
+# ----------------------------------------------------------------------------- interleaved timing
+def test_round_robin_order_inputs_and_errors():
+    """One call of each function per round, reversed every other round; the k-th call reads
+    input (start + k) mod n; a function that raises leaves the rounds with its exception."""
+    seen = []
+
+    def fn(name, fail_at=None):
+        def call(x):
+            seen.append((name, x))
+            if sum(s == name for s, _ in seen) == fail_at:
+                raise RuntimeError(f"{name} failed")
+        return call
+
+    times, errors = common.time_round_robin([fn("a"), fn("b", fail_at=2), fn("c")],
+                                            [0, 1, 2, 3, 4], torch.device("cpu"), reps=4,
+                                            start=3)
+    assert [s for s, _ in seen] == ["a", "b", "c", "c", "b", "a", "a", "c", "c", "a"]
+    assert [x for _, x in seen] == [(3 + k) % 5 for k in range(len(seen))]
+    assert [len(t) for t in times] == [4, 0, 4]
+    assert errors[0] is None and errors[2] is None and str(errors[1]) == "b failed"
+    with pytest.raises(RuntimeError, match="d failed"):  # time_calls: one function, raised
+        common.time_calls(fn("d", fail_at=2), [0], torch.device("cpu"), warmup=0, reps=3)
+
+
+def _recorded_run(monkeypatch, tmp_path, interleave: bool, fail=None):
+    """``entropy.run`` on two shapes and three providers whose loss records every call (and
+    ``fail = (provider, m, n)`` raises at that provider's n-th call on the shape m x 8): (rows,
+    payload, csv header, the providers in call order per shape)."""
+    calls = []
+
+    def fake_loss_fn(case, mu, tol):
+        def loss(h):
+            calls.append((case.provider, case.m))
+            if fail and calls.count(fail[:2]) == fail[2] and fail[:2] == calls[-1]:
+                raise RuntimeError(f"{case.provider} broke")
+            return (h.double() ** 2).sum()
+        return loss
+
+    monkeypatch.setattr(entropy, "loss_fn", fake_loss_fn)
+    args = entropy.parse_args([
+        "--quick", "--device", "cpu", "--shapes", "12x8", "20x8", "--dtype", "fp32", "--mode",
+        "fwd", "--estimator", "exact", "--providers", "official", "cholesky", "reference",
+        "--reps", "4", "--warmup", "1", "--no-progress", "--out", str(tmp_path / str(interleave)),
+        "--interleave" if interleave else "--no-interleave"])
+    json_path, csv_path = entropy.run(args)
+    payload = json.loads(json_path.read_text())
+    header = next(line for line in csv_path.read_text().splitlines() if not line.startswith("#"))
+    order = {m: [p for p, mm in calls if mm == m] for m in (12, 20)}
+    return payload["results"], payload, header, order
+
+
+O, C, R = "official", "cholesky", "reference"
+
+
+def test_interleaved_reps_run_round_robin(monkeypatch, tmp_path):
+    """Each case's checked call and warm-up first, then one timed call of each case per round
+    (reversed every other round), shape by shape; --no-interleave: each case's calls in a row."""
+    rows, payload, _, order = _recorded_run(monkeypatch, tmp_path, interleave=True)
+    assert payload["config"]["interleave"] is True
+    prepared = [O, O, C, C, R, R]  # the checked call, one warm-up
+    rounds = [O, C, R, R, C, O] * 2
+    assert order == {12: prepared + rounds, 20: prepared + rounds}
+    assert [(r["provider"], r["m"], r["status"], r["reps"]) for r in rows] == [
+        (p, m, "ok", 4) for m in (12, 20) for p in (O, C, R)]
+    assert all(len(r["times_ms"]) == 4 and r["median_ms"] is not None for r in rows)
+
+    _, payload, _, order = _recorded_run(monkeypatch, tmp_path, interleave=False)
+    assert payload["config"]["interleave"] is False
+    assert order == {12: [O] * 6 + [C] * 6 + [R] * 6, 20: [O] * 6 + [C] * 6 + [R] * 6}
+
+
+@pytest.mark.parametrize("call, calls", [
+    (4, [O, O, C, C, R, R] + [O, C, R, R, C, O, O, R, R, O]),  # the second timed call
+    (1, [O, O, C, R, R] + [O, R, R, O] * 2)])                  # the checked call
+def test_interleaved_error_leaves_the_others_running(monkeypatch, tmp_path, call, calls):
+    """cholesky fails in one call on 12x8: an error row as a failing provider gets, no further
+    cholesky call there; the others keep all their reps."""
+    rows, _, _, order = _recorded_run(monkeypatch, tmp_path, interleave=True, fail=(C, 12, call))
+    assert order[12] == calls
+    by = {(r["provider"], r["m"]): r for r in rows}
+    broken = by[C, 12]
+    assert broken["status"] == "error" and broken["reason"] == "RuntimeError: cholesky broke"
+    assert broken["reps"] == 0 and broken["times_ms"] == [] and broken["median_ms"] is None
+    for key in [(O, 12), (R, 12), (O, 20), (C, 20), (R, 20)]:
+        assert by[key]["status"] == "ok" and by[key]["reps"] == 4, by[key]
+
+
+def test_interleaved_rows_have_the_sequential_fields(monkeypatch, tmp_path):
+    """Both modes give rows with the same fields in the same order, the same CSV header, and
+    the same untimed results."""
+    inter, _, inter_header, _ = _recorded_run(monkeypatch, tmp_path, interleave=True)
+    seq, _, seq_header, _ = _recorded_run(monkeypatch, tmp_path, interleave=False)
+    assert inter_header == seq_header == ",".join(entropy.CSV_FIELDS)
+    assert [list(r) for r in inter] == [list(r) for r in seq]
+    for a, b in zip(inter, seq):
+        assert (a["provider"], a["m"], a["status"], a["reps"]) == (
+            b["provider"], b["m"], b["status"], b["reps"])
+        assert a["value"] == pytest.approx(b["value"]) and a["rel_err"] == pytest.approx(
+            b["rel_err"], abs=1e-12)
+
+
+def test_interleave_defaults_on_for_the_cpu():
+    assert entropy.parse_args(["--device", "cpu"]).interleave is True
+    assert entropy.parse_args(["--device", "cpu", "--no-interleave"]).interleave is False
