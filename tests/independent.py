@@ -145,6 +145,16 @@ def inverse_complement(y) -> np.ndarray:
     return (v * (lam / (1.0 + lam))) @ v.T
 
 
+def shifted_and_scaled(q):
+    """The small side's ``(Q, qscale, alpha)`` of a symmetric ``q`` (n, n) in float64:
+    ``alpha = -tr(q)/n``, ``Q' = q + alpha·I``, ``qscale = max|Q'_ij|``, ``Q = Q'/qscale``."""
+    q = np.asarray(q.detach().double().cpu().numpy() if hasattr(q, "detach") else q, np.float64)
+    alpha = -np.trace(q) / q.shape[0]
+    shifted = q + alpha * np.eye(q.shape[0])
+    scale = np.abs(shifted).max()
+    return shifted / scale, scale, alpha
+
+
 def chebyshev_log1p(kappa: float, degree: int) -> np.ndarray:
     """(p_0..p_D) in the Chebyshev basis of t = 2y/(kappa-1) - 1 of the series' polynomial
     ``P(y) = y·q(y)``, q the degree D-1 truncation of log1p(y)/y's Chebyshev series on

@@ -560,15 +560,13 @@ def _complement_outputs(c: Complement, ok: Tensor | None) -> tuple[Tensor, Tenso
         Q' = q + alpha·I = a·(w - w̄I),  qscale = |a|·max|w - w̄I|,  Q = Q'/qscale
 
     so no number of the size of the identity part meets w's rounding."""
-    n = c.w.shape[0]
-    wbar = c.w.diagonal().sum(dtype=F64) / n
-    alpha = (wbar * -c.a).sub_(c.b)
     d = c.w
-    d.diagonal().sub_(wbar.to(d.dtype))
+    wbar = d.diagonal().sum(dtype=F64).div_(d.shape[0])
+    d.diagonal().sub_(wbar)
     qscale = d.abs().amax().to(F64).mul_(abs(c.a)).clamp_min_(torch.finfo(torch.float32).tiny)
     if ok is not None:
         qscale = torch.where(ok, qscale, math.nan)
-    return d.mul_(qscale.reciprocal().mul_(c.a).to(d.dtype)), torch.stack([qscale, alpha])
+    return d.div_(qscale / c.a), torch.stack([qscale, wbar.mul_(-c.a).sub_(c.b)])
 
 
 def warn_if_taylor_diverges(estimator: str, mu: float, m: int, d: int, stacklevel: int = 4) -> None:
