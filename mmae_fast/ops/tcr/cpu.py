@@ -100,7 +100,7 @@ def grad(coef: Tensor, h: Tensor, rinv: Tensor, q: Tensor, v: Tensor, feature: b
 #: measure it (tests/tolerances.py, CPU_BACKEND_EXACT_GRAD_VS_REFERENCE); above it, float64.
 FLOAT32_INVERSE_KAPPA = 257.0
 #: The size from which the float32 form is the faster one (two threads: below it LAPACK's
-#: float64 potri costs less than the float32 solve and product, bench/NOTES.md)
+#: float64 potri costs no more than the float32 solve and product)
 FLOAT32_INVERSE_MIN_N = 192
 
 

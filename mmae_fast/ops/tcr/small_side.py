@@ -9,7 +9,10 @@ small part's digits (the series' plain traces cancel by ~10³ at large kappa; a 
 misses the exact estimator's 1e-5), and on Hopper float64 products cost about what float32 SIMT
 ones do (bench/NOTES.md). ``MMAE_FAST_SMALL_PRODUCTS`` selects the products-only form
 (``_products_side``), whose stored matrices are all as small as ``Y = c·G_c``, so that
-float32-grade tensor-core products keep the contracts (docs/staged.md).
+float32-grade tensor-core products keep the contracts (docs/staged.md); on the CPU the exact
+gradient of float32 input takes ``W = I - A⁻¹`` in float32 from the float64 factor by the same
+rule (``cpu.float32_complement``). Such a derivative ``a·W + b·I`` is a ``Complement``: on the
+CPU, Q and the shift come from W alone.
 
 Output, for ``R = -logdet(I + c·G_c)``, ``c = mu/d`` and ``P = dR/dG_c`` (symmetric)::
 
@@ -89,7 +92,9 @@ class Complement(typing.NamedTuple):
     """A derivative ``q = a·w + b·I`` (n, n) kept as its small part w (float32: the products
     side's complement, the cpu backend's float32 form) and two numbers. The identity part
     never reaches Q (the radial shift removes it), so ``small_side`` takes Q and the shift from
-    w alone, in w's dtype, where it does not centre (``_complement_outputs``)."""
+    w alone, in w's dtype, where it does not centre, on the CPU (``_complement_outputs``: fewer
+    passes over n×n numbers; on a GPU, where its extra small launches cost more than those
+    passes, bench/cost_model.py, and with centring, it is made dense in float64)."""
     w: Tensor
     a: float
     b: float
@@ -303,7 +308,7 @@ def _logdet_and_derivative(gc: Tensor, c: float, kappa: float, estimator: str, d
                            float32_grade: bool = False) -> tuple[Tensor, Tensor | None]:
     """``(logdet(I + y), -2c · d logdet / d y)`` for y = c·G_c, G_c symmetric PSD (float64;
     ``gc`` is overwritten); ``float32_grade``: the CPU's exact derivative may use float32
-    products (``cpu.exact_derivative``)."""
+    products (``cpu.exact_derivative``, then a ``Complement``)."""
     if estimator == "exact":
         y = gc.mul_(c)
         y.diagonal().add_(1.0)
@@ -314,7 +319,7 @@ def _logdet_and_derivative(gc: Tensor, c: float, kappa: float, estimator: str, d
         if inverse == "doubling":  # spectrum of y = I + cG_c in [1, kappa]
             steps = doubling.steps_for(kappa, DOUBLING_TARGET)
             return logdet, doubling.inverse(y, kappa, steps).mul_(-2.0 * c)
-        if not y.is_cuda:  # LAPACK's potri, float32-grade for float32 input: cpu.py
+        if not y.is_cuda:  # LAPACK's potri, or W = I - A⁻¹ in float32 for float32 input: cpu.py
             return logdet, cpu.exact_derivative(chol, c, float32_grade)
         # (L Lᵀ)⁻¹ = L⁻ᵀ L⁻¹ from one triangular solve and one product (on CUDA cheaper than
         # cholesky_inverse: bench/primitives.py)
@@ -468,8 +473,9 @@ def product_count(estimator: str, kappa: float, degree: int, need_grad: bool) ->
 
 
 def _products_side(g: Tensor, k: Constants) -> tuple[Tensor, Tensor | None]:
-    """``(logdet(I + y), -2c · d logdet / d y or None)`` in float64 for y = c·G_c, with every
-    n×n product in format ``k.products`` (``PRODUCTS_ENV``); g (n, n) float32."""
+    """``(logdet(I + y), -2c · d logdet / d y or None)`` for y = c·G_c, with every n×n product
+    in format ``k.products`` (``PRODUCTS_ENV``); g (n, n) float32. The log-determinant is
+    float64; the derivative float64, or for "exact" a ``Complement`` of the float32 U."""
     mm = product_function(k.products, g.device)
     y = g.float() * k.c
     if k.estimator == "exact":
@@ -525,7 +531,7 @@ def small_side(g: Tensor, colsum: Tensor, count: Tensor | None,
         qinfo[:1].fill_(1.0)  # a fill kernel (qinfo[0] = 1.0 copies from the host and syncs)
         return value, g.new_empty((0, 0)), g.new_empty((0,)), qinfo
     if isinstance(q, Complement):
-        if not k.centering:
+        if not k.centering and not q.w.is_cuda:
             q, qinfo = _complement_outputs(q, ok)
             return value, q.to(out_dtype).contiguous(), g.new_empty((0,)), qinfo.to(out_dtype)
         q = q.dense()
