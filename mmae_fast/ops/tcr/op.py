@@ -68,11 +68,15 @@ small_side_op = torch.library.custom_op("mmae_fast::small_side", small_side_call
                                         mutates_args=())
 
 
+#: the depth of the active dispatch-mode stack (a private torch API: without it, always the op)
+_DISPATCH_DEPTH = getattr(torch._C, "_len_torch_dispatch_stack", None)
+
+
 def _small_side(*args):
     """Stage 2: the custom op while torch.compile traces or a dispatch mode (fake tensors, export,
     an op recorder) is active; in plain eager mode its body directly (the same function, without
     the dispatcher's per-call cost)."""
-    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack():
+    if _DISPATCH_DEPTH is None or torch.compiler.is_compiling() or _DISPATCH_DEPTH():
         return torch.ops.mmae_fast.small_side(*args)
     return small_side_call(*args)
 
