@@ -173,7 +173,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                 "shared machine 1 gives steadier timings")
     p.add_argument("--small-products", choices=_small.PRODUCTS, default=None,
                    help="stage 2's n×n arithmetic for our providers (sets "
-                        f"{_small.PRODUCTS_ENV}; default: the environment's, else float64)")
+                        f"{_small.PRODUCTS_ENV}; default: the environment's, else float32 "
+                        f"for series and Taylor on the CPU and float64 otherwise)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     args = p.parse_args(argv)
@@ -482,7 +483,9 @@ def run(args) -> tuple[Path, Path]:
         torch.set_num_threads(args.threads)
     if args.small_products:
         os.environ[_small.PRODUCTS_ENV] = args.small_products
-    meta = common.environment(device) | {"small_products": _small.products_choice()}
+    meta = common.environment(device) | {
+        "small_products": _small.products_choice(device.type, "exact"),
+        "small_products_series": _small.products_choice(device.type, "series")}
     cpu = device.type == "cpu"
     calib = roofline.calibrate(device, args.dtype, gemm_n=512 if args.quick else (
         1024 if cpu else 8192), copy_mib=32 if cpu else 1024, reps=10 if cpu else 20)

@@ -407,6 +407,27 @@ def test_switch_changes_the_arithmetic_and_bad_values_are_refused(gen, monkeypat
         mf.tcr_loss(h, 2.0, backend="cpu")
 
 
+@pytest.mark.parametrize("estimator,dtype,want", [
+    ("series", torch.float32, ["float32"]), ("taylor", torch.float32, ["float32"]),
+    ("exact", torch.float32, []), ("series", torch.float64, []), ("series", torch.bfloat16,
+                                                                  ["float32"])])
+def test_cpu_default_without_the_switch(gen, monkeypatch, estimator, dtype, want):
+    """Unset, the switch means float32 products for the series and Taylor on CPU tensors (the
+    products side runs) and the float64 side for the exact estimator and for float64 input;
+    on CUDA tensors the float64 side for every estimator (``products_choice``)."""
+    monkeypatch.delenv(ENV, raising=False)
+    built = []
+    real = small_side.product_function
+    monkeypatch.setattr(small_side, "product_function",
+                        lambda fmt, device: built.append(fmt) or real(fmt, device))
+    x = _features(gen, 40, 24).to(dtype).requires_grad_(True)
+    mu = 0.5 if estimator == "taylor" else 2.0  # Taylor converges for mu·m/d < 1
+    mf.tcr_loss(x, mu, estimator=estimator, backend="cpu").backward()
+    assert built == want
+    assert [small_side.products_choice("cuda", e) for e in ("exact", "series", "taylor")] == [
+        "float64"] * 3
+
+
 # ----------------------------------------------------------------------------- structure
 # The products a call makes against ``small_side.product_count``: tests/tooling/test_cost_model.py.
 

@@ -57,7 +57,7 @@ def small_side_call(g: Tensor, colsum: Tensor, count: Tensor | None, mu: float, 
     constants = _small.Constants.of(mu=mu, m=m, d=d, feature=feature, centering=centering,
                                     estimator=estimator, degree=degree, need_grad=need_grad,
                                     grouped=count is not None, inverse=_small.inverse_choice(),
-                                    products=_small.products_choice())
+                                    products=_small.products_choice(g.device.type, estimator))
     inputs = (g, colsum) if count is None else (g, colsum, count)
     return _small.CACHE.run(_run_small_side, inputs, constants)
 

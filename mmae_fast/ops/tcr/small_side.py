@@ -76,12 +76,12 @@ DOUBLING_TARGET = 1e-12
 
 
 #: Environment switch of stage 2's n×n arithmetic for float32 and half inputs: "float64"
-#: (default: float64 products, LAPACK / cuSOLVER Cholesky) or the format of products-only forms
+#: (float64 products, LAPACK / cuSOLVER Cholesky) or the format of products-only forms
 #: (``rounding.FORMATS``: "tf32x3" split TF32 tensor-core products, "float32", "bf16x3"): the
 #: exact log-determinant from ``moments``, its gradient from ``doubling.complement``, the series
 #: on the ``_s_polynomial`` basis, Taylor on the powers of Y — every stored matrix as small as
 #: Y, so float32-grade products keep the contracts (tests/ops/test_small_products.py). Float64
-#: input always runs the float64 side.
+#: input always runs the float64 side. Unset: ``products_choice``'s defaults.
 PRODUCTS_ENV = "MMAE_FAST_SMALL_PRODUCTS"
 PRODUCTS = ("float64", "float32", "tf32x3", "bf16x3")
 #: a-priori relative bound of the exact gradient's complement (``doubling.complement_bound``)
@@ -116,9 +116,18 @@ def _env_choice(name: str, choices: tuple[str, ...]) -> str:
     return value
 
 
-def products_choice() -> str:
-    """The stage-2 product format named by ``MMAE_FAST_SMALL_PRODUCTS`` (default "float64")."""
-    return _env_choice(PRODUCTS_ENV, PRODUCTS)
+#: The estimators whose products-only form is the CPU default: their n×n work is products
+#: alone, which float32 GEMMs do faster than float64 ones, and it keeps their contracts
+#: (tests/ops/test_small_products.py). The exact estimator keeps LAPACK's float64 Cholesky.
+CPU_FLOAT32_ESTIMATORS = ("series", "taylor")
+
+
+def products_choice(device_type: str = "cuda", estimator: str = "exact") -> str:
+    """The stage-2 product format: the one ``MMAE_FAST_SMALL_PRODUCTS`` names; unset, "float32"
+    for ``CPU_FLOAT32_ESTIMATORS`` on CPU tensors and "float64" otherwise."""
+    if os.environ.get(PRODUCTS_ENV, "").strip():
+        return _env_choice(PRODUCTS_ENV, PRODUCTS)
+    return "float32" if device_type == "cpu" and estimator in CPU_FLOAT32_ESTIMATORS else "float64"
 
 
 def inverse_choice() -> str:
