@@ -145,14 +145,18 @@ def inverse_complement(y) -> np.ndarray:
     return (v * (lam / (1.0 + lam))) @ v.T
 
 
-def shifted_and_scaled(q):
-    """The small side's ``(Q, qscale, alpha)`` of a symmetric ``q`` (n, n) in float64:
-    ``alpha = -tr(q)/n``, ``Q' = q + alpha·I``, ``qscale = max|Q'_ij|``, ``Q = Q'/qscale``."""
+def shifted_and_scaled(q, v=None):
+    """The small side's ``(Q, v/qscale, qscale, alpha)`` of a symmetric ``q`` (n, n) and an
+    optional vector v, in float64: ``alpha = -tr(q)/n``, ``Q' = q + alpha·I``, ``qscale =
+    max(max|Q'_ij|, max|v_i|)``, ``Q = Q'/qscale``."""
     q = np.asarray(q.detach().double().cpu().numpy() if hasattr(q, "detach") else q, np.float64)
     alpha = -np.trace(q) / q.shape[0]
     shifted = q + alpha * np.eye(q.shape[0])
     scale = np.abs(shifted).max()
-    return shifted / scale, scale, alpha
+    if v is not None:
+        v = np.asarray(v.detach().double().cpu().numpy() if hasattr(v, "detach") else v)
+        scale = max(scale, np.abs(v).max())
+    return shifted / scale, None if v is None else v / scale, scale, alpha
 
 
 def chebyshev_log1p(kappa: float, degree: int) -> np.ndarray:

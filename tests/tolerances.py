@@ -198,11 +198,14 @@ CPU_BACKEND_EXACT_GRAD_VS_REFERENCE = 10.0
 #: (kappa 257, n = 517, collapsed; 1.4e-7 .. 2.8e-7 at kappa 1.01 and 4). ``I - inv32(A)``
 #: measures 2e-4 .. 3e-4 at kappa 1.01 (W ~ 1e-2), where this bound fails it.
 CPU_FLOAT32_COMPLEMENT = 1e-5
-#: ``small_side._complement_outputs`` (Q, qscale, alpha of q = a·w + b·I from a float32 w
+#: ``small_side._shift_and_scale`` (Q, qscale, alpha of q = a·w + b·I from a float32 w
 #: alone) against the float64 shift and scale of the dense q (tests/ops/test_small_products.py):
 #: measured worst relative errors 7.7e-8 (Q, Frobenius), 6.8e-8 (qscale), 1.4e-13 (alpha);
 #: the float32 dense route measures 1.9e-4 and 1.1e-3 on the same inputs.
 COMPLEMENT_OUTPUTS = 1e-6
+#: The same of a dense float64 q with the feature side's v (``Complement(q, 1, 0)``) against
+#: that float64 formula: the same arithmetic in another order; measured worst 1.6e-16.
+COMPLEMENT_OUTPUTS_FLOAT64 = 1e-14
 
 #: The doubling inverse's rounding floor (tests/ops/test_doubling.py): with products in format f
 #: (unit roundoff u_f, mmae_fast/ops/tcr/rounding.py) the residual ||I - A X_K||_2 stops at about

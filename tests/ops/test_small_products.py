@@ -21,8 +21,8 @@ from tests.gloo import spawn
 from tests.op_names import OpNames
 from tests.tcr_checks import (assert_compiles_fullgraph, assert_no_host_sync, grad_oracle,
                               value_oracle)
-from tests.tolerances import (COMPLEMENT_OUTPUTS, SMALL_PRODUCTS, SMALL_PRODUCTS_END_TO_END,
-                               rel_err)
+from tests.tolerances import (COMPLEMENT_OUTPUTS, COMPLEMENT_OUTPUTS_FLOAT64, SMALL_PRODUCTS,
+                               SMALL_PRODUCTS_END_TO_END, rel_err)
 
 ENV = small_side.PRODUCTS_ENV
 KAPPAS = [2.0, 4.0, 65.0, 257.0]
@@ -191,21 +191,42 @@ ESTIMATOR_KAPPAS = [(e, k) for e in ("exact", "series") for k in KAPPAS] + [("ta
 
 
 @pytest.mark.parametrize("a,b", [(2e-3, -2e-3), (-0.5, 3.0)])
-def test_complement_outputs_never_form_the_identity_part(gen, a, b):
-    """``small_side._complement_outputs``: Q and ``qinfo = [qscale, alpha]`` of ``q = a·w + b·I``
-    from w alone, in w's float32, within float32 rounding of the float64 shift and scale of
+def test_shift_and_scale_never_form_the_identity_part(gen, a, b):
+    """``small_side._shift_and_scale``: Q and ``qinfo = [qscale, alpha]`` of ``q = a·w + b·I``
+    from w alone, in w's float32, within COMPLEMENT_OUTPUTS of the float64 shift and scale of
     the dense q (tests/independent.py); w ~ 1e-4 beside an identity part of 1, so forming
     ``a·w + b·I`` in float32 first would lose w's digits."""
     n = 67
     x = torch.randn(n, n, generator=gen, dtype=torch.float64) * 1e-4
     w = x + x.mT
     q = a * w + b * torch.eye(n, dtype=torch.float64)
-    want_q, want_scale, want_alpha = ind.shifted_and_scaled(q)
-    got_q, qinfo = small_side._complement_outputs(small_side.Complement(w.float(), a, b), None)
+    want_q, _, want_scale, want_alpha = ind.shifted_and_scaled(q)
+    got_q, _, qinfo = small_side._shift_and_scale(small_side.Complement(w.float(), a, b), None,
+                                                  None)
     assert got_q.dtype == torch.float32
     assert rel_err(got_q, torch.from_numpy(want_q)) <= COMPLEMENT_OUTPUTS
     assert abs(qinfo[0].item() - want_scale) <= COMPLEMENT_OUTPUTS * want_scale
     assert abs(qinfo[1].item() - want_alpha) <= COMPLEMENT_OUTPUTS * abs(want_alpha)
+
+
+@pytest.mark.parametrize("v_scale", [1e-3, 1e3])  # v below and above max|Q'|
+def test_shift_and_scale_of_a_dense_q_with_v(gen, v_scale):
+    """A dense float64 q (``Complement(q, 1, 0)``) with the feature side's v: the scale is the
+    larger of max|Q'| and max|v|, and v is divided by it; ``ok`` False makes qscale NaN."""
+    n = 41
+    x = torch.randn(n, n, generator=gen, dtype=torch.float64)
+    q = x + x.mT + 3.0 * torch.eye(n, dtype=torch.float64)
+    v = torch.randn(n, generator=gen, dtype=torch.float64) * v_scale
+    want_q, want_v, want_scale, want_alpha = ind.shifted_and_scaled(q, v)
+    got_q, got_v, qinfo = small_side._shift_and_scale(small_side.Complement(q.clone(), 1.0, 0.0),
+                                                      v.clone(), None)
+    assert rel_err(got_q, torch.from_numpy(want_q)) <= COMPLEMENT_OUTPUTS_FLOAT64
+    assert rel_err(got_v, torch.from_numpy(want_v)) <= COMPLEMENT_OUTPUTS_FLOAT64
+    assert qinfo[0].item() == pytest.approx(want_scale, rel=COMPLEMENT_OUTPUTS_FLOAT64)
+    assert qinfo[1].item() == pytest.approx(want_alpha, rel=COMPLEMENT_OUTPUTS_FLOAT64)
+    _, _, bad = small_side._shift_and_scale(small_side.Complement(q.clone(), 1.0, 0.0), None,
+                                            torch.tensor(False))
+    assert math.isnan(bad[0].item())
 
 
 @pytest.mark.parametrize("m,d", [(45, 31), (31, 45)])

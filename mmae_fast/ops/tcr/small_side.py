@@ -92,7 +92,7 @@ class Complement(typing.NamedTuple):
     """A derivative ``q = a·w + b·I`` (n, n) kept as its small part w (float32: the products
     side's complement, the cpu backend's float32 form) and two numbers. The identity part
     never reaches Q (the radial shift removes it), so ``small_side`` takes Q and the shift from
-    w alone, in w's dtype, where it does not centre, on the CPU (``_complement_outputs``: fewer
+    w alone, in w's dtype, where it does not centre, on the CPU (``_shift_and_scale``: fewer
     passes over n×n numbers; on a GPU, where its extra small launches cost more than those
     passes, bench/cost_model.py, and with centring, it is made dense in float64)."""
     w: Tensor
@@ -541,7 +541,7 @@ def small_side(g: Tensor, colsum: Tensor, count: Tensor | None,
         return value, g.new_empty((0, 0)), g.new_empty((0,)), qinfo
     if isinstance(q, Complement):
         if not k.centering and not q.w.is_cuda:
-            q, qinfo = _complement_outputs(q, ok)
+            q, _, qinfo = _shift_and_scale(q, None, ok)
             return value, q.to(out_dtype).contiguous(), g.new_empty((0,)), qinfo.to(out_dtype)
         q = q.dense()
     # q = 2·dR/dG_c (symmetric), row-major as the op's fake kernel and the backward kernels
@@ -555,33 +555,35 @@ def small_side(g: Tensor, colsum: Tensor, count: Tensor | None,
         v = q @ (colsum.to(F64) / (count.to(F64) if count is not None else float(k.rows)))
     else:
         v = None
-    alpha = torch.trace(q).div_(-n)  # the radial shift (see the module docstring)
-    q.diagonal().add_(alpha)
-    qscale = q.abs().amax()  # max |q_ij| (amax: a cheaper reduction than vector_norm(ord=inf))
+    q, v, qinfo = _shift_and_scale(Complement(q, 1.0, 0.0), v, ok)
+    v = v.to(out_dtype) if v is not None else g.new_empty((0,))
+    return value, q.to(out_dtype).contiguous(), v, qinfo.to(out_dtype)
+
+
+def _shift_and_scale(c: Complement, v: Tensor | None,
+                     ok: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor]:
+    """``(Q, v/qscale, qinfo = [qscale, alpha])`` of ``q = a·w + b·I`` without forming q
+    (w and v are overwritten; a dense q is ``Complement(q, 1, 0)``)::
+
+        alpha = -tr(q)/n = -(a·w̄ + b),  w̄ = tr(w)/n (summed in float64)
+        Q' = q + alpha·I = a·(w - w̄I),  qscale = max(|a|·max|w - w̄I|, max|v|),  Q = Q'/qscale
+
+    the radial shift and the scale of the module docstring; no number of the size of the
+    identity part meets w's rounding. ``ok`` False: qscale NaN."""
+    d = c.w
+    neg_wbar = d.diagonal().sum(dtype=F64).div_(-d.shape[0])
+    d.diagonal().add_(neg_wbar)
+    qscale = d.abs().amax().to(F64)  # amax: a cheaper reduction than vector_norm(ord=inf)
+    if c.a != 1.0:
+        qscale = qscale.mul_(abs(c.a))
     if v is not None:  # v shares the scale: it must not overflow either
         qscale = torch.maximum(qscale, v.abs().amax())
     qscale = qscale.clamp_min_(torch.finfo(torch.float32).tiny)
     if ok is not None:
         qscale = torch.where(ok, qscale, math.nan)
-    q = q.div_(qscale).to(out_dtype).contiguous()
-    v = v.div_(qscale).to(out_dtype) if v is not None else g.new_empty((0,))
-    return value, q, v, torch.stack([qscale, alpha]).to(out_dtype)
-
-
-def _complement_outputs(c: Complement, ok: Tensor | None) -> tuple[Tensor, Tensor]:
-    """``(Q, qinfo)`` of ``q = a·w + b·I`` without forming q (uncentred; w is overwritten)::
-
-        alpha = -tr(q)/n = -(a·w̄ + b),  w̄ = tr(w)/n (summed in float64)
-        Q' = q + alpha·I = a·(w - w̄I),  qscale = |a|·max|w - w̄I|,  Q = Q'/qscale
-
-    so no number of the size of the identity part meets w's rounding."""
-    d = c.w
-    wbar = d.diagonal().sum(dtype=F64).div_(d.shape[0])
-    d.diagonal().sub_(wbar)
-    qscale = d.abs().amax().to(F64).mul_(abs(c.a)).clamp_min_(torch.finfo(torch.float32).tiny)
-    if ok is not None:
-        qscale = torch.where(ok, qscale, math.nan)
-    return d.div_(qscale / c.a), torch.stack([qscale, wbar.mul_(-c.a).sub_(c.b)])
+    alpha = neg_wbar if (c.a, c.b) == (1.0, 0.0) else neg_wbar.mul_(c.a).sub_(c.b)
+    q = d.div_(qscale if c.a == 1.0 else qscale / c.a)
+    return q, v.div_(qscale) if v is not None else None, torch.stack([qscale, alpha])
 
 
 def warn_if_taylor_diverges(estimator: str, mu: float, m: int, d: int, stacklevel: int = 4) -> None:
