@@ -519,7 +519,6 @@ def small_side(g: Tensor, colsum: Tensor, count: Tensor | None,
     if k.estimator == UNIFORMITY:
         return uniformity_side(g, count, k)
     out_dtype = g.dtype
-    n = g.shape[0]
     if k.products != "float64" and g.dtype != F64:
         logdet, q = _products_side(g, k)
     else:
