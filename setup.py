@@ -1,5 +1,7 @@
-"""Build script: the CUDA extension ``mmae_fast._C`` is built only when torch is a CUDA build
-and nvcc is present; otherwise the pure-Python package installs (one line says why).
+"""Build script: the CUDA extension ``mmae_fast._C`` (csrc/*.cu, csrc/*.cpp) is built only when
+torch is a CUDA build and nvcc is present; the CPU extension ``mmae_fast._cpu`` (csrc/cpu/*.cpp:
+the "cpu" backend's native stages) wherever torch and a C++ compiler are, and is optional: if it
+fails to build, the package installs without it (the Python stages run; one line says why).
 
 Install with ``pip install --no-build-isolation .`` so the build sees the installed torch.
 """
@@ -40,5 +42,41 @@ def _cuda_extension():
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 
+def _cpu_extension():
+    """Return [the optional CPU extension] or [] with a printed reason."""
+    sources = sorted(glob.glob("csrc/cpu/*.cpp"))
+    try:
+        from torch.utils.cpp_extension import CppExtension
+    except ImportError:
+        print("mmae_fast: torch is not importable at build time (use --no-build-isolation); "
+              "skipping the CPU extension (the Python stages of the cpu backend remain)")
+        return []
+    if not sources:
+        return []
+    return [CppExtension(name="mmae_fast._cpu", sources=sources, optional=True,
+                         extra_compile_args=["-O3", "-fopenmp"], extra_link_args=["-fopenmp"])]
+
+
+def _build_ext(base):
+    """``base`` (torch's BuildExtension) that installs without an optional extension that fails
+    to compile (torch's ninja build raises where setuptools' ``optional`` expects a compiler
+    error)."""
+    class BuildExt(base):
+        def build_extension(self, ext):
+            try:
+                super().build_extension(ext)
+            except Exception as exc:  # noqa: BLE001 - any build failure of an optional extension
+                if not getattr(ext, "optional", False):
+                    raise
+                print(f"mmae_fast: the optional extension {ext.name} did not build ({exc}); "
+                      f"installing without it")
+    return BuildExt
+
+
 ext_modules, cmdclass = _cuda_extension()
+ext_modules = ext_modules + _cpu_extension()
+if ext_modules:
+    from torch.utils.cpp_extension import BuildExtension
+    base = cmdclass.get("build_ext", BuildExtension.with_options(use_ninja=True))
+    cmdclass = {"build_ext": _build_ext(base)}
 setup(ext_modules=ext_modules, cmdclass=cmdclass)

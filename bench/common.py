@@ -88,6 +88,15 @@ def git_commit() -> dict:
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
+def _cpu_native() -> bool | str:
+    """True where the cpu backend runs its native stages (mmae_fast/ops/tcr/cpu_native.py),
+    else why not."""
+    from mmae_fast.ops.tcr import cpu_native
+    if cpu_native.REASON is not None:
+        return cpu_native.REASON
+    return cpu_native.enabled() or f"{cpu_native.NATIVE_ENV}=0"
+
+
 def environment(device: torch.device) -> dict:
     """Everything a reader needs to reproduce or discount a result file."""
     try:
@@ -122,6 +131,7 @@ def environment(device: torch.device) -> dict:
         "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
         "git": git_commit(),
+        "cpu_native": _cpu_native(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "argv": sys.argv,
     }

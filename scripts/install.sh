@@ -21,4 +21,4 @@ trap 'rm -f "$constraints"' EXIT
 # build tools first: the package builds without isolation so it sees the installed torch
 "$PY" -m pip install -q -c "$constraints" setuptools wheel pybind11 ninja
 "$PY" -m pip install -q -c "$constraints" --no-build-isolation -e ".[$EXTRAS]"
-"$PY" -c "import mmae_fast, torch; print('mmae_fast', mmae_fast.__version__, 'on torch', torch.__version__, '| backends:', mmae_fast.available_backends())"
+"$PY" -c "import mmae_fast, torch; from mmae_fast.ops.tcr import cpu_native; print('mmae_fast', mmae_fast.__version__, 'on torch', torch.__version__, '| backends:', mmae_fast.available_backends(), '| cpu native stages:', cpu_native.REASON or 'built')"

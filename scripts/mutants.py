@@ -1,7 +1,8 @@
 """Mutation check (``make mutants``): plant typical bugs in a temporary copy of the repository and
 report which tests catch each one. Exit status 1 if a mutant survives (no targeted test fails);
-a test file that fails on the unmutated copy is reported and left out of the runs. Stdlib only;
-the checkout is never modified. The list of mutants and what each one models: tests/README.md.
+a test file that fails on the unmutated copy is reported and left out of the runs. Stdlib only
+(the mutants of csrc/cpu/ are compiled in a subprocess by torch's extension loader); the
+checkout is never modified. The list of mutants and what each one models: tests/README.md.
 
 Each mutant is a (file, old string, new string) patch of the old string's first occurrence; if
 the old string is no longer in the file
@@ -17,6 +18,7 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from dataclasses import dataclass
@@ -46,6 +48,7 @@ CPU_BACKEND = "tests/ops/test_cpu_backend.py"
 DOUBLING = "tests/ops/test_doubling.py"
 SMALL_PRODUCTS = "tests/ops/test_small_products.py"
 SMALL_KERNEL = "tests/ops/test_small_kernel.py"
+CPU_NATIVE = "tests/ops/test_cpu_native.py"
 
 
 @dataclass(frozen=True)
@@ -233,6 +236,17 @@ MUTANTS = [
            "mmae_fast/ops/tcr/small_side.py", 'inverse="doubling" if doubled else "cholesky"',
            'inverse="doubling" if doubled and not tensor_side else "cholesky"',
            (SMALL_PRODUCTS,)),
+    Mutant("native-norm-unscaled", "dropped factor (the native row norm squares the unscaled "
+           "entries: rows of 1e30 overflow)", "csrc/cpu/tcr_cpu.cpp",
+           "const acc_t s = static_cast<acc_t>(x[j]) * scale;",
+           "const acc_t s = static_cast<acc_t>(x[j]);", (CPU_NATIVE,)),
+    Mutant("native-floor-rows-projected", "off by one (the native stage 3 projects the rows at "
+           "the floor)", "csrc/cpu/tcr_cpu.cpp", "if (rp[i] < floor_rinv) {",
+           "if (rp[i] <= floor_rinv) {", (CPU_NATIVE,)),
+    Mutant("native-exact-side-no-shift", "dropped term (the native exact side's Q without the "
+           "radial shift alpha)", "csrc/cpu/tcr_cpu.cpp",
+           "const double alpha = trace / -static_cast<double>(n);", "const double alpha = 0.0;",
+           (CPU_NATIVE,)),
 ]
 
 
@@ -247,6 +261,25 @@ def copy_repo(dest: Path) -> None:
             target = dest / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, target)
+
+
+#: the CPU extension's file in a copy, named as ``pip install`` names it (imported by
+#: mmae_fast/ops/tcr/cpu_native.py)
+NATIVE_LIB = Path("mmae_fast") / ("_cpu" + sysconfig.get_config_var("EXT_SUFFIX"))
+
+
+def build_native(copy: Path) -> None:
+    """Compile the copy's csrc/cpu/*.cpp (as setup.py does) into ``NATIVE_LIB``: the mutants of
+    the C++ sources run their tests on the native stages; every other mutant runs without it."""
+    build = copy / "build-native"
+    build.mkdir(exist_ok=True)
+    code = ("import glob, sys; from torch.utils.cpp_extension import load; "
+            "load(name='_cpu', sources=sorted(glob.glob('csrc/cpu/*.cpp')), "
+            "extra_cflags=['-O3', '-fopenmp'], extra_ldflags=['-fopenmp'], "
+            "build_directory=sys.argv[1], is_python_module=False)")
+    subprocess.run([sys.executable, "-c", code, str(build)], cwd=copy, check=True,
+                   capture_output=True)
+    shutil.copy2(build / "_cpu.so", copy / NATIVE_LIB)
 
 
 def run_tests(copy: Path, tests, timeout: float) -> tuple[str, str, float]:
@@ -296,8 +329,12 @@ def main(argv=None) -> int:
         check_import(copy)
         targets = sorted({t for mu in mutants for t in mu.tests if (copy / t).exists()})
         broken = set()
+        native_targets = {t for mu in mutants if mu.path.endswith(".cpp") for t in mu.tests}
         for test in targets:  # a file failing without a mutant cannot judge one: left out
+            if test in native_targets:
+                build_native(copy)
             status, first, secs = run_tests(copy, [test], args.timeout)
+            (copy / NATIVE_LIB).unlink(missing_ok=True)
             print(f"baseline {test}: {status} in {secs:.0f} s {first}", flush=True)
             if status != "pass":
                 broken.add(test)
@@ -313,9 +350,12 @@ def main(argv=None) -> int:
             else:
                 target.write_text(original.replace(mu.old, mu.new, 1))  # first occurrence
                 try:
+                    if mu.path.endswith(".cpp"):
+                        build_native(copy)
                     status, first, secs = run_tests(copy, tests, args.timeout)
                 finally:
                     target.write_text(original)
+                    (copy / NATIVE_LIB).unlink(missing_ok=True)
                 verdict = {"fail": "caught", "pass": "SURVIVED", "timeout": "timeout"}[status]
                 rows.append((mu, verdict, first, secs))
             print(f"{mu.name}: {rows[-1][1]} {rows[-1][2]}", flush=True)

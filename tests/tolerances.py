@@ -192,6 +192,22 @@ CPU_BACKEND = {
 #: (mmae_fast/ops/tcr/cpu.py, exact_derivative). Measured worst 4.4 (255x1023 centred at every
 #: kappa, as with the float64 inverse; 0.4 .. 2.4 elsewhere), seeds 0 and 1.
 CPU_BACKEND_EXACT_GRAD_VS_REFERENCE = 10.0
+#: The cpu backend's native stages (tests/ops/test_cpu_native.py): input dtype -> (cpu_gram's G
+#: and rinv, cpu_grad's dh) against the stages in float64 on the same rounded input, relative
+#: Frobenius. Measured worst over the test's shapes (n from 31 to 515 on both sides, zero rows
+#: and rows below the floor, rows of 1e30 / 1e200), seeds 0 .. 2: float64 4.2e-16 / 1.4e-16;
+#: float32 1.7e-7 / 3.1e-7; float16 4.8e-7 / 2.0e-5 and bfloat16 1.7e-7 / 8.2e-5 (the gradient
+#: rounded to the half dtype). Bounds ~10x.
+CPU_NATIVE_STAGES = {
+    torch.float64: (5e-15, 2e-15),
+    torch.float32: (2e-6, 3e-6),
+    torch.float16: (5e-6, 2e-4),
+    torch.bfloat16: (2e-6, 8e-4),
+}
+#: cpu_exact_side against the Python small side (R, Q, qinfo; n = 1 .. 191, float32 and float64
+#: g, need_grad on and off): the same LAPACK calls, the shift and scale in another order.
+#: Measured worst 2.5e-14. Bound ~10x.
+CPU_NATIVE_EXACT_SIDE = 2e-13
 #: ``cpu.float32_complement`` (W = I - A⁻¹ in float32 products from the float64 factor) against
 #: the eigendecomposition's W, relative Frobenius (tests/ops/test_cpu_backend.py): kappa 1.01,
 #: 4, 257, n = 255 and 517, spread and collapsed rows, seeds 0 .. 3. Measured worst 2.1e-6

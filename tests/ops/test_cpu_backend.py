@@ -10,7 +10,7 @@ import torch.distributed as dist
 
 import mmae_fast as mf
 from mmae_fast import backends, reference, series
-from mmae_fast.ops.tcr import cpu, stages
+from mmae_fast.ops.tcr import cpu, cpu_native, stages
 from tests import independent as ind
 from tests.gloo import spawn
 from tests.op_names import OpNames
@@ -169,7 +169,9 @@ def test_exact_float32_contract_at_large_kappa(gen, kappa, m, d, centering, coll
 def test_exact_inverse_precision_choice(gen, monkeypatch, kappa, n, dtype, want):
     """The exact gradient's inverse is the float32 form (a float32 triangular solve, no
     potri) only where the tests measure its error within the contract
-    (``cpu.exact_derivative``); else LAPACK's float64 potri."""
+    (``cpu.exact_derivative``); else LAPACK's float64 potri. The Python small side (the native
+    one takes the same branches: tests/ops/test_cpu_native.py)."""
+    monkeypatch.setenv(cpu_native.NATIVE_ENV, "0")
     seen, inverse, solve = [], torch.cholesky_inverse, torch.linalg.solve_triangular
     monkeypatch.setattr(torch, "cholesky_inverse", lambda a, *r, **k: seen.append(
         ("potri", a.dtype)) or inverse(a, *r, **k))

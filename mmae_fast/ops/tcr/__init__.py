@@ -12,6 +12,7 @@ U-MAE's uniformity ``||ZᵀZ||_F²/M²`` runs on the same stages (``uniformity``
     triton/          the Triton backend: kernels, launchers, custom-op registration
     cuda.py          the CUDA backend: the Python side of ``csrc/``
     cpu.py           the CPU backend ("auto" on CPU tensors): stages 1 and 3 in few passes
+    cpu_native.py    its native ops (``csrc/cpu/``): stages 1, 3 and the exact small side in eager
 """
 from .op import tcr, uniformity
 

@@ -21,7 +21,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import stages
+from . import cpu_native, stages
+from ... import reference
 
 
 def availability() -> str | None:
@@ -67,7 +68,10 @@ def symmetric_product(left: Tensor, right: Tensor, alpha: float = 1.0) -> Tensor
 
 def gram(h: Tensor, feature: bool) -> tuple[Tensor, Tensor]:
     """Stage 1, uncentred: ``(G, rinv)`` as ``stages.gram``, G = A Aᵀ (A = Zᵀ on the feature
-    side, Z on the sample side) by ``symmetric_product``."""
+    side, Z on the sample side) by ``symmetric_product``; the native op where usable
+    (``cpu_native``)."""
+    if cpu_native.usable():
+        return torch.ops.mmae_fast.cpu_gram(h, feature, reference.EPS)
     rinv = stages._rinv(h)
     z = h.to(rinv.dtype) * rinv[:, None]
     a = z.mT if feature else z
@@ -78,7 +82,10 @@ def grad(coef: Tensor, h: Tensor, rinv: Tensor, q: Tensor, v: Tensor, feature: b
          scale: float) -> Tensor:
     """Stage 3: dh (m, d) in h's dtype; ``coef = [s, t]`` or ``[s]`` (t = 0); see the module
     docstring and ``stages.py``. With ``r = rinv·s``: ``dh_i = r_i·u_i - x_i·z_i``, ``x_i =
-    r_i·<z_i, u_i>`` on projected rows, ``rinv_i·t`` on floor rows."""
+    r_i·<z_i, u_i>`` on projected rows, ``rinv_i·t`` on floor rows; the native op where
+    usable (``cpu_native``)."""
+    if cpu_native.usable():
+        return torch.ops.mmae_fast.cpu_grad(coef, h, rinv, q, v, feature, scale, reference.EPS)
     acc = rinv.dtype
     coef = coef.to(acc).reshape(-1)
     if scale != 1.0:
@@ -147,6 +154,11 @@ def float32_complement(chol: Tensor) -> Tensor:
     return (m + m.mT).sub_(lower_gram(m))
 
 
+def takes_float64_inverse(n: int, float32_grade: bool) -> bool:
+    """Whether ``exact_derivative`` takes LAPACK's float64 potri (a dense float64 result)."""
+    return not float32_grade or n < FLOAT32_INVERSE_MIN_N
+
+
 def exact_derivative(chol: Tensor, c: float, float32_grade: bool):
     """``-2c·A⁻¹`` (n, n), the exact estimator's ``2·dR/dG_c`` on the CPU, from the float64
     factor ``chol`` of ``A = I + c·G_c``.
@@ -158,7 +170,7 @@ def exact_derivative(chol: Tensor, c: float, float32_grade: bool):
     radial (``small_side`` removes it with the shift alpha), only W carries the tangential
     gradient, and no float32 number ever holds ``I + (small)``.
     """
-    if not float32_grade or chol.shape[0] < FLOAT32_INVERSE_MIN_N:
+    if takes_float64_inverse(chol.shape[0], float32_grade):
         return torch.cholesky_inverse(chol).mul_(-2.0 * c)
     from .small_side import Complement  # small_side imports this module
     return Complement(float32_complement(chol), 2.0 * c, -2.0 * c)

@@ -31,7 +31,7 @@ from torch import Tensor
 from ... import reference, series
 from .registry import MODULES
 from . import small_side as _small
-from . import stages
+from . import cpu_native, stages
 
 
 @functools.lru_cache(maxsize=256)
@@ -68,15 +68,11 @@ small_side_op = torch.library.custom_op("mmae_fast::small_side", small_side_call
                                         mutates_args=())
 
 
-#: the depth of the active dispatch-mode stack (a private torch API: without it, always the op)
-_DISPATCH_DEPTH = getattr(torch._C, "_len_torch_dispatch_stack", None)
-
-
 def _small_side(*args):
     """Stage 2: the custom op while torch.compile traces or a dispatch mode (fake tensors, export,
     an op recorder) is active; in plain eager mode its body directly (the same function, without
     the dispatcher's per-call cost)."""
-    if _DISPATCH_DEPTH is None or torch.compiler.is_compiling() or _DISPATCH_DEPTH():
+    if not cpu_native.plain_eager():
         return torch.ops.mmae_fast.small_side(*args)
     return small_side_call(*args)
 

@@ -58,7 +58,7 @@ import torch
 from torch import Tensor
 
 from ... import series
-from . import cpu, doubling, moments, rounding
+from . import cpu, cpu_native, doubling, moments, rounding
 from .graph_cache import GraphCache
 
 F64 = torch.float64
@@ -519,6 +519,9 @@ def small_side(g: Tensor, colsum: Tensor, count: Tensor | None,
     if k.estimator == UNIFORMITY:
         return uniformity_side(g, count, k)
     out_dtype = g.dtype
+    if _native_exact(g, count, k):  # the same numbers in one native call (cpu_native.py)
+        value, q, qinfo = torch.ops.mmae_fast.cpu_exact_side(g, k.c, k.need_grad)
+        return value, q, g.new_empty((0,)), qinfo
     if k.products != "float64" and g.dtype != F64:
         logdet, q = _products_side(g, k)
     else:
@@ -557,6 +560,16 @@ def small_side(g: Tensor, colsum: Tensor, count: Tensor | None,
     q, v, qinfo = _shift_and_scale(Complement(q, 1.0, 0.0), v, ok)
     v = v.to(out_dtype) if v is not None else g.new_empty((0,))
     return value, q.to(out_dtype).contiguous(), v, qinfo.to(out_dtype)
+
+
+def _native_exact(g: Tensor, count: Tensor | None, k: Constants) -> bool:
+    """Whether stage 2 is the exact estimator on LAPACK's float64 inverse without centring or a
+    group, on the CPU with the native ops usable: ``cpu_native``'s ``cpu_exact_side``."""
+    return (k.estimator == "exact" and not k.centering and count is None
+            and k.inverse == "cholesky" and (k.products == "float64" or g.dtype == F64)
+            and g.device.type == "cpu" and g.dtype in (torch.float32, F64)
+            and cpu.takes_float64_inverse(g.shape[0], k.float32_inverse and g.dtype != F64)
+            and cpu_native.usable())
 
 
 def _shift_and_scale(c: Complement, v: Tensor | None,
