@@ -35,16 +35,22 @@ class RunLock:
         self.path = os.path.join(run_dir, LOCK)
         me = {"pid": os.getpid(), "host": socket.gethostname(),
               "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                self._take_over_if_stale(run_dir)
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-            self.held = True
-            return
+        # the lock appears whole: written to a private file, then hard-linked into place
+        # (fails if it exists), so a second run never reads a live run's lock half-written
+        private = f"{self.path}.{os.getpid()}"
+        with open(private, "w") as f:
+            json.dump(me, f)
+        try:
+            for _ in range(2):
+                try:
+                    os.link(private, self.path)
+                except FileExistsError:
+                    self._take_over_if_stale(run_dir)
+                    continue
+                self.held = True
+                return
+        finally:
+            os.unlink(private)
         raise ValueError(f"--output-dir {run_dir!r}: could not claim its lock {self.path}")
 
     def _take_over_if_stale(self, run_dir: str) -> None:

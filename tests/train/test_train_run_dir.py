@@ -84,3 +84,20 @@ def test_a_finished_run_is_not_overwritten_without_overwrite(tmp_path, capsys):
     assert json.load(open(out / "args.json"))["seed"] == 5
     with pytest.raises(ValueError, match="give one of them"):
         train.parse_args(BASE + ["--output-dir", str(out), "--overwrite", "--resume", "auto"])
+
+
+def test_the_lock_is_never_visible_half_written(tmp_path, monkeypatch):
+    """The lock's content is written before the lock exists (a second run reading it then finds
+    the holder, never an empty file it would take for a stale lock)."""
+    dump = run_dir.json.dump
+    seen = []
+
+    def checking_dump(obj, f, *a, **k):
+        seen.append((tmp_path / run_dir.LOCK).exists())
+        return dump(obj, f, *a, **k)
+
+    monkeypatch.setattr(run_dir.json, "dump", checking_dump)
+    lock = run_dir.RunLock(str(tmp_path))
+    assert seen == [False] and json.loads((tmp_path / run_dir.LOCK).read_text())["pid"] > 0
+    lock.release()
+    assert list(tmp_path.iterdir()) == []
